@@ -1,0 +1,30 @@
+"""hessian-probe: matrix-free Hessian and Gauss-Newton spectra of PyTorch models.
+
+Data flow: a :class:`Problem` (model, parameters, loss, examples) -> a curvature operator
+(:func:`curvature_operator`) -> Krylov kernels (:mod:`hessian_probe.linalg`) -> frozen results.
+"""
+
+from .linalg import extremal_eigs, hutchinson, hutchpp, lanczos, slq, trace
+from .losses import get_loss
+from .operators import CurvatureOperator, DenseOperator, GGNOperator, HessianOperator, curvature_operator
+from .problem import Problem, make_problem
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CurvatureOperator",
+    "DenseOperator",
+    "GGNOperator",
+    "HessianOperator",
+    "Problem",
+    "__version__",
+    "curvature_operator",
+    "extremal_eigs",
+    "get_loss",
+    "hutchinson",
+    "hutchpp",
+    "lanczos",
+    "make_problem",
+    "slq",
+    "trace",
+]

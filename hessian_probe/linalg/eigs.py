@@ -1,0 +1,237 @@
+"""Extremal eigenvalues with Ritz residuals: Lanczos (default) or power iteration.
+
+Lanczos with full reorthogonalisation, one probe: after m steps the Ritz pairs (theta_i, y_i = Q_m u_i)
+of T_m satisfy |A y_i - theta_i y_i| = beta_m |u_i[m-1]| (the Ritz residual). A requested pair is
+converged when its residual <= tol * |theta_i| (floored at machine precision times |A|); the
+eigenvalue error is then at most residual^2 / gap. Runs stop when all requested pairs converge,
+on breakdown (T exact), or at ``max_steps``; unconverged pairs are flagged, never hidden.
+
+Single-vector Krylov methods see each distinct eigenvalue once: a repeated eigenvalue appears
+with multiplicity one.
+
+Power iteration finds the dominant (largest |lambda|) eigenvalue; algebraic ends are reached
+on shifted positive semi-definite operators A - s I (s <= lambda_min) and s I - A (s >= lambda_max),
+with deflation against found vectors for k > 1.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.linalg import eigh_tridiagonal
+from torch import Tensor
+
+from ..operators.base import CurvatureOperator, ShiftedOperator
+from ..results import KernelResult, not_serialised
+from .lanczos import LanczosProcess
+from .probes import random_probes
+
+
+@dataclass(frozen=True, kw_only=True)
+class EigenResult(KernelResult):
+    """Top (descending) and bottom (ascending, algebraic) eigenvalues, residuals, converged flags.
+
+    ``top_eigenvectors`` / ``bottom_eigenvectors`` (rows, unit norm) when requested; not in JSON.
+    """
+
+    method: str
+    size: int
+    tol: float
+    n_steps: int
+    top_eigenvalues: np.ndarray
+    top_residuals: np.ndarray
+    top_converged: np.ndarray
+    bottom_eigenvalues: np.ndarray
+    bottom_residuals: np.ndarray
+    bottom_converged: np.ndarray
+    top_eigenvectors: Tensor | None = not_serialised()
+    bottom_eigenvectors: Tensor | None = not_serialised()
+
+    @property
+    def converged(self) -> bool:
+        return bool(np.all(self.top_converged) and np.all(self.bottom_converged))
+
+
+def _check_counts(op: CurvatureOperator, top_k: int, bottom_k: int) -> None:
+    if top_k < 0 or bottom_k < 0 or top_k + bottom_k == 0:
+        raise ValueError(f"ask for at least one eigenvalue (top_k={top_k}, bottom_k={bottom_k})")
+    if max(top_k, bottom_k) > op.size:
+        raise ValueError(f"cannot find {max(top_k, bottom_k)} eigenvalues of a {op.size} x {op.size} operator")
+
+
+def _ritz(process: LanczosProcess) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ritz values (ascending), their residuals and the eigenvectors of T for probe 0."""
+    alphas, off = process.tridiagonal(0)
+    if len(alphas) == 1:
+        theta, U = alphas.copy(), np.ones((1, 1))
+    else:
+        theta, U = eigh_tridiagonal(alphas, off)
+    return theta, np.abs(process.residual_norm(0) * U[-1]), U
+
+
+def lanczos_eigs(
+    op: CurvatureOperator,
+    top_k: int = 1,
+    bottom_k: int = 0,
+    *,
+    tol: float = 1e-6,
+    max_steps: int | None = None,
+    seed: int = 0,
+    check_every: int = 5,
+    return_eigenvectors: bool = False,
+) -> EigenResult:
+    """Top-k and bottom-k algebraic eigenpairs by Lanczos with full reorthogonalisation."""
+    _check_counts(op, top_k, bottom_k)
+    t0 = time.perf_counter()
+    max_steps = min(op.size, max_steps or max(300, 20 * (top_k + bottom_k)))
+    start = random_probes(1, op.size, seed=seed, dtype=op.dtype, device=op.device)
+    process = LanczosProcess(op, start, reorth="full", capacity=min(max_steps + 1, 64))
+    wanted = top_k + bottom_k
+    while True:
+        process.step()
+        m = process.steps
+        if process.done or m >= max_steps or (m >= wanted and m % check_every == 0):
+            theta, residuals, U = _ritz(process)
+            floor = 10 * torch.finfo(op.dtype).eps * process.scale[0]
+            ok = residuals <= tol * np.maximum(np.abs(theta), floor)
+            top = np.arange(len(theta) - 1, len(theta) - 1 - min(top_k, len(theta)), -1)
+            bottom = np.arange(min(bottom_k, len(theta)))
+            if process.done or m >= max_steps or (ok[top].all() and ok[bottom].all()):
+                break
+
+    def vectors(idx: np.ndarray) -> Tensor | None:
+        return process.ritz_vectors(0, U[:, idx]) if return_eigenvectors and len(idx) else None
+
+    return EigenResult(
+        method="lanczos",
+        size=op.size,
+        tol=tol,
+        n_steps=process.steps,
+        top_eigenvalues=theta[top],
+        top_residuals=residuals[top],
+        top_converged=ok[top],
+        bottom_eigenvalues=theta[bottom],
+        bottom_residuals=residuals[bottom],
+        bottom_converged=ok[bottom],
+        top_eigenvectors=vectors(top),
+        bottom_eigenvectors=vectors(bottom),
+        n_products=process.n_products,
+        wall_time_s=time.perf_counter() - t0,
+    )
+
+
+@dataclass(frozen=True)
+class _PowerOutcome:
+    values: list[float]
+    residuals: list[float]
+    converged: list[bool]
+    vectors: list[Tensor]
+    n_products: int
+    n_steps: int
+
+
+def _deflated_power(
+    op: CurvatureOperator, k: int, *, tol: float, max_iter: int, seed: int, offset: float = 0.0
+) -> _PowerOutcome:
+    """Dominant k eigenpairs, one at a time, each orthogonal to those found before.
+
+    Converged when |A v - theta v| <= tol * |theta - offset| (offset undoes a shift).
+    """
+    found: list[Tensor] = []
+    values, residuals, converged = [], [], []
+    products = steps = 0
+    for i in range(k):
+        v = random_probes(1, op.size, seed=seed + i, dtype=op.dtype, device=op.device, distribution="gaussian")[0]
+        theta, residual, ok = 0.0, float("inf"), False
+        for _ in range(max_iter):
+            for u in found:
+                v = v - (u @ v) * u
+            v = v / v.norm()
+            w = op.matvec(v)
+            for u in found:
+                w = w - (u @ w) * u
+            products += 1
+            steps += 1
+            theta = float(v @ w)
+            residual = float((w - theta * v).norm())
+            if residual <= tol * max(abs(theta - offset), 1e-300):
+                ok = True
+                break
+            v = w
+        values.append(theta)
+        residuals.append(residual)
+        converged.append(ok)
+        found.append(v / v.norm())
+    return _PowerOutcome(values, residuals, converged, found, products, steps)
+
+
+def power_eigs(
+    op: CurvatureOperator,
+    top_k: int = 1,
+    bottom_k: int = 0,
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 1000,
+    seed: int = 0,
+    return_eigenvectors: bool = False,
+) -> EigenResult:
+    """Top-k and bottom-k algebraic eigenpairs by shifted, deflated power iteration.
+
+    First the dominant eigenvalue d (|d| >= |lambda| for all lambda); then power iteration on
+    A - s I with s = -|d| (top end) and on |d| I - A (bottom end), both PSD.
+    """
+    _check_counts(op, top_k, bottom_k)
+    t0 = time.perf_counter()
+    dominant = _deflated_power(op, 1, tol=tol, max_iter=max_iter, seed=seed)
+    radius = abs(dominant.values[0]) * (1 + 1e-3)
+    outcomes = {}
+    for end, count, scale in (("top", top_k, 1.0), ("bottom", bottom_k, -1.0)):
+        if count:
+            shifted = ShiftedOperator(op, shift=radius, scale=scale)  # A + r I  or  r I - A
+            out = _deflated_power(shifted, count, tol=tol, max_iter=max_iter, seed=seed + 1000, offset=radius)
+            vals = [scale * (v - radius) for v in out.values]
+            # residual on the original operator equals that on the shifted one, relative to |lambda|
+            ok = [r <= tol * max(abs(v), 1e-300) for r, v in zip(out.residuals, vals)]
+            outcomes[end] = (vals, out, ok)
+
+    def part(end: str, reverse: bool):
+        if end not in outcomes:
+            empty = np.zeros(0)
+            return empty, empty, np.zeros(0, dtype=bool), None
+        vals, out, ok = outcomes[end]
+        order = np.argsort(vals)[::-1] if reverse else np.argsort(vals)
+        vecs = torch.stack([out.vectors[i] for i in order]) if return_eigenvectors else None
+        return np.asarray(vals)[order], np.asarray(out.residuals)[order], np.asarray(ok)[order], vecs
+
+    top = part("top", reverse=True)
+    bottom = part("bottom", reverse=False)
+    products = dominant.n_products + sum(o[1].n_products for o in outcomes.values())
+    return EigenResult(
+        method="power",
+        size=op.size,
+        tol=tol,
+        n_steps=dominant.n_steps + sum(o[1].n_steps for o in outcomes.values()),
+        top_eigenvalues=top[0],
+        top_residuals=top[1],
+        top_converged=top[2],
+        bottom_eigenvalues=bottom[0],
+        bottom_residuals=bottom[1],
+        bottom_converged=bottom[2],
+        top_eigenvectors=top[3],
+        bottom_eigenvectors=bottom[3],
+        n_products=products,
+        wall_time_s=time.perf_counter() - t0,
+    )
+
+
+METHODS = {"lanczos": lanczos_eigs, "power": power_eigs}
+
+
+def extremal_eigs(op: CurvatureOperator, top_k: int = 1, bottom_k: int = 0, *, method: str = "lanczos", **kwargs) -> EigenResult:
+    """Extremal eigenpairs by 'lanczos' (default, much faster) or 'power' iteration."""
+    if method not in METHODS:
+        raise ValueError(f"unknown eigen method {method!r}: use one of {sorted(METHODS)}")
+    return METHODS[method](op, top_k, bottom_k, **kwargs)

@@ -1,0 +1,189 @@
+"""Lanczos on k probes in lockstep, with full reorthogonalisation by default.
+
+For each probe, starting from q_1 = z / |z|:
+    w = A q_j - beta_{j-1} q_{j-1};  alpha_j = w . q_j;  w -= alpha_j q_j
+    (full: w -= Q (Q^T w), done twice);  beta_j = |w|;  q_{j+1} = w / beta_j
+giving the tridiagonal T_m = tridiag(beta, alpha, beta) with A Q_m = Q_m T_m + beta_m q_{m+1} e_m^T.
+A probe stops on breakdown, beta_j <= breakdown_tol * max(|alpha|, beta): its Krylov space is
+invariant and T is exact. alpha and beta are kept in float64 whatever the operator's dtype; the
+basis stays in the operator's dtype on its device. All k probes share one ``matmat`` per step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..operators.base import CurvatureOperator
+from ..results import KernelResult, not_serialised
+from .probes import random_probes
+
+REORTHOGONALISATION = ("full", "none")
+
+
+def default_breakdown_tol(dtype: torch.dtype) -> float:
+    return 1e3 * torch.finfo(dtype).eps
+
+
+class LanczosProcess:
+    """Stepwise Lanczos state for k probes. Kernels drive it; users call :func:`lanczos`."""
+
+    def __init__(
+        self,
+        op: CurvatureOperator,
+        start: Tensor,
+        *,
+        reorth: str = "full",
+        breakdown_tol: float | None = None,
+        capacity: int = 32,
+    ) -> None:
+        if reorth not in REORTHOGONALISATION:
+            raise ValueError(f"reorth must be one of {REORTHOGONALISATION}, got {reorth!r}")
+        start = start.to(device=op.device, dtype=op.dtype)
+        norms = start.norm(dim=1, keepdim=True)
+        if not torch.all(norms > 0):
+            raise ValueError("a Lanczos start vector is zero")
+        self.op, self.reorth = op, reorth
+        self.breakdown_tol = breakdown_tol if breakdown_tol is not None else default_breakdown_tol(op.dtype)
+        self.k = start.shape[0]
+        self.alphas: list[list[float]] = [[] for _ in range(self.k)]
+        self.betas: list[list[float]] = [[] for _ in range(self.k)]
+        self.active = np.ones(self.k, dtype=bool)
+        self.broke_down = np.zeros(self.k, dtype=bool)
+        self.scale = np.zeros(self.k)  # running max(|alpha|, beta): the size of A seen so far
+        self.n_products = 0
+        self.steps = 0
+        self.current = start / norms
+        self.previous = torch.zeros_like(self.current)
+        self.basis: Tensor | None = None
+        if reorth == "full":
+            self.basis = torch.empty((max(capacity, 2), self.k, op.size), dtype=op.dtype, device=op.device)
+            self.basis[0] = self.current
+
+    @property
+    def done(self) -> bool:
+        return not self.active.any()
+
+    def step(self) -> None:
+        """One Lanczos step for every active probe (one matmat on the active rows)."""
+        rows = np.flatnonzero(self.active)
+        every = len(rows) == self.k
+        index = slice(None) if every else torch.as_tensor(rows, device=self.op.device)
+        j = self.steps
+        q = self.current[index]
+        w = self.op.matmat(q)
+        self.n_products += len(rows)
+        beta_prev = torch.tensor(
+            [self.betas[r][j - 1] if j else 0.0 for r in rows], dtype=w.dtype, device=w.device
+        )
+        w -= beta_prev[:, None] * self.previous[index]
+        alpha = (w * q).sum(dim=1)
+        w -= alpha[:, None] * q
+        if self.basis is not None:
+            Q = self.basis[: j + 1] if every else self.basis[: j + 1, index]
+            for _ in range(2):
+                w -= torch.einsum("jk,jkp->kp", torch.einsum("jkp,kp->jk", Q, w), Q)
+        beta = w.norm(dim=1)
+
+        alpha64 = alpha.double().cpu().numpy()
+        beta64 = beta.double().cpu().numpy()
+        if not (np.isfinite(alpha64).all() and np.isfinite(beta64).all()):
+            raise FloatingPointError(f"non-finite operator product at Lanczos step {j + 1}")
+        self.scale[rows] = np.maximum(self.scale[rows], np.maximum(np.abs(alpha64), beta64))
+        stopped = beta64 <= self.breakdown_tol * self.scale[rows]
+        safe_beta = torch.where(beta > 0, beta, torch.ones_like(beta))
+        nxt = w / safe_beta[:, None]
+        for i, r in enumerate(rows):
+            self.alphas[r].append(float(alpha64[i]))
+            self.betas[r].append(float(beta64[i]))
+        self.broke_down[rows[stopped]] = True
+        self.active[rows[stopped]] = False
+        self.steps += 1
+
+        self.previous[index] = q
+        self.current[index] = nxt
+        if self.basis is not None:
+            self._store(self.steps, index, nxt)
+
+    def _store(self, j: int, index: slice | Tensor, vectors: Tensor) -> None:
+        if j >= self.basis.shape[0]:
+            grown = torch.empty(
+                (2 * self.basis.shape[0], *self.basis.shape[1:]), dtype=self.basis.dtype, device=self.basis.device
+            )
+            grown[: self.basis.shape[0]] = self.basis
+            self.basis = grown
+        self.basis[j, index] = vectors
+
+    def tridiagonal(self, probe: int) -> tuple[np.ndarray, np.ndarray]:
+        """(diagonal alpha_1..m, off-diagonal beta_1..m-1) of probe's T_m, float64."""
+        a = np.asarray(self.alphas[probe])
+        return a, np.asarray(self.betas[probe][: len(a) - 1])
+
+    def residual_norm(self, probe: int) -> float:
+        """beta_m: the norm of the part of A Q_m outside the Krylov space (0 on breakdown)."""
+        return 0.0 if self.broke_down[probe] else self.betas[probe][-1]
+
+    def ritz_vectors(self, probe: int, coefficients: np.ndarray) -> Tensor:
+        """Q_m @ coefficients (m x r) as rows (r x P); needs the stored basis."""
+        if self.basis is None:
+            raise RuntimeError("Ritz vectors need the basis: run with reorth='full'")
+        m = len(self.alphas[probe])
+        c = torch.as_tensor(coefficients, dtype=self.op.dtype, device=self.op.device)
+        return c.T @ self.basis[:m, probe]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LanczosResult(KernelResult):
+    """Per-probe tridiagonals: ``alphas[l]`` (m_l), ``betas[l]`` (m_l; the last is the residual norm)."""
+
+    alphas: tuple[np.ndarray, ...]
+    betas: tuple[np.ndarray, ...]
+    broke_down: tuple[bool, ...]
+    reorth: str
+    size: int
+    basis: Tensor | None = not_serialised()
+
+    @property
+    def n_steps(self) -> tuple[int, ...]:
+        return tuple(len(a) for a in self.alphas)
+
+
+def lanczos(
+    op: CurvatureOperator,
+    n_steps: int,
+    *,
+    n_probes: int = 1,
+    start: Tensor | None = None,
+    seed: int = 0,
+    reorth: str = "full",
+    breakdown_tol: float | None = None,
+    keep_basis: bool = False,
+) -> LanczosResult:
+    """Run ``n_steps`` Lanczos steps on ``n_probes`` seeded Rademacher probes (or ``start``, k x P).
+
+    Returns the float64 tridiagonals; ``keep_basis`` also returns the basis (m+1, k, P), whose
+    row j holds q_{j+1} of each probe (full reorthogonalisation only).
+    """
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+    t0 = time.perf_counter()
+    if start is None:
+        start = random_probes(n_probes, op.size, seed=seed, dtype=op.dtype, device=op.device)
+    n_steps = min(n_steps, op.size)
+    process = LanczosProcess(op, start, reorth=reorth, breakdown_tol=breakdown_tol, capacity=n_steps + 1)
+    while process.steps < n_steps and not process.done:
+        process.step()
+    return LanczosResult(
+        alphas=tuple(np.asarray(a) for a in process.alphas),
+        betas=tuple(np.asarray(b) for b in process.betas),
+        broke_down=tuple(bool(b) for b in process.broke_down),
+        reorth=reorth,
+        size=op.size,
+        basis=process.basis[: process.steps + 1] if keep_basis and process.basis is not None else None,
+        n_products=process.n_products,
+        wall_time_s=time.perf_counter() - t0,
+    )

@@ -1,0 +1,132 @@
+"""Gauss quadrature from Lanczos tridiagonals and stochastic Lanczos quadrature (SLQ).
+
+eigh(T_m) = (theta, U) gives nodes theta_k and weights omega_k = U[0, k]^2 (summing to 1) with
+    sum_k omega_k theta_k^j = q_1^T A^j q_1   for j <= 2m - 1.
+SLQ averages the quadrature measures of n_v random probes; it estimates the spectral density
+    phi(t) = (1/P) sum_i delta(t - lambda_i) ~ (1/n_v) sum_l sum_k omega_k^(l) delta(t - theta_k^(l))
+and the trace tr A ~ P * mean_l sum_k omega_k^(l) theta_k^(l). The smoothed density convolves the
+measure with a unit-mass Gaussian (Ghorbani, Krishnan & Xiao 2019: variance 1e-5 * max(1, range),
+10,000 grid points on [min - 0.01, max + 0.01]). The nodes and weights are the estimate; the
+curve is a view of it. Error: Chen, Trogdon & Ubaru (ICML 2021).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import eigh_tridiagonal
+
+from ..operators.base import CurvatureOperator
+from ..results import KernelResult
+from .lanczos import lanczos
+
+
+def gauss_quadrature(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes (ascending) and weights of the Gauss rule of the tridiagonal (alphas, betas[:m-1])."""
+    alphas = np.asarray(alphas, dtype=np.float64)
+    off = np.asarray(betas, dtype=np.float64)[: len(alphas) - 1]
+    if len(alphas) == 1:
+        return alphas.copy(), np.ones(1)
+    nodes, vectors = eigh_tridiagonal(alphas, off)
+    return nodes, vectors[0] ** 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpectralDensity:
+    """A smoothed density phi on a grid (integrates to about 1) and the kernel variance used."""
+
+    grid: np.ndarray
+    values: np.ndarray
+    variance: float
+
+
+def smoothed_density(
+    nodes: np.ndarray,
+    weights: np.ndarray,
+    *,
+    grid: np.ndarray | None = None,
+    n_points: int = 10_000,
+    variance: float | None = None,
+) -> SpectralDensity:
+    """Gaussian-kernel density of the measure sum_k weights_k delta(theta_k) (weights sum to 1)."""
+    nodes, weights = np.asarray(nodes, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    lo, hi = float(nodes.min()), float(nodes.max())
+    if variance is None:
+        variance = 1e-5 * max(1.0, hi - lo)
+    if grid is None:
+        grid = np.linspace(lo - 0.01, hi + 0.01, n_points)
+    grid = np.asarray(grid, dtype=np.float64)
+    values = np.zeros_like(grid)
+    norm = 1.0 / math.sqrt(2.0 * math.pi * variance)
+    for start in range(0, len(nodes), 256):  # bounded memory: grid x 256 at a time
+        t, w = nodes[start : start + 256], weights[start : start + 256]
+        values += norm * (np.exp(-((grid[:, None] - t[None, :]) ** 2) / (2.0 * variance)) @ w)
+    return SpectralDensity(grid=grid, values=values, variance=variance)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SLQResult(KernelResult):
+    """Per-probe Gauss rules of A's spectral measure and the trace they imply.
+
+    ``trace_stderr`` is P * std_l(sum_k omega theta) / sqrt(n_v) (None with one probe).
+    """
+
+    size: int
+    nodes: tuple[np.ndarray, ...]
+    weights: tuple[np.ndarray, ...]
+    n_steps: tuple[int, ...]
+    reorth: str
+    seed: int
+    trace_estimate: float
+    trace_stderr: float | None
+
+    @property
+    def n_probes(self) -> int:
+        return len(self.nodes)
+
+    def pooled(self) -> tuple[np.ndarray, np.ndarray]:
+        """All probes' nodes with weights / n_v: one measure of total mass 1, sorted."""
+        nodes = np.concatenate(self.nodes)
+        weights = np.concatenate(self.weights) / self.n_probes
+        order = np.argsort(nodes, kind="stable")
+        return nodes[order], weights[order]
+
+    def cdf(self, t: np.ndarray) -> np.ndarray:
+        """Estimated spectral distribution function F(t) = (1/P) #{lambda_i <= t}."""
+        nodes, weights = self.pooled()
+        return np.concatenate([[0.0], np.cumsum(weights)])[np.searchsorted(nodes, t, side="right")]
+
+    def density(self, **kwargs) -> SpectralDensity:
+        """Smoothed density; keyword arguments as :func:`smoothed_density`."""
+        return smoothed_density(*self.pooled(), **kwargs)
+
+
+def slq(
+    op: CurvatureOperator,
+    n_steps: int = 100,
+    n_probes: int = 8,
+    *,
+    seed: int = 0,
+    reorth: str = "full",
+) -> SLQResult:
+    """Stochastic Lanczos quadrature with ``n_probes`` Rademacher probes run in lockstep."""
+    t0 = time.perf_counter()
+    run = lanczos(op, n_steps, n_probes=n_probes, seed=seed, reorth=reorth)
+    rules = [gauss_quadrature(a, b) for a, b in zip(run.alphas, run.betas)]
+    per_probe = np.array([float(w @ t) for t, w in rules]) * op.size
+    stderr = float(per_probe.std(ddof=1) / math.sqrt(n_probes)) if n_probes > 1 else None
+    return SLQResult(
+        size=op.size,
+        nodes=tuple(t for t, _ in rules),
+        weights=tuple(w for _, w in rules),
+        n_steps=run.n_steps,
+        reorth=reorth,
+        seed=seed,
+        trace_estimate=float(per_probe.mean()),
+        trace_stderr=stderr,
+        n_products=run.n_products,
+        wall_time_s=time.perf_counter() - t0,
+    )

@@ -1,0 +1,1 @@
+"""Turning files and names into the pieces of a Problem: data sets and models."""

@@ -1,0 +1,132 @@
+"""Losses with torch's ``reduction='mean'`` semantics and their output-space Hessians.
+
+The Gauss-Newton product needs S u, where S is the Hessian of the batch loss with respect to
+the network outputs (THEORY.md §1):
+
+- softmax cross-entropy over the class dimension 1: S_i = (diag p_i - p_i p_i^T) / n_terms
+- MSE over all elements: S = (2 / numel) I
+- any other differentiable loss: S u by forward-over-reverse on the loss alone (no second
+  derivatives of the network are ever taken).
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import grad, jvp, vmap
+
+
+class Loss(ABC):
+    """A scalar loss l(outputs, targets), averaged over the batch as torch's 'mean' does."""
+
+    name: str
+
+    @abstractmethod
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
+        """S U for a block U of shape (k, *outputs.shape), S the Hessian of self(outputs, targets)."""
+
+    def validate(self, outputs: Tensor, targets: Tensor) -> None:
+        """Raise ValueError if targets cannot belong to these outputs."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CrossEntropy(Loss):
+    """``F.cross_entropy`` with classes on dim 1; targets are class indices or probabilities."""
+
+    name = "cross_entropy"
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(outputs, targets)
+
+    def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
+        p = torch.softmax(outputs, dim=1)
+        n_terms = outputs.numel() // outputs.shape[1]
+        pu = p * U
+        return (pu - p * pu.sum(dim=2, keepdim=True)) / n_terms
+
+    def validate(self, outputs: Tensor, targets: Tensor) -> None:
+        if outputs.ndim < 2:
+            raise ValueError(f"cross_entropy needs outputs of shape (N, C, ...), got {tuple(outputs.shape)}")
+        n_classes = outputs.shape[1]
+        if targets.is_floating_point():
+            if targets.shape != outputs.shape:
+                raise ValueError(
+                    f"probability targets must have the outputs' shape {tuple(outputs.shape)}, "
+                    f"got {tuple(targets.shape)}"
+                )
+            return
+        expected = (outputs.shape[0],) + tuple(outputs.shape[2:])
+        if tuple(targets.shape) != expected:
+            raise ValueError(f"class-index targets must have shape {expected}, got {tuple(targets.shape)}")
+        if targets.numel() and (targets.min() < 0 or targets.max() >= n_classes):
+            raise ValueError(
+                f"labels must lie in [0, {n_classes - 1}] for a model with {n_classes} outputs, "
+                f"found range [{int(targets.min())}, {int(targets.max())}]"
+            )
+
+
+class MeanSquaredError(Loss):
+    """``F.mse_loss`` with mean over all elements: S = (2/numel) I."""
+
+    name = "mse"
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        # Same value as F.mse_loss; written out because forward-over-reverse through
+        # F.mse_loss fails in torch 2.13 ("ZeroTensors are immutable").
+        return (outputs - targets).square().mean()
+
+    def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
+        return U * (2.0 / outputs.numel())
+
+    def validate(self, outputs: Tensor, targets: Tensor) -> None:
+        if targets.shape != outputs.shape:
+            raise ValueError(f"mse targets must have the outputs' shape {tuple(outputs.shape)}, got {tuple(targets.shape)}")
+
+
+class CustomLoss(Loss):
+    """A user function ``fn(outputs, targets) -> scalar mean loss``; S U by jvp of its gradient."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], name: str | None = None) -> None:
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "custom")
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return self.fn(outputs, targets)
+
+    def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
+        grad_fn = grad(lambda o: self.fn(o, targets))
+        return vmap(lambda u: jvp(grad_fn, (outputs,), (u,))[1])(U)
+
+    def __repr__(self) -> str:
+        return f"CustomLoss({self.name})"
+
+
+BUILTIN_LOSSES: dict[str, type[Loss]] = {"cross_entropy": CrossEntropy, "mse": MeanSquaredError}
+
+
+def get_loss(spec: str | Loss | Callable[[Tensor, Tensor], Tensor]) -> Loss:
+    """Resolve 'cross_entropy', 'mse', 'package.module:function', a Loss or a callable."""
+    if isinstance(spec, Loss):
+        return spec
+    if callable(spec):
+        return CustomLoss(spec)
+    if spec in BUILTIN_LOSSES:
+        return BUILTIN_LOSSES[spec]()
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot import loss {spec!r}: {exc}") from exc
+        return CustomLoss(fn, name=spec)
+    raise ValueError(f"unknown loss {spec!r}: use one of {sorted(BUILTIN_LOSSES)} or package.module:function")

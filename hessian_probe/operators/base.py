@@ -1,0 +1,115 @@
+"""The one operator interface: a symmetric P x P matrix known only through products.
+
+``matmat(V)`` multiplies a block of k vectors stored as rows (V has shape k x P) and returns
+the k products as rows, so Krylov kernels can run k probes in lockstep on one pass over the data.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from ..problem import Problem
+
+
+class CurvatureOperator(ABC):
+    """A symmetric linear operator on R^P; rows in, rows out."""
+
+    @property
+    @abstractmethod
+    def size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device: ...
+
+    @abstractmethod
+    def _matmat(self, V: Tensor) -> Tensor: ...
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """A V^T, returned as rows: (k, P) -> (k, P)."""
+        if V.ndim != 2 or V.shape[1] != self.size:
+            raise ValueError(f"expected a block of shape (k, {self.size}), got {tuple(V.shape)}")
+        return self._matmat(V.to(device=self.device, dtype=self.dtype))
+
+    def matvec(self, v: Tensor) -> Tensor:
+        return self.matmat(v.reshape(1, -1))[0]
+
+    def to_dense(self, block_size: int = 64) -> Tensor:
+        """The full P x P matrix, built from products with the identity (small P only)."""
+        eye = torch.eye(self.size, dtype=self.dtype, device=self.device)
+        return torch.cat([self.matmat(rows) for rows in eye.split(block_size)], dim=0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, dtype={self.dtype}, device={self.device})"
+
+
+class DenseOperator(CurvatureOperator):
+    """An explicit symmetric matrix: for tests, random-matrix laws and small problems."""
+
+    def __init__(self, matrix: Tensor) -> None:
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"need a square matrix, got shape {tuple(matrix.shape)}")
+        self.matrix = matrix
+
+    size = property(lambda self: self.matrix.shape[0])
+    dtype = property(lambda self: self.matrix.dtype)
+    device = property(lambda self: self.matrix.device)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        return V @ self.matrix  # (A V^T)^T = V A for symmetric A
+
+
+class ShiftedOperator(CurvatureOperator):
+    """scale * A + shift * I, for spectral transformations (e.g. power iteration on an end)."""
+
+    def __init__(self, base: CurvatureOperator, shift: float, scale: float = 1.0) -> None:
+        self.base, self.shift, self.scale = base, shift, scale
+
+    size = property(lambda self: self.base.size)
+    dtype = property(lambda self: self.base.dtype)
+    device = property(lambda self: self.base.device)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        return self.scale * self.base.matmat(V) + self.shift * V
+
+
+class SampleOperator(CurvatureOperator):
+    """Curvature of the mean loss of a :class:`Problem`; owns the loop over its batches.
+
+    A V = sum_b (|b| / N) A_b V: batches of unequal size are weighted by their size, so the
+    operator is that of the loss the training loop minimised. Subclasses give the batch product.
+    """
+
+    name: str = ""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.space = problem.space
+
+    size = property(lambda self: self.space.size)
+    dtype = property(lambda self: self.problem.dtype)
+    device = property(lambda self: self.problem.device)
+
+    @abstractmethod
+    def batch_matmat(self, x: Tensor, y: Tensor, tangents: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A_b applied to k tangents {name: (k, *shape)} for the mean loss on one batch."""
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        tangents = self.space.unflatten(V)
+        out = torch.zeros_like(V)
+        for x, y, weight in self.problem.weighted_batches():
+            out.add_(self.space.flatten(self.batch_matmat(x, y, tangents), batch_dims=1), alpha=weight)
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(P={self.size}, N={self.problem.n_samples}, "
+            f"batches={len(self.problem.batches)}, dtype={self.dtype}, device={self.device})"
+        )

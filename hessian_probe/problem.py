@@ -1,0 +1,175 @@
+"""A curvature problem: the model as a pure function of its parameters, a loss and examples.
+
+The loss of a problem is the mean training loss over all its examples, exactly as a loop with
+``reduction='mean'`` minimises it: batches b of unequal size are weighted by |b| / N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .losses import Loss, get_loss
+from .parameters import ParameterSpace, select_names
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Model, parameters (``params`` are the differentiated ones), buffers, loss and batches."""
+
+    module: nn.Module
+    loss: Loss
+    params: dict[str, Tensor]
+    frozen: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+    batches: tuple[Batch, ...]
+
+    @property
+    def space(self) -> ParameterSpace:
+        return ParameterSpace.of(self.params)
+
+    @property
+    def n_params(self) -> int:
+        return self.space.size
+
+    @property
+    def n_samples(self) -> int:
+        return sum(len(x) for x, _ in self.batches)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.params.values())).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    def forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """f(x; w) with the given values of the selected parameters."""
+        return functional_call(self.module, ({**self.frozen, **params}, self.buffers), (x,))
+
+    def batch_loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return self.loss(self.forward(params, x), y)
+
+    def weighted_batches(self) -> Iterator[tuple[Tensor, Tensor, float]]:
+        """(x, y, |b|/N) for every batch: sum_b weight * batch mean = mean over the sample."""
+        n = self.n_samples
+        for x, y in self.batches:
+            yield x, y, len(x) / n
+
+    @torch.no_grad()
+    def loss_value(self) -> float:
+        return float(sum(w * self.batch_loss(self.params, x, y) for x, y, w in self.weighted_batches()))
+
+    def gradient(self) -> Tensor:
+        """Flat gradient of the mean loss."""
+        total = torch.zeros(self.n_params, dtype=self.dtype, device=self.device)
+        for x, y, w in self.weighted_batches():
+            g = torch.func.grad(lambda p: self.batch_loss(p, x, y))(self.params)
+            total += w * self.space.flatten(g)
+        return total
+
+    def with_batches(self, batches: Sequence[Batch]) -> Problem:
+        """The same model and loss on other examples (e.g. one random batch of a scan)."""
+        return replace(self, batches=_check_batches(batches))
+
+    def restricted(self, patterns: str | Sequence[str]) -> Problem:
+        """The same problem differentiated only in the parameters matching ``patterns``."""
+        every = {**self.params, **self.frozen}
+        order = [n for n, _ in self.module.named_parameters()] or list(every)
+        chosen = select_names(order, patterns)
+        return replace(
+            self,
+            params={n: every[n] for n in chosen},
+            frozen={n: every[n] for n in order if n not in chosen},
+        )
+
+
+def split_batches(inputs: Tensor, targets: Tensor, batch_size: int | None) -> list[Batch]:
+    """Consecutive batches of ``batch_size`` examples (the last may be smaller)."""
+    if len(inputs) != len(targets):
+        raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+    if batch_size is None or batch_size >= len(inputs):
+        return [(inputs, targets)]
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    return list(zip(inputs.split(batch_size), targets.split(batch_size)))
+
+
+def _check_batches(batches: Sequence[Batch]) -> tuple[Batch, ...]:
+    batches = tuple((x, y) for x, y in batches if len(x))
+    if not batches:
+        raise ValueError("the dataset is empty: a curvature operator needs at least one example")
+    return batches
+
+
+def _cast(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+
+
+def make_problem(
+    model: nn.Module,
+    data: tuple[Tensor, Tensor] | Sequence[Batch],
+    loss: str | Loss | Callable[[Tensor, Tensor], Tensor],
+    *,
+    params: str | Sequence[str] | None = None,
+    batch_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> Problem:
+    """Build a :class:`Problem`; the module is switched to eval mode (dropout off, BN running stats).
+
+    ``data`` is either ``(inputs, targets)`` (split into batches of ``batch_size``; the batch
+    size only bounds memory, the operator is the same) or an explicit sequence of batches.
+    ``params`` selects parameters by name pattern for blockwise curvature. Parameters, buffers
+    and floating-point data are copied to ``device`` and ``dtype``; the module's own tensors are
+    left untouched.
+    """
+    model.eval()
+    named = dict(model.named_parameters())
+    if not named:
+        raise ValueError("the model has no parameters")
+    dtype = dtype or next(iter(named.values())).dtype
+    device = torch.device(device) if device is not None else next(iter(named.values())).device
+    every = {n: _cast(p.detach(), device, dtype) for n, p in named.items()}
+    bad = [n for n, p in every.items() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"non-finite values in parameters: {', '.join(bad[:5])}")
+    chosen = select_names(every, params)
+    buffers = {n: _cast(b.detach(), device, dtype) for n, b in model.named_buffers()}
+
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+        batches = split_batches(*data, batch_size)
+    else:
+        batches = list(data)
+    batches = _check_batches([(_cast(x, device, dtype), _cast(y, device, dtype)) for x, y in batches])
+
+    problem = Problem(
+        module=model,
+        loss=get_loss(loss),
+        params={n: every[n] for n in chosen},
+        frozen={n: every[n] for n in every if n not in chosen},
+        buffers=buffers,
+        batches=batches,
+    )
+    _validate_data(problem)
+    return problem
+
+
+@torch.no_grad()
+def _validate_data(problem: Problem) -> None:
+    """One forward pass: targets fit the outputs, labels are in range, the loss is finite."""
+    for i, (x, y) in enumerate(problem.batches):
+        try:
+            outputs = problem.forward(problem.params, x)
+        except RuntimeError as exc:
+            raise ValueError(f"the model cannot run on batch {i} with inputs of shape {tuple(x.shape)}: {exc}") from exc
+        problem.loss.validate(outputs, y)
+        if not torch.isfinite(problem.loss(outputs, y)):
+            raise ValueError(f"the loss is not finite on batch {i}")

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import train_briefly  # noqa: E402
+
+from hessian_probe.loading.builtin_models import mlp, small_cnn  # noqa: E402
+from hessian_probe.loading.datasets import load_digits  # noqa: E402
+
+
+@functools.cache
+def trained_digits(kind: str, n_samples: int = 237):
+    """A briefly trained float64 tanh MLP or CNN on a seeded digits subset: (model, X, y)."""
+    torch.manual_seed(0)
+    image = kind == "cnn"
+    x, y = load_digits(n_samples, seed=1, image=image)
+    x = x.double()
+    model = (small_cnn(channels=6) if image else mlp(hidden=32)).double()
+    train_briefly(model, x, y, F.cross_entropy, steps=150, lr=0.01)
+    return model, x, y
+
+
+@pytest.fixture(params=["mlp", "cnn"])
+def digits_network(request):
+    return (request.param, *trained_digits(request.param))
