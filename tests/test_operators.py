@@ -1,0 +1,153 @@
+"""Operator contracts: blocks of k, determinism in eval mode, dtypes, devices, losses, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hessian_probe import curvature_operator, make_problem
+from hessian_probe.linalg import random_probes
+from hessian_probe.loading.builtin_models import mlp
+from hessian_probe.loading.datasets import load_digits
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(200, seed=2)
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn"])
+def test_a_block_of_k_vectors_gives_the_k_separate_products(digits_network, kind):
+    name, model, x, y = digits_network
+    op = curvature_operator(make_problem(model, (x, y), "cross_entropy", batch_size=100), kind)
+    V = random_probes(8, op.size, seed=0, dtype=F64, device="cpu", distribution="gaussian")
+    block = op.matmat(V)
+    separate = torch.stack([op.matvec(v) for v in V])
+    # equal up to floating-point reassociation inside batched BLAS calls
+    torch.testing.assert_close(block, separate, rtol=0, atol=1e-14 * block.abs().max().item())
+
+
+class NoisyNet(nn.Module):
+    """Dropout and BatchNorm: random or batch-dependent in train mode, fixed in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn"])
+def test_eval_mode_makes_the_operator_deterministic(digits, kind):
+    x, y = digits
+    torch.manual_seed(0)
+    model = NoisyNet()
+    model.train()
+    model(x)  # give BatchNorm running statistics that differ from any batch's
+    problem = make_problem(model, (x, y), "cross_entropy", batch_size=64, dtype=F64)
+    assert not model.training
+    op = curvature_operator(problem, kind)
+    v = random_probes(1, op.size, seed=1, dtype=F64, device="cpu")[0]
+    assert torch.equal(op.matvec(v), op.matvec(v))
+    # batching only bounds memory: BN uses running statistics, so the chunking does not matter
+    whole = make_problem(model, (x, y), "cross_entropy", dtype=F64)
+    torch.testing.assert_close(op.matvec(v), curvature_operator(whole, kind).matvec(v), rtol=1e-12, atol=1e-14)
+
+
+def test_float32_products_agree_with_float64(digits):
+    x, y = digits
+    torch.manual_seed(0)
+    model = mlp()
+    v = random_probes(3, sum(p.numel() for p in model.parameters()), seed=2, dtype=F64, device="cpu")
+    for kind in ("hessian", "ggn"):
+        exact = curvature_operator(make_problem(model, (x, y), "cross_entropy", dtype=F64), kind).matmat(v)
+        single = curvature_operator(make_problem(model, (x, y), "cross_entropy", dtype=torch.float32), kind)
+        assert single.dtype == torch.float32
+        approx = single.matmat(v.float()).double()
+        assert (approx - exact).norm() <= 1e-5 * exact.norm()
+    assert next(model.parameters()).dtype == torch.float32, "the user's module is left as it was"
+
+
+def test_custom_loss_uses_the_same_gauss_newton(digits):
+    x, y = digits
+    torch.manual_seed(0)
+    model = mlp().double()
+    builtin = make_problem(model, (x, y), "cross_entropy", dtype=F64, batch_size=64)
+    custom = make_problem(model, (x, y), lambda out, t: F.cross_entropy(out, t), dtype=F64, batch_size=64)
+    v = random_probes(2, builtin.n_params, seed=3, dtype=F64, device="cpu")
+    for kind in ("hessian", "ggn"):
+        torch.testing.assert_close(
+            curvature_operator(builtin, kind).matmat(v), curvature_operator(custom, kind).matmat(v), rtol=1e-12, atol=1e-15
+        )
+
+
+def test_mse_ggn_equals_hessian_for_a_linear_model():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(90, 5, generator=g, dtype=F64), torch.randn(90, 2, generator=g, dtype=F64)
+    problem = make_problem(nn.Linear(5, 2).double(), (x, y), "mse", batch_size=40)
+    torch.testing.assert_close(
+        curvature_operator(problem, "ggn").to_dense(), curvature_operator(problem, "hessian").to_dense(), rtol=0, atol=1e-13
+    )
+
+
+def test_the_problem_loss_and_gradient_are_the_mean_over_all_examples(digits):
+    x, y = digits
+    model = mlp().double()
+    problem = make_problem(model, [(x[:150], y[:150]), (x[150:], y[150:])], "cross_entropy", dtype=F64)
+    model.zero_grad()
+    loss = F.cross_entropy(model(x.double()), y)
+    loss.backward()
+    assert problem.loss_value() == pytest.approx(loss.item(), rel=1e-12)
+    expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(problem.gradient(), expected, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m, x, y: (m, (x[:0], y[:0]), {}), "empty"),
+        (lambda m, x, y: (m, (x, y + 10), {}), r"labels must lie in \[0, 9\]"),
+        (lambda m, x, y: (m, (x, y[:-1]), {}), "inputs but"),
+        (lambda m, x, y: (m, (x[:, :10], y), {}), "cannot run"),
+        (lambda m, x, y: (m, (x, y), {"params": "nothing.here"}), "matches no parameter"),
+        (lambda m, x, y: (m, (x, y.float()), {}), "probability targets"),
+        (lambda m, x, y: (_poisoned(m), (x, y), {}), "non-finite"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_message(digits, change, message):
+    x, y = digits
+    model, data, kwargs = change(mlp(), x, y)
+    with pytest.raises(ValueError, match=message):
+        make_problem(model, data, "cross_entropy", **kwargs)
+
+
+def _poisoned(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    return model
+
+
+def test_unknown_names_are_refused(digits):
+    x, y = digits
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_problem(mlp(), (x, y), "hinge")
+    with pytest.raises(ValueError, match="unknown operator"):
+        curvature_operator(make_problem(mlp(), (x, y), "cross_entropy"), "fisher")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("kind", ["hessian", "ggn"])
+def test_cuda_products_match_cpu(digits, kind):
+    x, y = digits
+    torch.manual_seed(0)
+    model = mlp()
+    cpu = curvature_operator(make_problem(model, (x, y), "cross_entropy", dtype=F64), kind)
+    gpu = curvature_operator(make_problem(model, (x, y), "cross_entropy", dtype=F64, device="cuda"), kind)
+    v = random_probes(4, cpu.size, seed=0, dtype=F64, device="cpu")
+    torch.testing.assert_close(gpu.matmat(v.cuda()).cpu(), cpu.matmat(v), rtol=1e-10, atol=1e-13)
