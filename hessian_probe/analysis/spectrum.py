@@ -1,0 +1,77 @@
+"""The spectrum of one curvature operator: SLQ density, extremal eigenvalues and trace.
+
+One call gathers what a user asks first about a point in weight space; each part keeps its own
+error measure (Ritz residuals and converged flags, trace stderr, the raw quadrature nodes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..linalg import EigenResult, SLQResult, SpectralDensity, TraceResult, extremal_eigs, slq, trace
+from ..operators import SampleOperator
+from ..results import to_jsonable
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpectrumResult:
+    operator: str
+    n_params: int
+    n_samples: int
+    slq: SLQResult
+    eigs: EigenResult
+    trace: TraceResult
+    density: SpectralDensity
+
+    @property
+    def warnings(self) -> list[str]:
+        notes = list(self.trace.warnings)
+        if not self.eigs.converged:
+            notes.append(
+                f"extremal eigenvalues not converged to tol {self.eigs.tol:g} in {self.eigs.n_steps} steps; "
+                "see top_converged / bottom_converged"
+            )
+        return notes
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat public keys (operator, n_params, top_eigenvalues, trace.estimate, ...) plus details."""
+        return to_jsonable(
+            {
+                "operator": self.operator,
+                "n_params": self.n_params,
+                "n_samples": self.n_samples,
+                "top_eigenvalues": self.eigs.top_eigenvalues,
+                "bottom_eigenvalues": self.eigs.bottom_eigenvalues,
+                "eigs": self.eigs,
+                "trace": self.trace,
+                "slq": self.slq,
+                "density": self.density,
+                "warnings": self.warnings,
+            }
+        )
+
+
+def spectrum(
+    op: SampleOperator,
+    *,
+    n_steps: int = 80,
+    n_probes: int = 8,
+    top_k: int = 5,
+    bottom_k: int = 3,
+    tol: float = 1e-6,
+    trace_products: int = 99,
+    trace_method: str = "hutchpp",
+    seed: int = 0,
+) -> SpectrumResult:
+    """SLQ (``n_steps`` x ``n_probes``), top/bottom eigenvalues to ``tol``, and the trace."""
+    density_run = slq(op, n_steps, n_probes, seed=seed)
+    return SpectrumResult(
+        operator=op.name,
+        n_params=op.size,
+        n_samples=op.problem.n_samples,
+        slq=density_run,
+        eigs=extremal_eigs(op, top_k, bottom_k, tol=tol, seed=seed),
+        trace=trace(op, trace_products, method=trace_method, seed=seed),
+        density=density_run.density(),
+    )
