@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import grad, jvp, vmap
 
 
@@ -64,6 +64,9 @@ class CrossEntropy(Loss):
                     f"probability targets must have the outputs' shape {tuple(outputs.shape)}, "
                     f"got {tuple(targets.shape)}"
                 )
+            # S = (sum_c t_c)(diag p - p p^T): the closed form below needs distributions
+            if targets.numel() and (targets.min() < 0 or not torch.allclose(targets.sum(1), torch.ones(()).to(targets), atol=1e-5)):
+                raise ValueError("probability targets must be non-negative and sum to 1 over the class dimension 1")
             return
         expected = (outputs.shape[0],) + tuple(outputs.shape[2:])
         if tuple(targets.shape) != expected:
@@ -114,10 +117,24 @@ class CustomLoss(Loss):
 BUILTIN_LOSSES: dict[str, type[Loss]] = {"cross_entropy": CrossEntropy, "mse": MeanSquaredError}
 
 
+def _torch_equivalent(spec: object) -> Loss | None:
+    """torch's own mean cross-entropy and MSE, mapped to the closed forms above."""
+    if spec is F.cross_entropy or (
+        isinstance(spec, nn.CrossEntropyLoss) and spec.reduction == "mean" and spec.weight is None
+        and spec.label_smoothing == 0 and spec.ignore_index == -100
+    ):
+        return CrossEntropy()
+    if spec is F.mse_loss or (isinstance(spec, nn.MSELoss) and spec.reduction == "mean"):
+        return MeanSquaredError()
+    return None
+
+
 def get_loss(spec: str | Loss | Callable[[Tensor, Tensor], Tensor]) -> Loss:
     """Resolve 'cross_entropy', 'mse', 'package.module:function', a Loss or a callable."""
     if isinstance(spec, Loss):
         return spec
+    if (builtin := _torch_equivalent(spec)) is not None:
+        return builtin
     if callable(spec):
         return CustomLoss(spec)
     if spec in BUILTIN_LOSSES:

@@ -7,6 +7,7 @@ The loss of a problem is the mean training loss over all its examples, exactly a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -51,8 +52,9 @@ class Problem:
         return next(iter(self.params.values())).device
 
     def forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        """f(x; w) with the given values of the selected parameters."""
-        return functional_call(self.module, ({**self.frozen, **params}, self.buffers), (x,))
+        """f(x; w) with the given values of the selected parameters, always in eval mode."""
+        with evaluation_mode(self.module):
+            return functional_call(self.module, ({**self.frozen, **params}, self.buffers), (x,))
 
     def batch_loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return self.loss(self.forward(params, x), y)
@@ -77,7 +79,9 @@ class Problem:
 
     def with_batches(self, batches: Sequence[Batch]) -> Problem:
         """The same model and loss on other examples (e.g. one random batch of a scan)."""
-        return replace(self, batches=_check_batches(batches))
+        problem = replace(self, batches=_prepare_batches(batches, self.device, self.dtype))
+        _validate_data(problem)
+        return problem
 
     def restricted(self, patterns: str | Sequence[str]) -> Problem:
         """The same problem differentiated only in the parameters matching ``patterns``."""
@@ -102,15 +106,30 @@ def split_batches(inputs: Tensor, targets: Tensor, batch_size: int | None) -> li
     return list(zip(inputs.split(batch_size), targets.split(batch_size)))
 
 
-def _check_batches(batches: Sequence[Batch]) -> tuple[Batch, ...]:
-    batches = tuple((x, y) for x, y in batches if len(x))
-    if not batches:
-        raise ValueError("the dataset is empty: a curvature operator needs at least one example")
-    return batches
+@contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[None]:
+    """Run with every submodule in eval mode (dropout off, BN running stats), then restore the modes."""
+    modes = [(m, m.training) for m in module.modules()]
+    for m, _ in modes:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _cast(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
-    return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+    """Floating tensors to ``dtype``; integer labels to int64 (as torch's losses expect)."""
+    target = dtype if t.is_floating_point() else (torch.int64 if not t.dtype == torch.bool else t.dtype)
+    return t.to(device=device, dtype=target)
+
+
+def _prepare_batches(batches: Sequence[Batch], device: torch.device, dtype: torch.dtype) -> tuple[Batch, ...]:
+    batches = tuple((_cast(x, device, dtype), _cast(y, device, dtype)) for x, y in batches if len(x))
+    if not batches:
+        raise ValueError("the dataset is empty: a curvature operator needs at least one example")
+    return batches
 
 
 def make_problem(
@@ -123,19 +142,22 @@ def make_problem(
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
 ) -> Problem:
-    """Build a :class:`Problem`; the module is switched to eval mode (dropout off, BN running stats).
+    """Build a :class:`Problem`, evaluated in eval mode (dropout off, BN running statistics).
 
     ``data`` is either ``(inputs, targets)`` (split into batches of ``batch_size``; the batch
     size only bounds memory, the operator is the same) or an explicit sequence of batches.
     ``params`` selects parameters by name pattern for blockwise curvature. Parameters, buffers
-    and floating-point data are copied to ``device`` and ``dtype``; the module's own tensors are
-    left untouched.
+    and floating-point data are copied to ``device`` and ``dtype`` (default: the model's, with
+    half precision raised to float32, which Krylov methods need); the module's own tensors and
+    its train/eval mode are left untouched.
     """
-    model.eval()
     named = dict(model.named_parameters())
     if not named:
         raise ValueError("the model has no parameters")
-    dtype = dtype or next(iter(named.values())).dtype
+    model_dtype = next(iter(named.values())).dtype
+    dtype = dtype or (model_dtype if model_dtype in (torch.float32, torch.float64) else torch.float32)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"curvature products need float32 or float64, got {dtype}")
     device = torch.device(device) if device is not None else next(iter(named.values())).device
     every = {n: _cast(p.detach(), device, dtype) for n, p in named.items()}
     bad = [n for n, p in every.items() if not torch.isfinite(p).all()]
@@ -148,7 +170,7 @@ def make_problem(
         batches = split_batches(*data, batch_size)
     else:
         batches = list(data)
-    batches = _check_batches([(_cast(x, device, dtype), _cast(y, device, dtype)) for x, y in batches])
+    batches = _prepare_batches(batches, device, dtype)
 
     problem = Problem(
         module=model,

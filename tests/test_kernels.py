@@ -146,6 +146,36 @@ def test_power_iteration_agrees_with_lanczos_and_costs_more():
     assert slow.n_products > 5 * fast.n_products
 
 
+def test_float32_lanczos_does_not_stop_early_under_a_large_outlier():
+    g = torch.Generator().manual_seed(15)
+    values = torch.rand(1000, generator=g, dtype=F64) * 0.1
+    values[0], values[1] = 1e3, -0.05
+    result = extremal_eigs(DenseOperator(torch.diag(values).float()), top_k=2, bottom_k=2, tol=1e-4)
+    truth = np.sort(values.numpy())
+    assert result.n_steps >= 10, "a small genuine beta under the outlier's scale is not a breakdown"
+    # float32 resolves eigenvalues to about eps * |A| = 1.2e-4 here; converged means residual <= 10 eps |A|
+    assert result.top_eigenvalues[0] == pytest.approx(1e3, rel=1e-6)
+    np.testing.assert_allclose(result.top_eigenvalues[1], truth[-2], atol=2e-3)
+    np.testing.assert_allclose(result.bottom_eigenvalues, truth[:2], atol=2e-3)
+    assert result.bottom_eigenvalues[0] < -0.04
+
+
+def test_repeated_eigenvalues_are_found_with_their_multiplicity():
+    g = torch.Generator().manual_seed(16)
+    x = torch.randn(40, 5, generator=g, dtype=F64)
+    block = x.T @ x
+    op = DenseOperator(torch.kron(torch.eye(3, dtype=F64), block))  # each eigenvalue three times
+    result = extremal_eigs(op, top_k=4, bottom_k=3, tol=1e-10)
+    spectrum = np.linalg.eigvalsh(op.matrix.numpy())
+    assert result.converged
+    np.testing.assert_allclose(result.top_eigenvalues, spectrum[::-1][:4], rtol=1e-8)
+    np.testing.assert_allclose(result.bottom_eigenvalues, spectrum[:3], rtol=1e-8)
+    low_rank = DenseOperator(x[:2].T @ x[:2])  # rank 2 in R^5: zero three times
+    result = extremal_eigs(low_rank, top_k=2, bottom_k=3, tol=1e-10)
+    np.testing.assert_allclose(result.bottom_eigenvalues, 0.0, atol=1e-12)
+    assert result.top_eigenvalues.min() > 1.0
+
+
 def test_unconverged_results_say_so():
     op = DenseOperator(random_symmetric(500, seed=11))
     result = extremal_eigs(op, top_k=3, tol=1e-12, max_steps=10)
@@ -196,6 +226,10 @@ def test_bad_kernel_arguments_are_refused():
     op = DenseOperator(random_symmetric(10, seed=0))
     with pytest.raises(ValueError, match="at least one eigenvalue"):
         extremal_eigs(op, top_k=0)
+    with pytest.raises(ValueError, match="cannot find"):
+        extremal_eigs(op, top_k=6, bottom_k=5)
+    with pytest.raises(ValueError, match="half precision"):
+        lanczos(DenseOperator(torch.eye(4, dtype=torch.bfloat16)), 2)
     with pytest.raises(ValueError, match="unknown eigen method"):
         extremal_eigs(op, method="arnoldi")
     with pytest.raises(ValueError, match="reorth"):

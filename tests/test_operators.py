@@ -50,7 +50,7 @@ def test_eval_mode_makes_the_operator_deterministic(digits, kind):
     model.train()
     model(x)  # give BatchNorm running statistics that differ from any batch's
     problem = make_problem(model, (x, y), "cross_entropy", batch_size=64, dtype=F64)
-    assert not model.training
+    assert model.training, "the user's module keeps its mode; the problem evaluates in eval mode"
     op = curvature_operator(problem, kind)
     v = random_probes(1, op.size, seed=1, dtype=F64, device="cpu")[0]
     assert torch.equal(op.matvec(v), op.matvec(v))
@@ -116,6 +116,8 @@ def test_the_problem_loss_and_gradient_are_the_mean_over_all_examples(digits):
         (lambda m, x, y: (m, (x[:, :10], y), {}), "cannot run"),
         (lambda m, x, y: (m, (x, y), {"params": "nothing.here"}), "matches no parameter"),
         (lambda m, x, y: (m, (x, y.float()), {}), "probability targets"),
+        (lambda m, x, y: (m, (x, F.one_hot(y, 10).double() * 2), {}), "sum to 1"),
+        (lambda m, x, y: (m, (x, y), {"dtype": torch.float16}), "float32 or float64"),
         (lambda m, x, y: (_poisoned(m), (x, y), {}), "non-finite"),
     ],
 )
@@ -124,6 +126,38 @@ def test_bad_input_is_refused_with_a_clear_message(digits, change, message):
     model, data, kwargs = change(mlp(), x, y)
     with pytest.raises(ValueError, match=message):
         make_problem(model, data, "cross_entropy", **kwargs)
+
+
+def test_with_batches_casts_and_validates(digits):
+    x, y = digits
+    problem = make_problem(mlp(), (x, y), "cross_entropy", dtype=F64)
+    batch = problem.with_batches([(x[:50], y[:50].int())])  # float32 inputs, int32 labels
+    assert batch.batches[0][0].dtype == F64 and batch.batches[0][1].dtype == torch.int64
+    assert batch.n_samples == 50
+    v = random_probes(1, problem.n_params, seed=0, dtype=F64, device="cpu")
+    assert torch.isfinite(curvature_operator(batch).matmat(v)).all()
+    with pytest.raises(ValueError, match="labels must lie"):
+        problem.with_batches([(x[:50], y[:50] + 10)])
+
+
+def test_torch_losses_map_to_the_closed_forms(digits):
+    x, y = digits
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randn(len(x), 10, generator=g)
+    model = mlp()
+    reference = curvature_operator(make_problem(model, (x, targets), "mse", dtype=F64), "hessian")
+    v = random_probes(2, reference.size, seed=0, dtype=F64, device="cpu")
+    for loss in (F.mse_loss, nn.MSELoss()):
+        op = curvature_operator(make_problem(model, (x, targets), loss, dtype=F64), "hessian")
+        torch.testing.assert_close(op.matmat(v), reference.matmat(v), rtol=0, atol=0)
+    for loss in (F.cross_entropy, nn.CrossEntropyLoss()):
+        assert make_problem(model, (x, y), loss).loss.name == "cross_entropy"
+
+
+def test_half_precision_models_are_measured_in_float32(digits):
+    x, y = digits
+    problem = make_problem(mlp().to(torch.bfloat16), (x, y), "cross_entropy")
+    assert problem.dtype == torch.float32
 
 
 def _poisoned(model: nn.Module) -> nn.Module:

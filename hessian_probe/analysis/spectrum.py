@@ -26,7 +26,7 @@ class SpectrumResult:
 
     @property
     def warnings(self) -> list[str]:
-        notes = list(self.trace.warnings)
+        notes = list(self.trace.warnings) + list(self.eigs.warnings)
         if not self.eigs.converged:
             notes.append(
                 f"extremal eigenvalues not converged to tol {self.eigs.tol:g} in {self.eigs.n_steps} steps; "
@@ -64,14 +64,18 @@ def spectrum(
     trace_method: str = "hutchpp",
     seed: int = 0,
 ) -> SpectrumResult:
-    """SLQ (``n_steps`` x ``n_probes``), top/bottom eigenvalues to ``tol``, and the trace."""
+    """SLQ (``n_steps`` x ``n_probes``), top/bottom eigenvalues to ``tol``, and the trace.
+
+    Each part draws its own probes (seeds ``seed``, ``seed + 1000``, ``seed + 2000``), so the
+    SLQ trace and the Hutch++ trace are independent estimates.
+    """
     density_run = slq(op, n_steps, n_probes, seed=seed)
     return SpectrumResult(
         operator=op.name,
         n_params=op.size,
         n_samples=op.problem.n_samples,
         slq=density_run,
-        eigs=extremal_eigs(op, top_k, bottom_k, tol=tol, seed=seed),
-        trace=trace(op, trace_products, method=trace_method, seed=seed),
+        eigs=extremal_eigs(op, top_k, bottom_k, tol=tol, seed=seed + 1000),
+        trace=trace(op, trace_products, method=trace_method, seed=seed + 2000),
         density=density_run.density(),
     )

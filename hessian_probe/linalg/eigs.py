@@ -2,12 +2,18 @@
 
 Lanczos with full reorthogonalisation, one probe: after m steps the Ritz pairs (theta_i, y_i = Q_m u_i)
 of T_m satisfy |A y_i - theta_i y_i| = beta_m |u_i[m-1]| (the Ritz residual). A requested pair is
-converged when its residual <= tol * |theta_i| (floored at machine precision times |A|); the
-eigenvalue error is then at most residual^2 / gap. Runs stop when all requested pairs converge,
-on breakdown (T exact), or at ``max_steps``; unconverged pairs are flagged, never hidden.
+converged when its residual <= max(tol * |theta_i|, 10 eps |A|) -- the second term is the
+attainable floor for eigenvalues near zero; the eigenvalue error is then at most residual^2 / gap.
+Runs stop when all requested pairs converge, when the whole space is spanned, or at
+``max_steps``; unconverged pairs are flagged, never hidden.
 
-Single-vector Krylov methods see each distinct eigenvalue once: a repeated eigenvalue appears
-with multiplicity one.
+On breakdown (an invariant Krylov subspace: an eigenvalue of multiplicity > 1, or a start
+vector with no component on some eigenvectors) Lanczos restarts from a random vector orthogonal
+to its basis. After a restart the run stops only once the new block's own extreme Ritz values
+have converged strictly inside the requested ones: the rest of the space then holds no further
+copy, and repeated eigenvalues are reported with their multiplicity. Before any breakdown a
+single-vector Krylov space cannot tell a repeated eigenvalue from a simple one; exact
+multiplicities are found as the breakdowns come.
 
 Power iteration finds the dominant (largest |lambda|) eigenvalue; algebraic ends are reached
 on shifted positive semi-definite operators A - s I (s <= lambda_min) and s I - A (s >= lambda_max),
@@ -47,6 +53,7 @@ class EigenResult(KernelResult):
     bottom_eigenvalues: np.ndarray
     bottom_residuals: np.ndarray
     bottom_converged: np.ndarray
+    warnings: tuple[str, ...] = ()
     top_eigenvectors: Tensor | None = not_serialised()
     bottom_eigenvectors: Tensor | None = not_serialised()
 
@@ -58,13 +65,32 @@ class EigenResult(KernelResult):
 def _check_counts(op: CurvatureOperator, top_k: int, bottom_k: int) -> None:
     if top_k < 0 or bottom_k < 0 or top_k + bottom_k == 0:
         raise ValueError(f"ask for at least one eigenvalue (top_k={top_k}, bottom_k={bottom_k})")
-    if max(top_k, bottom_k) > op.size:
-        raise ValueError(f"cannot find {max(top_k, bottom_k)} eigenvalues of a {op.size} x {op.size} operator")
+    if top_k + bottom_k > op.size:
+        raise ValueError(f"cannot find {top_k} + {bottom_k} eigenvalues of a {op.size} x {op.size} operator")
 
 
-def _ritz(process: LanczosProcess) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ritz values (ascending), their residuals and the eigenvectors of T for probe 0."""
-    alphas, off = process.tridiagonal(0)
+def _floor(dtype: torch.dtype, scale: float) -> float:
+    """The smallest residual rounding lets a product of size ``scale`` reach."""
+    return 10 * torch.finfo(dtype).eps * scale
+
+
+def _no_copies_left(process: LanczosProcess, theta: np.ndarray, top: np.ndarray, bottom: np.ndarray, accepted) -> bool:
+    """After a restart, the block since the last restart spans a random part of the remaining
+    invariant space: once its own extreme Ritz values converge strictly inside the requested
+    ones (by more than the residual floor), no further copy of them is left to find."""
+    if process.restarts[0] == 0:
+        return True
+    block, residuals, _ = _ritz(process, int(process.block_start[0]))
+    ok = accepted(block, residuals)
+    margin = _floor(process.op.dtype, process.scale[0])
+    top_clear = not len(top) or (ok[-1] and block[-1] < theta[top[-1]] - margin)
+    bottom_clear = not len(bottom) or (ok[0] and block[0] > theta[bottom[-1]] + margin)
+    return bool(top_clear and bottom_clear)
+
+
+def _ritz(process: LanczosProcess, start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ritz values (ascending), residuals and eigenvectors of T (from step ``start``) for probe 0."""
+    alphas, off = process.tridiagonal(0, start)
     if len(alphas) == 1:
         theta, U = alphas.copy(), np.ones((1, 1))
     else:
@@ -86,21 +112,31 @@ def lanczos_eigs(
     """Top-k and bottom-k algebraic eigenpairs by Lanczos with full reorthogonalisation."""
     _check_counts(op, top_k, bottom_k)
     t0 = time.perf_counter()
-    max_steps = min(op.size, max_steps or max(300, 20 * (top_k + bottom_k)))
-    start = random_probes(1, op.size, seed=seed, dtype=op.dtype, device=op.device)
-    process = LanczosProcess(op, start, reorth="full", capacity=min(max_steps + 1, 64))
     wanted = top_k + bottom_k
+    max_steps = min(op.size, max(max_steps or max(300, 20 * wanted), wanted))
+    start = random_probes(1, op.size, seed=seed, dtype=op.dtype, device=op.device)
+    process = LanczosProcess(op, start, reorth="full", capacity=min(max_steps + 1, 64), restart=True, seed=seed + 1)
+
+    def accepted(theta: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+        return residuals <= np.maximum(tol * np.abs(theta), _floor(op.dtype, process.scale[0]))
+
     while True:
         process.step()
         m = process.steps
-        if process.done or m >= max_steps or (m >= wanted and m % check_every == 0):
-            theta, residuals, U = _ritz(process)
-            floor = 10 * torch.finfo(op.dtype).eps * process.scale[0]
-            ok = residuals <= tol * np.maximum(np.abs(theta), floor)
-            top = np.arange(len(theta) - 1, len(theta) - 1 - min(top_k, len(theta)), -1)
-            bottom = np.arange(min(bottom_k, len(theta)))
-            if process.done or m >= max_steps or (ok[top].all() and ok[bottom].all()):
-                break
+        if not (process.done or m >= max_steps or (m >= wanted and m % check_every == 0)):
+            continue
+        theta, residuals, U = _ritz(process)
+        ok = accepted(theta, residuals)
+        top = np.arange(len(theta) - 1, len(theta) - 1 - top_k, -1)
+        bottom = np.arange(bottom_k)
+        complete = ok[top].all() and ok[bottom].all() and _no_copies_left(process, theta, top, bottom, accepted)
+        if complete or process.done or m >= max_steps:
+            break
+
+    warnings = ()
+    if not complete and not process.done and process.restarts[0]:
+        warnings = (f"stopped at max_steps={max_steps} after {process.restarts[0]} breakdown(s): "
+                    "further copies of repeated eigenvalues may exist",)
 
     def vectors(idx: np.ndarray) -> Tensor | None:
         return process.ritz_vectors(0, U[:, idx]) if return_eigenvectors and len(idx) else None
@@ -118,6 +154,7 @@ def lanczos_eigs(
         bottom_converged=ok[bottom],
         top_eigenvectors=vectors(top),
         bottom_eigenvectors=vectors(bottom),
+        warnings=warnings,
         n_products=process.n_products,
         wall_time_s=time.perf_counter() - t0,
     )
@@ -134,11 +171,12 @@ class _PowerOutcome:
 
 
 def _deflated_power(
-    op: CurvatureOperator, k: int, *, tol: float, max_iter: int, seed: int, offset: float = 0.0
+    op: CurvatureOperator, k: int, *, tol: float, max_iter: int, seed: int, offset: float = 0.0, floor: float = 0.0
 ) -> _PowerOutcome:
     """Dominant k eigenpairs, one at a time, each orthogonal to those found before.
 
-    Converged when |A v - theta v| <= tol * |theta - offset| (offset undoes a shift).
+    Converged when |A v - theta v| <= max(tol |theta - offset|, floor) (offset undoes a shift).
+    The reported residual is |A v - theta v| on A itself, not on the deflated operator.
     """
     found: list[Tensor] = []
     values, residuals, converged = [], [], []
@@ -157,14 +195,17 @@ def _deflated_power(
             steps += 1
             theta = float(v @ w)
             residual = float((w - theta * v).norm())
-            if residual <= tol * max(abs(theta - offset), 1e-300):
+            if residual <= max(0.1 * tol * abs(theta - offset), floor):  # margin for inexact deflation
                 ok = True
                 break
             v = w
+        v = v / v.norm()
+        residual = float((op.matvec(v) - theta * v).norm())
+        products += 1
         values.append(theta)
         residuals.append(residual)
-        converged.append(ok)
-        found.append(v / v.norm())
+        converged.append(ok and residual <= max(tol * abs(theta - offset), floor))
+        found.append(v)
     return _PowerOutcome(values, residuals, converged, found, products, steps)
 
 
@@ -187,15 +228,17 @@ def power_eigs(
     t0 = time.perf_counter()
     dominant = _deflated_power(op, 1, tol=tol, max_iter=max_iter, seed=seed)
     radius = abs(dominant.values[0]) * (1 + 1e-3)
+    floor = _floor(op.dtype, radius)
     outcomes = {}
     for end, count, scale in (("top", top_k, 1.0), ("bottom", bottom_k, -1.0)):
         if count:
             shifted = ShiftedOperator(op, shift=radius, scale=scale)  # A + r I  or  r I - A
-            out = _deflated_power(shifted, count, tol=tol, max_iter=max_iter, seed=seed + 1000, offset=radius)
+            out = _deflated_power(
+                shifted, count, tol=tol, max_iter=max_iter, seed=seed + 1000, offset=radius, floor=floor
+            )
             vals = [scale * (v - radius) for v in out.values]
-            # residual on the original operator equals that on the shifted one, relative to |lambda|
-            ok = [r <= tol * max(abs(v), 1e-300) for r, v in zip(out.residuals, vals)]
-            outcomes[end] = (vals, out, ok)
+            # a shift leaves residuals unchanged: |(A + r I) v - (theta + r) v| = |A v - theta v|
+            outcomes[end] = (vals, out, out.converged)
 
     def part(end: str, reverse: bool):
         if end not in outcomes:

@@ -4,8 +4,11 @@ For each probe, starting from q_1 = z / |z|:
     w = A q_j - beta_{j-1} q_{j-1};  alpha_j = w . q_j;  w -= alpha_j q_j
     (full: w -= Q (Q^T w), done twice);  beta_j = |w|;  q_{j+1} = w / beta_j
 giving the tridiagonal T_m = tridiag(beta, alpha, beta) with A Q_m = Q_m T_m + beta_m q_{m+1} e_m^T.
-A probe stops on breakdown, beta_j <= breakdown_tol * max(|alpha|, beta): its Krylov space is
-invariant and T is exact. alpha and beta are kept in float64 whatever the operator's dtype; the
+A probe stops on breakdown, beta_j <= breakdown_tol * max(|alpha|, beta) (default 10 eps of the
+dtype: rounding level, so a small but genuine beta never stops a run early): its Krylov space is
+invariant and T is exact. With ``restart=True`` (used for eigenvalues) a broken-down probe goes on
+from a random vector orthogonal to its basis, with a zero coupling in T, so eigenvalues outside
+the invariant subspace, and further copies of repeated ones, are still found. alpha and beta are kept in float64 whatever the operator's dtype; the
 basis stays in the operator's dtype on its device. All k probes share one ``matmat`` per step.
 """
 
@@ -25,8 +28,11 @@ from .probes import random_probes
 REORTHOGONALISATION = ("full", "none")
 
 
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
 def default_breakdown_tol(dtype: torch.dtype) -> float:
-    return 1e3 * torch.finfo(dtype).eps
+    return 10 * torch.finfo(dtype).eps
 
 
 class LanczosProcess:
@@ -40,7 +46,13 @@ class LanczosProcess:
         reorth: str = "full",
         breakdown_tol: float | None = None,
         capacity: int = 32,
+        restart: bool = False,
+        seed: int = 0,
     ) -> None:
+        if op.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"Lanczos needs float32 or float64 products, got {op.dtype}: half precision is too coarse")
+        if restart and reorth != "full":
+            raise ValueError("restarting after breakdown needs full reorthogonalisation")
         if reorth not in REORTHOGONALISATION:
             raise ValueError(f"reorth must be one of {REORTHOGONALISATION}, got {reorth!r}")
         start = start.to(device=op.device, dtype=op.dtype)
@@ -50,6 +62,9 @@ class LanczosProcess:
         self.op, self.reorth = op, reorth
         self.breakdown_tol = breakdown_tol if breakdown_tol is not None else default_breakdown_tol(op.dtype)
         self.k = start.shape[0]
+        self.restart, self.seed = restart, seed
+        self.restarts = np.zeros(self.k, dtype=int)
+        self.block_start = np.zeros(self.k, dtype=int)  # first step of the block since the last restart
         self.alphas: list[list[float]] = [[] for _ in range(self.k)]
         self.betas: list[list[float]] = [[] for _ in range(self.k)]
         self.active = np.ones(self.k, dtype=bool)
@@ -61,7 +76,7 @@ class LanczosProcess:
         self.previous = torch.zeros_like(self.current)
         self.basis: Tensor | None = None
         if reorth == "full":
-            self.basis = torch.empty((max(capacity, 2), self.k, op.size), dtype=op.dtype, device=op.device)
+            self.basis = torch.zeros((max(capacity, 2), self.k, op.size), dtype=op.dtype, device=op.device)
             self.basis[0] = self.current
 
     @property
@@ -80,7 +95,7 @@ class LanczosProcess:
         beta_prev = torch.tensor(
             [self.betas[r][j - 1] if j else 0.0 for r in rows], dtype=w.dtype, device=w.device
         )
-        w -= beta_prev[:, None] * self.previous[index]
+        w = w - beta_prev[:, None] * self.previous[index]  # a new tensor: never alias the product
         alpha = (w * q).sum(dim=1)
         w -= alpha[:, None] * q
         if self.basis is not None:
@@ -100,14 +115,35 @@ class LanczosProcess:
         for i, r in enumerate(rows):
             self.alphas[r].append(float(alpha64[i]))
             self.betas[r].append(float(beta64[i]))
-        self.broke_down[rows[stopped]] = True
-        self.active[rows[stopped]] = False
+        for i in np.flatnonzero(stopped):
+            fresh = self._restart_vector(rows[i]) if self.restart else None
+            if fresh is None:
+                self.broke_down[rows[i]] = True
+                self.active[rows[i]] = False
+            else:
+                nxt[i] = fresh
+                self.betas[rows[i]][-1] = 0.0  # T splits into independent blocks
+                self.restarts[rows[i]] += 1
+                self.block_start[rows[i]] = len(self.alphas[rows[i]])
         self.steps += 1
 
         self.previous[index] = q
         self.current[index] = nxt
         if self.basis is not None:
             self._store(self.steps, index, nxt)
+
+    def _restart_vector(self, probe: int) -> Tensor | None:
+        """A random unit vector orthogonal to the probe's basis, or None if the basis spans R^P."""
+        m = len(self.alphas[probe])
+        if m >= self.op.size:
+            return None
+        generator = torch.Generator().manual_seed(int(self.seed + 7919 * (probe + 1) + m))
+        v = torch.randn(self.op.size, generator=generator, dtype=torch.float64).to(self.op.dtype).to(self.op.device)
+        Q = self.basis[:m, probe]
+        for _ in range(2):
+            v = v - Q.T @ (Q @ v)
+        norm = v.norm()
+        return v / norm if norm > 1e-3 else None
 
     def _store(self, j: int, index: slice | Tensor, vectors: Tensor) -> None:
         if j >= self.basis.shape[0]:
@@ -118,10 +154,10 @@ class LanczosProcess:
             self.basis = grown
         self.basis[j, index] = vectors
 
-    def tridiagonal(self, probe: int) -> tuple[np.ndarray, np.ndarray]:
-        """(diagonal alpha_1..m, off-diagonal beta_1..m-1) of probe's T_m, float64."""
-        a = np.asarray(self.alphas[probe])
-        return a, np.asarray(self.betas[probe][: len(a) - 1])
+    def tridiagonal(self, probe: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(diagonal alpha, off-diagonal beta) of probe's T_m from step ``start`` on, float64."""
+        a = np.asarray(self.alphas[probe][start:])
+        return a, np.asarray(self.betas[probe][start : start + len(a) - 1])
 
     def residual_norm(self, probe: int) -> float:
         """beta_m: the norm of the part of A Q_m outside the Krylov space (0 on breakdown)."""
