@@ -21,17 +21,18 @@ def plot_densities(results: Sequence[SpectrumResult], paths: Sequence[Path], tit
     """Two panels: the density on a linear scale (kernel width 1% of the range, readable) and
     log10(phi + 1e-7) with Ghorbani et al.'s narrow kernel, which shows outliers and the bulk edge.
     Extremal eigenvalues are marked with ticks along the bottom."""
-    lo = min(float(np.min(r.slq.pooled()[0])) for r in results)
-    hi = max(float(np.max(r.slq.pooled()[0])) for r in results)
+    measures = [r.slq.pooled() for r in results]
+    lo = min(float(nodes.min()) for nodes, _ in measures)
+    hi = max(float(nodes.max()) for nodes, _ in measures)
     pad = 0.05 * (hi - lo or 1.0)
     grid = np.linspace(lo - pad, hi + pad, 4000)
     fig, (linear, log) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-    for r in results:
+    for r, measure in zip(results, measures):
         colour = COLOURS.get(r.operator, None)
         label = f"{r.operator}  (tr = {r.trace.estimate:.3g} ± {r.trace.stderr or 0:.2g})"
-        wide = smoothed_density(*r.slq.pooled(), grid=grid, variance=(0.01 * (hi - lo or 1.0)) ** 2)
+        wide = smoothed_density(*measure, grid=grid, variance=(0.01 * (hi - lo or 1.0)) ** 2)
         linear.plot(grid, wide.values, color=colour, label=label)
-        narrow = smoothed_density(*r.slq.pooled(), grid=grid, variance=r.density.variance)
+        narrow = smoothed_density(*measure, grid=grid, variance=r.density.variance)
         log.plot(grid, np.log10(narrow.values + 1e-7), color=colour, label=r.operator)
         for axis in (linear, log):
             marks = np.concatenate([r.eigs.top_eigenvalues, r.eigs.bottom_eigenvalues])

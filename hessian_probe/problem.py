@@ -19,6 +19,8 @@ from .parameters import ParameterSpace, select_names
 
 Batch = tuple[Tensor, Tensor]
 
+SUPPORTED_DTYPES = (torch.float32, torch.float64)  # Krylov methods need at least single precision
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -121,8 +123,9 @@ def evaluation_mode(module: nn.Module) -> Iterator[None]:
 
 def _cast(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Floating tensors to ``dtype``; integer labels to int64 (as torch's losses expect)."""
-    target = dtype if t.is_floating_point() else (torch.int64 if not t.dtype == torch.bool else t.dtype)
-    return t.to(device=device, dtype=target)
+    if t.is_floating_point():
+        return t.to(device=device, dtype=dtype)
+    return t.to(device=device, dtype=torch.bool if t.dtype == torch.bool else torch.int64)
 
 
 def _prepare_batches(batches: Sequence[Batch], device: torch.device, dtype: torch.dtype) -> tuple[Batch, ...]:
@@ -154,11 +157,11 @@ def make_problem(
     named = dict(model.named_parameters())
     if not named:
         raise ValueError("the model has no parameters")
-    model_dtype = next(iter(named.values())).dtype
-    dtype = dtype or (model_dtype if model_dtype in (torch.float32, torch.float64) else torch.float32)
-    if dtype not in (torch.float32, torch.float64):
+    first = next(iter(named.values()))
+    dtype = dtype or (first.dtype if first.dtype in SUPPORTED_DTYPES else torch.float32)
+    if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"curvature products need float32 or float64, got {dtype}")
-    device = torch.device(device) if device is not None else next(iter(named.values())).device
+    device = torch.device(device) if device is not None else first.device
     every = {n: _cast(p.detach(), device, dtype) for n, p in named.items()}
     bad = [n for n, p in every.items() if not torch.isfinite(p).all()]
     if bad:

@@ -8,8 +8,8 @@ A probe stops on breakdown, beta_j <= breakdown_tol * max(|alpha|, beta) (defaul
 dtype: rounding level, so a small but genuine beta never stops a run early): its Krylov space is
 invariant and T is exact. With ``restart=True`` (used for eigenvalues) a broken-down probe goes on
 from a random vector orthogonal to its basis, with a zero coupling in T, so eigenvalues outside
-the invariant subspace, and further copies of repeated ones, are still found. alpha and beta are kept in float64 whatever the operator's dtype; the
-basis stays in the operator's dtype on its device. All k probes share one ``matmat`` per step.
+the invariant subspace, and further copies of repeated ones, are still found. alpha and beta are
+kept in float64 whatever the operator's dtype; the basis stays in the operator's dtype on its device. All k probes share one ``matmat`` per step.
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ import torch
 from torch import Tensor
 
 from ..operators.base import CurvatureOperator
+from ..problem import SUPPORTED_DTYPES
 from ..results import KernelResult, not_serialised
 from .probes import random_probes
 
 REORTHOGONALISATION = ("full", "none")
-
-
-SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
 def default_breakdown_tol(dtype: torch.dtype) -> float:
@@ -147,7 +145,7 @@ class LanczosProcess:
 
     def _store(self, j: int, index: slice | Tensor, vectors: Tensor) -> None:
         if j >= self.basis.shape[0]:
-            grown = torch.empty(
+            grown = torch.zeros(
                 (2 * self.basis.shape[0], *self.basis.shape[1:]), dtype=self.basis.dtype, device=self.basis.device
             )
             grown[: self.basis.shape[0]] = self.basis
