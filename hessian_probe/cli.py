@@ -1,34 +1,390 @@
-"""The hessian-probe command line."""
+"""The hessian-probe command line: parse options, make one library call, write what it returns.
+
+Every command loads a :class:`~hessian_probe.loading.ProblemSpec` into a Problem, builds the
+curvature operator and calls exactly one analysis function, so the shell and the Python API
+give the same numbers. Bad input ends with one ``Error:`` line and exit code 1 (data, model,
+files) or 2 (usage); ``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from . import __version__
+from .errors import InputError
+from .results import to_jsonable
+
+DEBUG_ENV = "HESSIAN_PROBE_DEBUG"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CommandError(click.ClickException):
+    """One line on stderr and a chosen exit code, no traceback."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ProbeGroup(click.Group):
+    """Turns user errors (and, without --debug, unexpected failures) into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except InputError as exc:
+            if _debugging(ctx):
+                raise
+            raise CommandError(str(exc), exc.exit_code) from None
+        except Exception as exc:
+            if _debugging(ctx):
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CommandError(f"{type(exc).__name__}: {message} (rerun with --debug for the traceback)") from None
+
+
+def _debugging(ctx: click.Context) -> bool:
+    import os
+
+    return bool((ctx.obj or {}).get("debug") or os.environ.get(DEBUG_ENV))
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(dict)
+        ctx.find_root().ensure_object(dict)["debug"] = True
+
+
+DEBUG_OPTION = click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+                            help="Show the full traceback on errors.")
+
+
+@click.group(cls=ProbeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="hessian-probe")
-def main() -> None:
-    """Measure the curvature (Hessian, Gauss-Newton) of a PyTorch model's loss."""
+@DEBUG_OPTION
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Measure the curvature (Hessian, Gauss-Newton) of a PyTorch model's loss.
+
+    \b
+    Start with the built-in demo (bundled digits data, no download):
+      hessian-probe demo
+    then point it at your own checkpoint:
+      hessian-probe spectrum --checkpoint model.pt --model mymodels:make_net --data tensors:data.pt
+    """
+    ctx.ensure_object(dict)
+
+
+# --- options shared by the analysis commands -------------------------------------------------
+
+def problem_options(command: Callable) -> Callable:
+    """--checkpoint, --model, --data, --loss, --operator, ... : everything that defines the problem."""
+    options = [
+        click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                     help="State dict (.pt/.pth/.bin/.ckpt, or a dict wrapping one) or .safetensors."),
+        click.option("--model", default=None, metavar="SPEC",
+                     help="mlp | cnn (built-ins), a torchvision name, or package.module:factory / file.py:factory."),
+        click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                     help="Keyword argument for the model factory (repeatable); values are Python literals."),
+        click.option("--trust-checkpoint", is_flag=True,
+                     help="Allow a fully pickled model (runs code from the file: only for files you trust)."),
+        click.option("--data", default="digits", show_default=True, metavar="SPEC",
+                     help="digits | digits:image | tensors:PATH (.pt/.npz) | torchvision:NAME:ROOT | package.module:factory."),
+        click.option("--samples", type=click.IntRange(min=1), default=None,
+                     help="Use a seeded random subset of this many examples."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                     help="Analyse one seeded random batch of B examples (the batch Hessian) instead of the full sample."),
+        click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
+                     help="Examples per forward pass (memory only: the operator does not depend on it)."),
+        click.option("--loss", default="cross_entropy", show_default=True, metavar="NAME",
+                     help="cross_entropy | mse | package.module:fn (mean loss of outputs and targets)."),
+        click.option("--operator", type=click.Choice(["hessian", "ggn"]), default="hessian", show_default=True,
+                     help="Hessian or generalised Gauss-Newton matrix."),
+        click.option("--params", default=None, metavar="PATTERN",
+                     help="Only these parameters (comma-separated globs or module prefixes, e.g. 'fc2' or '*.weight')."),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:i."),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "float64"]), default="auto", show_default=True,
+                     help="Precision of the products (auto: float64 on CPU, float32 on GPU)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for probes, subsets and batches."),
+        click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Output folder [default: hessian-probe-<command>]."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout instead of the summary."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+        DEBUG_OPTION,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+PROBLEM_KEYS = ("checkpoint", "model", "model_args", "trust_checkpoint", "data", "samples", "batch_size",
+                "chunk_size", "loss", "params", "device", "dtype", "seed")
+
+
+def analysis_command(name: str) -> Callable:
+    """Register an analysis command: ``body(op, progress, **command_options) -> (record, extra_files)``."""
+
+    def register(body: Callable) -> Callable:
+        @problem_options
+        @click.pass_context
+        @functools.wraps(body)
+        def command(ctx: click.Context, operator: str, out_dir: Path | None, as_json: bool, quiet: bool,
+                    **options: Any) -> None:
+            spec_options = {k: options.pop(k) for k in PROBLEM_KEYS}
+            return _run(ctx, name, operator, out_dir or Path(f"hessian-probe-{name}"), as_json, quiet, spec_options,
+                        functools.partial(body, **options))
+
+        return main.command(name)(command)
+
+    return register
+
+
+def _run(ctx: click.Context, name: str, operator: str, out_dir: Path, as_json: bool, quiet: bool,
+         spec_options: dict[str, Any], compute: Callable) -> dict[str, Any]:
+    from .loading import ProblemSpec, load_problem, parse_model_args
+    from .operators import curvature_operator
+    from .outputs import environment, file_digest, plot_title, summary, write_record
+    from .progress import ProductProgress
+
+    started = time.perf_counter()
+    env = environment()
+    spec = ProblemSpec(**{**spec_options, "model_args": parse_model_args(spec_options["model_args"])})
+    loaded = load_problem(spec)
+    problem = loaded.problem
+    op = curvature_operator(problem, operator)
+    loaded_at = time.perf_counter()
+    with ProductProgress(quiet=quiet, label=f"{operator} ").attach(op) as progress:
+        record, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir)
+    finished = time.perf_counter()
+    record["provenance"] = {
+        **env,
+        "command": name,
+        "config": (ctx.obj or {}).get("config"),
+        "inputs": {
+            **{k: v for k, v in spec_options.items() if k != "model_args"},
+            "model_args": spec.model_args,
+            "checkpoint_sha256": file_digest(spec.checkpoint),
+            "weights_found_under": loaded.checkpoint.found_under,
+            "optimizer_state": loaded.checkpoint.optimizer_state is not None,
+            "loss_value": problem.loss_value(),
+        },
+        "device": str(problem.device),
+        "dtype": str(problem.dtype).removeprefix("torch."),
+        "seed": spec.seed,
+        "parameters": list(problem.params),
+        "timings": {"load_s": loaded_at - started, "analysis_s": finished - loaded_at,
+                    "total_s": time.perf_counter() - started},
+    }
+    record = to_jsonable(record)
+    written = write_record(record, out_dir, title=plot_title(record)) + extra_files
+    if ctx.find_root().obj.get("echo", True):
+        click.echo(json.dumps(record, allow_nan=False) if as_json else
+                   f"{summary(record)}\n  wrote {', '.join(written)} to {out_dir}/ in "
+                   f"{record['provenance']['timings']['total_s']:.1f} s")
+    return record
+
+
+def _operator_header(op: Any) -> dict[str, Any]:
+    return {"operator": op.name, "n_params": op.size, "n_samples": op.problem.n_samples}
+
+
+# --- analysis commands ------------------------------------------------------------------------
+
+@analysis_command("spectrum")
+@click.option("--steps", type=click.IntRange(min=2), default=80, show_default=True, help="Lanczos steps per SLQ probe.")
+@click.option("--probes", type=click.IntRange(min=1), default=8, show_default=True, help="SLQ probes (run in lockstep).")
+@click.option("--top-k", type=click.IntRange(min=0), default=5, show_default=True, help="Largest eigenvalues to report.")
+@click.option("--bottom-k", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Smallest (most negative) eigenvalues to report.")
+@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+              help="Relative Ritz residual for extremal eigenvalues.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Lanczos step budget for eigenvalues.")
+@click.option("--trace-products", type=click.IntRange(min=3), default=99, show_default=True,
+              help="Operator products for the trace estimate.")
+@click.option("--trace-method", type=click.Choice(["hutchpp", "hutchinson"]), default="hutchpp", show_default=True)
+def spectrum(op, *, seed, progress, out_dir, steps, probes, top_k, bottom_k, tol, max_steps, trace_products, trace_method):
+    """Spectral density (SLQ), extremal eigenvalues and trace.
+
+    Writes result.json, eigenvalues.csv, density.png and density.pdf.
+
+    \b
+    Example (the demo's checkpoint):
+      hessian-probe spectrum --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits
+    """
+    from .analysis import spectrum as run_spectrum
+
+    result = run_spectrum(op, n_steps=steps, n_probes=probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
+                          max_steps=max_steps, trace_products=trace_products, trace_method=trace_method,
+                          seed=seed, progress=progress)
+    return result.to_dict(), []
+
+
+@analysis_command("eigs")
+@click.option("--top-k", type=click.IntRange(min=0), default=5, show_default=True, help="Largest eigenvalues to report.")
+@click.option("--bottom-k", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Smallest (most negative) eigenvalues to report.")
+@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+              help="Relative Ritz residual |A v - theta v| <= tol |theta|.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Lanczos steps (or power iterations per eigenvalue) before giving up.")
+@click.option("--method", type=click.Choice(["lanczos", "power"]), default="lanczos", show_default=True)
+@click.option("--eigenvectors", "save_vectors", is_flag=True,
+              help="Also save the eigenvectors (rows, per-parameter layout in the file) to eigenvectors.pt.")
+def eigs(op, *, seed, progress, out_dir, top_k, bottom_k, tol, max_steps, method, save_vectors):
+    """Extremal eigenvalues with Ritz residuals and converged flags.
+
+    Writes result.json and eigenvalues.csv (and eigenvectors.pt with --eigenvectors).
+
+    \b
+    Example: the 5 largest and 3 smallest Hessian eigenvalues of the last layer
+      hessian-probe eigs --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --top-k 5 --bottom-k 3 --params 2
+    """
+    from .linalg import extremal_eigs
+    from .linalg.eigs import default_max_steps
+
+    if top_k + bottom_k == 0:
+        raise CommandError("ask for at least one eigenvalue: --top-k or --bottom-k", exit_code=2)
+    limit = {"max_steps": max_steps} if method == "lanczos" else {"max_iter": max_steps or 1000}
+    progress("eigenvalues", default_max_steps(op.size, top_k + bottom_k, max_steps) if method == "lanczos" else None)
+    result = extremal_eigs(op, top_k, bottom_k, tol=tol, method=method, seed=seed,
+                           return_eigenvectors=save_vectors, **limit)
+    record = {**_operator_header(op), "top_eigenvalues": result.top_eigenvalues,
+              "bottom_eigenvalues": result.bottom_eigenvalues, "eigs": result, "converged": result.converged,
+              "warnings": list(result.warnings) + _unconverged(result),
+              "settings": dict(top_k=top_k, bottom_k=bottom_k, tol=tol, max_steps=max_steps, method=method, seed=seed)}
+    if not save_vectors:
+        return record, []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from .outputs import save_eigenvectors
+
+    save_eigenvectors(result, op.space, out_dir / "eigenvectors.pt")
+    return record, ["eigenvectors.pt"]
+
+
+def _unconverged(result: Any) -> list[str]:
+    if result.converged:
+        return []
+    return [f"extremal eigenvalues not converged to tol {result.tol:g} in {result.n_steps} steps; "
+            "see top_converged / bottom_converged and the residuals"]
+
+
+@analysis_command("trace")
+@click.option("--products", type=click.IntRange(min=3), default=99, show_default=True,
+              help="Operator products to spend (Hutch++ splits them in three).")
+@click.option("--method", type=click.Choice(["hutchpp", "hutchinson"]), default="hutchpp", show_default=True)
+def trace(op, *, seed, progress, out_dir, products, method):
+    """Trace by Hutch++ or Hutchinson, with its standard error.
+
+    \b
+    Example:
+      hessian-probe trace --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --operator ggn
+    """
+    from .linalg import trace as estimate_trace
+
+    progress("trace", products)
+    result = estimate_trace(op, products, method=method, seed=seed)
+    return {**_operator_header(op), "trace": result, "warnings": list(result.warnings),
+            "settings": dict(products=products, method=method, seed=seed)}, []
+
+
+# --- plot, run, demo -----------------------------------------------------------------------------
+
+@main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("density.png"),
+              show_default=True, help="Image file; a PDF twin is written next to it.")
+@click.option("--label", "labels", multiple=True, help="Legend label per result, in order (repeatable).")
+@click.option("--title", default="", help="Figure title.")
+@DEBUG_OPTION
+def plot(results: tuple[Path, ...], out_file: Path, labels: tuple[str, ...], title: str) -> None:
+    """Redraw or overlay saved results (result.json files, or folders holding one).
+
+    \b
+    Example: Hessian and GGN of the demo in one figure
+      hessian-probe plot hessian-probe-demo/hessian hessian-probe-demo/ggn --out both.png
+    """
+    from .outputs import read_record
+    from .plots import plot_densities
+
+    records = [read_record(path) for path in results]
+    if labels and len(labels) != len(records):
+        raise CommandError(f"{len(labels)} --label values for {len(records)} results", exit_code=2)
+    if not labels and len({r["operator"] for r in records}) < len(records):
+        labels = tuple(f"{r['operator']} ({path})" for r, path in zip(records, results))
+    paths = [out_file] + ([out_file.with_suffix(".pdf")] if out_file.suffix != ".pdf" else [])
+    if out_file.parent != Path():
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+    plot_densities(records, paths, title=title, labels=labels or None)
+    click.echo(f"wrote {', '.join(map(str, paths))}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@DEBUG_OPTION
+@click.pass_context
+def run(ctx: click.Context, config: Path) -> None:
+    """Run what a TOML config file says (keys are the command's option names).
+
+    \b
+    Example (configs/ holds a commented one for every command):
+      hessian-probe run configs/spectrum.toml
+    """
+    from .config import command_line
+
+    name, argv, content = command_line(config, main.commands)
+    ctx.obj["config"] = {"path": str(config), "content": content}
+    command = main.commands[name]
+    try:
+        sub_ctx = command.make_context(name, argv, parent=ctx)
+    except click.UsageError as exc:  # a bad value in the file: name the file, one line
+        raise CommandError(f"{config}: {exc.format_message()}", exit_code=2) from None
+    with sub_ctx:
+        command.invoke(sub_ctx)
 
 
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("hessian-probe-demo"),
               show_default=True, help="Folder for the checkpoint, results and plots.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the result JSON instead of the summary.")
-def demo(out_dir: Path, seed: int, as_json: bool) -> None:
-    """Train a small MLP on the bundled digits data and measure its Hessian and GGN spectra.
+@click.option("--json", "as_json", is_flag=True, help="Print the result JSON of both operators instead of the summary.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@DEBUG_OPTION
+@click.pass_context
+def demo(ctx: click.Context, out_dir: Path, seed: int, as_json: bool, quiet: bool) -> None:
+    """Train a small MLP on the bundled digits data, then run `spectrum` for its Hessian and GGN.
+
+    Writes checkpoint.pt, hessian/ and ggn/ (each a spectrum output folder) and density.png/.pdf
+    overlaying both, in about 15 s on a laptop CPU.
 
     \b
     Example:
       hessian-probe demo --out hessian-probe-demo
     """
-    from .demo import run_demo, summary
+    from .demo import train_digits_mlp
+    from .plots import plot_densities
 
-    record = run_demo(out_dir, seed=seed)
-    click.echo(json.dumps(record) if as_json else summary(record, out_dir))
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / "checkpoint.pt"
+    train_digits_mlp(checkpoint, seed=seed)
+    if not as_json:
+        click.echo(f"trained a 64-32-10 tanh MLP on the 1,797 bundled digits; saved {checkpoint}")
+    ctx.find_root().obj["echo"] = not as_json
+    records = [ctx.invoke(spectrum, checkpoint=checkpoint, model="mlp", data="digits", operator=kind,
+                          out_dir=out_dir / kind, seed=seed, quiet=quiet) for kind in ("hessian", "ggn")]
+    ctx.find_root().obj["echo"] = True
+    plot_densities(records, [out_dir / "density.png", out_dir / "density.pdf"],
+                   title=f"digits MLP: Hessian and GGN, P = {records[0]['n_params']:,}, N = {records[0]['n_samples']:,}")
+    if as_json:
+        click.echo(json.dumps(to_jsonable(records), allow_nan=False))
+    else:
+        click.echo(f"wrote density.png and density.pdf (both operators) to {out_dir}/; the demo took "
+                   f"{time.perf_counter() - started:.1f} s")

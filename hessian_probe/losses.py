@@ -11,7 +11,6 @@ the network outputs (THEORY.md §1):
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -19,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, jvp, vmap
+
+from .imports import import_object, is_import_spec
 
 
 class Loss(ABC):
@@ -139,11 +140,9 @@ def get_loss(spec: str | Loss | Callable[[Tensor, Tensor], Tensor]) -> Loss:
         return CustomLoss(spec)
     if spec in BUILTIN_LOSSES:
         return BUILTIN_LOSSES[spec]()
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot import loss {spec!r}: {exc}") from exc
-        return CustomLoss(fn, name=spec)
-    raise ValueError(f"unknown loss {spec!r}: use one of {sorted(BUILTIN_LOSSES)} or package.module:function")
+    if is_import_spec(spec):
+        fn = import_object(spec, "loss")
+        if not callable(fn):
+            raise ValueError(f"loss {spec!r} is not callable: need fn(outputs, targets) -> mean loss")
+        return _torch_equivalent(fn) or CustomLoss(fn, name=spec)
+    raise ValueError(f"unknown loss {spec!r}: use one of {sorted(BUILTIN_LOSSES)} or package.module:function (file.py:function)")

@@ -194,7 +194,9 @@ def _validate_data(problem: Problem) -> None:
         try:
             outputs = problem.forward(problem.params, x)
         except RuntimeError as exc:
-            raise ValueError(f"the model cannot run on batch {i} with inputs of shape {tuple(x.shape)}: {exc}") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"the model cannot run on inputs of shape {tuple(x.shape)} (batch {i}): {first}; "
+                             "check that --data matches the model") from exc
         problem.loss.validate(outputs, y)
         if not torch.isfinite(problem.loss(outputs, y)):
             raise ValueError(f"the loss is not finite on batch {i}")

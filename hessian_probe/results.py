@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,8 @@ def to_jsonable(value: Any) -> Any:
             for f in dataclasses.fields(value)
             if f.metadata.get("json", True)
         }
+    if isinstance(value, PurePath):
+        return str(value)
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):

@@ -6,10 +6,12 @@ error measure (Ritz residuals and converged flags, trace stderr, the raw quadrat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..linalg import EigenResult, SLQResult, SpectralDensity, TraceResult, extremal_eigs, slq, trace
+from ..linalg.eigs import default_max_steps
 from ..operators import SampleOperator
 from ..results import to_jsonable
 
@@ -23,6 +25,7 @@ class SpectrumResult:
     eigs: EigenResult
     trace: TraceResult
     density: SpectralDensity
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def warnings(self) -> list[str]:
@@ -47,7 +50,9 @@ class SpectrumResult:
                 "trace": self.trace,
                 "slq": self.slq,
                 "density": self.density,
+                "converged": self.eigs.converged,
                 "warnings": self.warnings,
+                "settings": self.settings,
             }
         )
 
@@ -62,20 +67,33 @@ def spectrum(
     tol: float = 1e-6,
     trace_products: int = 99,
     trace_method: str = "hutchpp",
+    max_steps: int | None = None,
     seed: int = 0,
+    progress: Callable[[str, int | None], None] | None = None,
 ) -> SpectrumResult:
-    """SLQ (``n_steps`` x ``n_probes``), top/bottom eigenvalues to ``tol``, and the trace.
+    """SLQ (``n_steps`` x ``n_probes``), top/bottom eigenvalues to ``tol`` (at most ``max_steps``
+    Lanczos steps), and the trace from ``trace_products`` products.
 
     Each part draws its own probes (seeds ``seed``, ``seed + 1000``, ``seed + 2000``), so the
-    SLQ trace and the Hutch++ trace are independent estimates.
+    SLQ trace and the Hutch++ trace are independent estimates. ``progress(stage, total_products)``
+    is called as each part starts (the CLI hangs its progress bars on it).
     """
+    settings = dict(n_steps=n_steps, n_probes=n_probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
+                    max_steps=default_max_steps(op.size, top_k + bottom_k, max_steps),
+                    trace_products=trace_products, trace_method=trace_method, seed=seed)
+    announce = progress or (lambda stage, total: None)
+    announce("SLQ", n_steps * n_probes)
     density_run = slq(op, n_steps, n_probes, seed=seed)
+    announce("eigenvalues", settings["max_steps"])
+    eigs = extremal_eigs(op, top_k, bottom_k, tol=tol, max_steps=max_steps, seed=seed + 1000)
+    announce("trace", trace_products)
     return SpectrumResult(
         operator=op.name,
         n_params=op.size,
         n_samples=op.problem.n_samples,
         slq=density_run,
-        eigs=extremal_eigs(op, top_k, bottom_k, tol=tol, seed=seed + 1000),
+        eigs=eigs,
         trace=trace(op, trace_products, method=trace_method, seed=seed + 2000),
         density=density_run.density(),
+        settings=settings,
     )

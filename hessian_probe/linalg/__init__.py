@@ -3,7 +3,7 @@
 from .eigs import EigenResult, extremal_eigs, lanczos_eigs, power_eigs
 from .lanczos import LanczosResult, lanczos
 from .probes import random_probes
-from .quadrature import SLQResult, SpectralDensity, gauss_quadrature, slq, smoothed_density
+from .quadrature import SLQResult, SpectralDensity, gauss_quadrature, pool_probes, slq, smoothed_density
 from .trace import TraceResult, hutchinson, hutchpp, trace
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "hutchpp",
     "lanczos",
     "lanczos_eigs",
+    "pool_probes",
     "power_eigs",
     "random_probes",
     "slq",

@@ -98,6 +98,11 @@ def _ritz(process: LanczosProcess, start: int = 0) -> tuple[np.ndarray, np.ndarr
     return theta, np.abs(process.residual_norm(0) * U[-1]), U
 
 
+def default_max_steps(size: int, wanted: int, max_steps: int | None = None) -> int:
+    """Lanczos step budget: 300 or 20 per wanted eigenvalue, at least ``wanted``, at most P."""
+    return min(size, max(max_steps or max(300, 20 * wanted), wanted))
+
+
 def lanczos_eigs(
     op: CurvatureOperator,
     top_k: int = 1,
@@ -113,7 +118,7 @@ def lanczos_eigs(
     _check_counts(op, top_k, bottom_k)
     t0 = time.perf_counter()
     wanted = top_k + bottom_k
-    max_steps = min(op.size, max(max_steps or max(300, 20 * wanted), wanted))
+    max_steps = default_max_steps(op.size, wanted, max_steps)
     start = random_probes(1, op.size, seed=seed, dtype=op.dtype, device=op.device)
     process = LanczosProcess(op, start, reorth="full", capacity=min(max_steps + 1, 64), restart=True, seed=seed + 1)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,10 +90,7 @@ class SLQResult(KernelResult):
 
     def pooled(self) -> tuple[np.ndarray, np.ndarray]:
         """All probes' nodes with weights / n_v: one measure of total mass 1, sorted."""
-        nodes = np.concatenate(self.nodes)
-        weights = np.concatenate(self.weights) / self.n_probes
-        order = np.argsort(nodes, kind="stable")
-        return nodes[order], weights[order]
+        return pool_probes(self.nodes, self.weights)
 
     def cdf(self, t: np.ndarray) -> np.ndarray:
         """Estimated spectral distribution function F(t) = (1/P) #{lambda_i <= t}."""
@@ -102,6 +100,14 @@ class SLQResult(KernelResult):
     def density(self, **kwargs) -> SpectralDensity:
         """Smoothed density; keyword arguments as :func:`smoothed_density`."""
         return smoothed_density(*self.pooled(), **kwargs)
+
+
+def pool_probes(nodes: Sequence[Sequence[float]], weights: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-probe quadrature rules pooled into one measure: all nodes, weights / n_v, sorted."""
+    all_nodes = np.concatenate([np.asarray(t, dtype=float) for t in nodes])
+    all_weights = np.concatenate([np.asarray(w, dtype=float) for w in weights]) / len(weights)
+    order = np.argsort(all_nodes, kind="stable")
+    return all_nodes[order], all_weights[order]
 
 
 def slq(

@@ -1,1 +1,118 @@
-"""Turning files and names into the pieces of a Problem: data sets and models."""
+"""From names and files to a Problem: checkpoint + model + data + loss, validated, on a device.
+
+``ProblemSpec`` is exactly what the command line and config files describe; ``load_problem``
+turns it into a :class:`~hessian_probe.problem.Problem` or raises an ``InputError`` whose one
+line names what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, InputError
+from ..problem import Problem, make_problem
+from .checkpoints import Checkpoint, fit_state_dict, load_checkpoint
+from .data import load_data, subset_indices
+from .models import build_model, parse_model_args
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProblemSpec:
+    """Where the model, weights, examples and loss come from, and how to evaluate them.
+
+    ``batch_size`` B analyses the curvature of one seeded random batch of B examples (the
+    batch Hessian) instead of the full sample; ``chunk_size`` only bounds memory (the operator
+    of the mean loss is the same for any chunking).
+    """
+
+    checkpoint: str
+    model: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    trust_checkpoint: bool = False
+    data: str = "digits"
+    samples: int | None = None
+    batch_size: int | None = None
+    chunk_size: int | None = 1024
+    loss: str = "cross_entropy"
+    params: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LoadedProblem:
+    problem: Problem
+    checkpoint: Checkpoint
+    model: nn.Module
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu or cuda[:i]") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise ConfigError(f"unsupported device {name!r}: use auto, cpu or cuda[:i]")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is float64 on the CPU (cheap there, and exact enough for every test) and float32 on GPUs."""
+    if name == "auto":
+        return torch.float64 if device.type == "cpu" else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}: use auto, float32 or float64")
+    return DTYPES[name]
+
+
+def load_model(spec: ProblemSpec) -> tuple[nn.Module, Checkpoint]:
+    """The model with the checkpoint's weights in it."""
+    checkpoint = load_checkpoint(spec.checkpoint, trust=spec.trust_checkpoint)
+    if spec.model is None:
+        if checkpoint.module is None:
+            raise ConfigError("--model is required: the checkpoint holds weights only, not the model's code")
+        return checkpoint.module, checkpoint
+    model = build_model(spec.model, spec.model_args)
+    weights = checkpoint.module.state_dict() if checkpoint.module is not None else checkpoint.state_dict
+    fit_state_dict(model, weights)
+    return model, checkpoint
+
+
+def load_problem(spec: ProblemSpec) -> LoadedProblem:
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    model, checkpoint = load_model(spec)
+    inputs, targets = load_data(spec.data, spec.samples, spec.seed)
+    if spec.batch_size is not None:
+        if spec.batch_size > len(inputs):
+            raise ConfigError(f"--batch-size {spec.batch_size} is larger than the sample ({len(inputs)} examples); "
+                              f"use at most {len(inputs)}, or omit it for the full sample")
+        idx = subset_indices(len(inputs), spec.batch_size, spec.seed + 1)
+        inputs, targets = inputs[idx], targets[idx]
+    try:
+        problem = make_problem(model, (inputs, targets), spec.loss, params=spec.params,
+                               batch_size=spec.chunk_size, dtype=dtype, device=device)
+    except InputError:
+        raise
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return LoadedProblem(problem, checkpoint, model)
+
+
+__all__ = ["DTYPES", "LoadedProblem", "ProblemSpec", "load_model", "load_problem", "parse_model_args",
+           "resolve_device", "resolve_dtype"]

@@ -7,6 +7,7 @@ the k products as rows, so Krylov kernels can run k probes in lockstep on one pa
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -36,7 +37,14 @@ class CurvatureOperator(ABC):
         """A V^T, returned as rows: (k, P) -> (k, P)."""
         if V.ndim != 2 or V.shape[1] != self.size:
             raise ValueError(f"expected a block of shape (k, {self.size}), got {tuple(V.shape)}")
-        return self._matmat(V.to(device=self.device, dtype=self.dtype))
+        out = self._matmat(V.to(device=self.device, dtype=self.dtype))
+        for observer in self.__dict__.get("_observers", ()):
+            observer(len(V))
+        return out
+
+    def observe(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(k)`` after every product with a block of k vectors (progress, counting)."""
+        self.__dict__.setdefault("_observers", []).append(callback)
 
     def matvec(self, v: Tensor) -> Tensor:
         return self.matmat(v.reshape(1, -1))[0]

@@ -1,0 +1,145 @@
+"""Checkpoints: read a state dict (and any optimizer state) safely, and fit it to a model.
+
+Formats: ``torch.save`` files (``.pt``, ``.pth``, ``.bin``, Lightning ``.ckpt``) read with
+``weights_only=True``, and ``.safetensors``. A bare state dict, or a dict wrapping one under
+``state_dict``, ``model_state_dict`` or ``model``, is accepted; Lightning's ``model.`` prefix and
+DataParallel's ``module.`` prefix are recognised. A whole pickled ``nn.Module`` needs ``trust=True``
+because unpickling it can run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InputError
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
+OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optim", "optimizer_states")
+STRIPPABLE_PREFIXES = ("model.", "module.", "_orig_mod.", "net.")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint file held: weights, or a trusted whole module, and optimizer state."""
+
+    path: Path
+    state_dict: dict[str, Tensor] | None = None
+    module: nn.Module | None = None
+    optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
+    found_under: str = ""  # where the weights were: "" (top level), "state_dict", ...
+
+
+def load_checkpoint(path: str | Path, *, trust: bool = False) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return Checkpoint(path, state_dict=_read_safetensors(path))
+    content = _torch_load(path, trust)
+    if isinstance(content, nn.Module):
+        return Checkpoint(path, module=content)
+    if not isinstance(content, dict):
+        raise InputError(f"checkpoint {path} holds a {type(content).__name__}, not a state dict or a dict wrapping one")
+    optimizer = next((content[k] for k in OPTIMIZER_KEYS if isinstance(content.get(k), (dict, list))), None)
+    if isinstance(optimizer, list):  # Lightning keeps one state per optimizer
+        optimizer = optimizer[0] if optimizer else None
+    if _is_state_dict(content):
+        return Checkpoint(path, state_dict=content, optimizer_state=optimizer)
+    for key in STATE_DICT_KEYS:
+        inner = content.get(key)
+        if isinstance(inner, nn.Module):
+            return Checkpoint(path, module=inner, optimizer_state=optimizer, found_under=key)
+        if isinstance(inner, dict) and _is_state_dict(inner):
+            return Checkpoint(path, state_dict=inner, optimizer_state=optimizer, found_under=key)
+    raise InputError(
+        f"checkpoint {path} has no state dict: top-level keys are {_sample(content)}; "
+        f"expected tensors, or one of {', '.join(STATE_DICT_KEYS)} holding them"
+    )
+
+
+def _is_state_dict(d: dict) -> bool:
+    return bool(d) and all(isinstance(k, str) for k in d) and all(isinstance(v, Tensor) for v in d.values())
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        raise InputError("reading .safetensors needs the safetensors package: pip install safetensors") from None
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as safetensors (corrupt or truncated?): {exc}") from None
+
+
+def _torch_load(path: Path, trust: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found and not trust:
+            raise InputError(
+                f"checkpoint {path} contains pickled Python objects ({found.group(1)}); they can run code when "
+                "loaded, so they are refused: re-save with torch.save(model.state_dict(), ...), or pass "
+                "--trust-checkpoint if you trust the file"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
+        raise InputError(f"cannot read checkpoint {path}: not a PyTorch file, or corrupt or truncated"
+                         + (f" ({detail.group(1).strip()})" if detail else "")) from None
+    except Exception as exc:  # torch.load fails in many ways on foreign or damaged bytes
+        raise InputError(
+            f"cannot read checkpoint {path}: not a PyTorch file, or corrupt or truncated ({_first_line(exc)})"
+        ) from None
+
+
+def fit_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """Load ``state_dict`` into ``model`` after checking keys, shapes and finiteness; errors name the keys."""
+    expected = model.state_dict()
+    state_dict = _strip_prefix(state_dict, set(expected))
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing ({_sample(missing)})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected ({_sample(unexpected)})"] if unexpected else []
+        raise InputError(f"the checkpoint does not fit the model: keys {'; '.join(parts)}; "
+                         "check --model and --model-arg")
+    for name, value in state_dict.items():
+        if value.shape != expected[name].shape:
+            raise InputError(
+                f"shape mismatch for {name!r}: checkpoint {tuple(value.shape)}, model {tuple(expected[name].shape)}; "
+                "check --model-arg"
+            )
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            count = int((~torch.isfinite(value)).sum())
+            raise InputError(f"the checkpoint has {count} non-finite value(s) (NaN or inf) in {name!r}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _strip_prefix(state_dict: dict[str, Tensor], wanted: set[str]) -> dict[str, Tensor]:
+    """Drop a wrapper prefix (Lightning ``model.``, DataParallel ``module.``) when that makes the keys fit."""
+    if set(state_dict) == wanted:
+        return state_dict
+    for prefix in STRIPPABLE_PREFIXES:
+        stripped = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if set(stripped) == wanted:
+            return stripped
+    return state_dict
+
+
+def _sample(keys, n: int = 3) -> str:
+    keys = list(keys)
+    shown = ", ".join(repr(k) for k in keys[:n])
+    return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

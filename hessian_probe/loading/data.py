@@ -1,0 +1,139 @@
+"""Turn a ``--data`` spec into one (inputs, targets) pair of tensors, optionally a seeded subset.
+
+Specs: ``digits`` (bundled, flat 64 features) and ``digits:image`` (1 x 8 x 8); ``tensors:PATH``
+(or just ``PATH``) for a ``.pt``/``.pth`` or ``.npz`` file holding inputs and targets under
+``x``/``y`` or ``inputs``/``targets``; ``torchvision:NAME:ROOT`` for a torchvision dataset already
+on disk (never downloaded); ``package.module:factory`` returning a Dataset or an (inputs, targets) pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, InputError
+from .datasets import load_digits
+from ..imports import import_object, is_import_spec
+
+KEY_PAIRS = (("x", "y"), ("inputs", "targets"))
+TENSOR_SUFFIXES = (".pt", ".pth", ".npz")
+
+
+def load_data(spec: str, samples: int | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The examples the spec names as stacked tensors (inputs, targets); with ``samples``, a seeded
+    random subset of that many (drawn before a Dataset's items are read)."""
+    if spec in ("digits", "digits:image"):
+        pair = load_digits(image=spec.endswith(":image"))
+    elif spec.startswith("tensors:") or spec.endswith(TENSOR_SUFFIXES):
+        pair = _tensor_file(Path(spec.removeprefix("tensors:")))
+    elif spec.startswith("torchvision:"):
+        pair = _stack_dataset(_torchvision(spec), spec, samples, seed)
+        samples = None
+    elif is_import_spec(spec):
+        pair = _call_factory(spec)
+        if not _is_pair(pair):
+            pair, samples = _stack_dataset(pair, spec, samples, seed), None
+    else:
+        raise InputError(
+            f"unknown data spec {spec!r}: use digits, tensors:PATH, torchvision:NAME:ROOT or package.module:factory"
+        )
+    inputs, targets = _check(pair, spec)
+    if samples is None:
+        return inputs, targets
+    idx = subset_indices(len(inputs), samples, seed)
+    return inputs[idx], targets[idx]
+
+
+def subset_indices(n_total: int, n: int, seed: int) -> Tensor:
+    """Indices of a seeded random subset of ``n`` out of ``n_total`` examples, without replacement."""
+    if not 0 < n <= n_total:
+        raise ConfigError(f"--samples {n} is outside 1..{n_total}, the size of the dataset")
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]
+
+
+def _is_pair(obj: Any) -> bool:
+    return isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, (Tensor, np.ndarray)) for t in obj)
+
+
+def _check(pair: Sequence[Any], spec: str) -> tuple[Tensor, Tensor]:
+    inputs, targets = (torch.as_tensor(t) for t in pair)
+    if len(inputs) == 0:
+        raise InputError(f"the dataset {spec!r} is empty")
+    if len(inputs) != len(targets):
+        raise InputError(f"the dataset {spec!r} has {len(inputs)} inputs but {len(targets)} targets")
+    if inputs.is_floating_point() and not torch.isfinite(inputs).all():
+        raise InputError(f"the dataset {spec!r} has non-finite inputs (NaN or inf)")
+    return inputs, targets
+
+
+def _tensor_file(path: Path) -> tuple[Tensor, Tensor]:
+    if not path.is_file():
+        raise InputError(f"data file not found: {path}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                content = {k: archive[k] for k in archive.files}
+        else:
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot read data file {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if _is_pair(content):
+        return tuple(content)
+    if isinstance(content, dict):
+        for x_key, y_key in KEY_PAIRS:
+            if x_key in content and y_key in content:
+                return content[x_key], content[y_key]
+        found = ", ".join(map(str, list(content)[:6]))
+    else:
+        found = type(content).__name__
+    raise InputError(f"data file {path} needs inputs and targets under keys x/y or inputs/targets; found {found}")
+
+
+def _torchvision(spec: str) -> Any:
+    parts = spec.split(":", 2)
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise InputError(f"expected torchvision:NAME:ROOT, got {spec!r}")
+    _, name, root = parts
+    try:
+        import torchvision.datasets
+        from torchvision.transforms.functional import pil_to_tensor
+    except ImportError:
+        raise InputError("torchvision:NAME:ROOT needs torchvision installed") from None
+    cls = getattr(torchvision.datasets, name, None)
+    if cls is None:
+        raise InputError(f"torchvision has no dataset named {name!r}")
+    try:
+        dataset = cls(root, download=False, transform=lambda img: pil_to_tensor(img).float() / 255.0)
+    except (RuntimeError, FileNotFoundError, OSError) as exc:
+        raise InputError(f"torchvision dataset {name} not found under {root} (hessian-probe never downloads): {exc}") from None
+    return dataset
+
+
+def _call_factory(spec: str) -> Any:
+    factory = import_object(spec, "data")
+    if not callable(factory):
+        return factory
+    try:
+        return factory()
+    except Exception as exc:
+        raise InputError(f"data factory {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _stack_dataset(dataset: Any, spec: str, samples: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise InputError(f"data {spec!r} gave a {type(dataset).__name__}: need a map-style Dataset or (inputs, targets)")
+    if len(dataset) == 0:
+        raise InputError(f"the dataset {spec!r} is empty")
+    chosen = range(len(dataset)) if samples is None else subset_indices(len(dataset), samples, seed).tolist()
+    items = [dataset[i] for i in chosen]
+    try:
+        inputs = torch.stack([torch.as_tensor(x) for x, _ in items])
+        targets = torch.stack([torch.as_tensor(y) for _, y in items])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"the examples of {spec!r} are not (input, target) pairs of equal shapes: {exc}") from None
+    return inputs, targets

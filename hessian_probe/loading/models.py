@@ -1,0 +1,77 @@
+"""Build the model a checkpoint belongs to: a built-in, a torchvision name, or the user's factory."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError, InputError
+from .builtin_models import mlp, small_cnn
+from ..imports import import_object, is_import_spec
+
+BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": small_cnn}
+
+
+def parse_model_args(pairs: Iterable[str]) -> dict[str, Any]:
+    """``key=value`` strings to keyword arguments; values are Python literals when they parse as one
+    (``hidden=64``, ``widths=(128, 64)``, ``bias=False``), else strings (``activation=relu``)."""
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"--model-arg expects key=value, got {pair!r}")
+        try:
+            args[key.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            args[key.strip()] = text.strip()
+    return args
+
+
+def build_model(spec: str, args: Mapping[str, Any] | None = None) -> nn.Module:
+    """``mlp``/``cnn`` (built-ins), ``torchvision:NAME`` (or a torchvision model name), or a factory
+    ``package.module:callable`` / ``file.py:callable`` called with ``args``."""
+    args = dict(args or {})
+    if spec.startswith("builtin:"):
+        spec = spec.removeprefix("builtin:")
+    if spec in BUILTIN_MODELS:
+        return _call(BUILTIN_MODELS[spec], args, f"built-in model {spec!r}")
+    if spec.startswith("torchvision:") or not is_import_spec(spec):
+        return _torchvision_model(spec.removeprefix("torchvision:"), args)
+    factory = import_object(spec, "model")
+    if not callable(factory):
+        raise InputError(f"model factory {spec!r} is not callable")
+    return _call(factory, args, f"model factory {spec!r}")
+
+
+def _call(factory: Callable[..., Any], args: dict[str, Any], what: str) -> nn.Module:
+    try:
+        inspect.signature(factory).bind(**args)
+    except TypeError as exc:
+        raise InputError(f"{what} does not accept the arguments {args}: {exc}") from None
+    except ValueError:  # no signature available (some builtins): let the call decide
+        pass
+    try:
+        model = factory(**args)
+    except Exception as exc:
+        raise InputError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise InputError(f"{what} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _torchvision_model(name: str, args: dict[str, Any]) -> nn.Module:
+    builtins = ", ".join(BUILTIN_MODELS)
+    try:
+        import torchvision.models
+    except ImportError:
+        raise InputError(
+            f"unknown model {name!r}: use a built-in ({builtins}), a factory package.module:callable "
+            "or file.py:callable, or install torchvision for its model names"
+        ) from None
+    if name not in torchvision.models.list_models():
+        raise InputError(f"unknown model {name!r}: not a built-in ({builtins}) nor a torchvision model name")
+    return _call(lambda **kw: torchvision.models.get_model(name, weights=None, **kw), args, f"torchvision model {name!r}")

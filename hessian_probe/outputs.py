@@ -1,0 +1,146 @@
+"""What a run leaves behind: result.json with provenance, eigenvalues.csv, density plots, a summary.
+
+A record is the JSON form of a library result (public keys ``operator``, ``n_params``,
+``n_samples``, ``top_eigenvalues``, ``bottom_eigenvalues``, ``trace``, ``slq``, ``density``, ...)
+plus a ``provenance`` block saying exactly how it was produced.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import json
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .plots import plot_densities
+from .results import to_jsonable
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file, to tie a result to the exact checkpoint it came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "argv": ["hessian-probe", *sys.argv[1:]],
+    }
+
+
+def write_json(record: Mapping[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(to_jsonable(record), indent=1, allow_nan=False) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def write_eigenvalues_csv(records: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """One row per eigenvalue: operator, end (top/bottom), rank, eigenvalue, residual, converged."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["operator", "end", "rank", "eigenvalue", "residual", "converged"])
+        for r in records:
+            eigs = r["eigs"]
+            for end in ("top", "bottom"):
+                rows = zip(eigs[f"{end}_eigenvalues"], eigs[f"{end}_residuals"], eigs[f"{end}_converged"])
+                for rank, (value, residual, converged) in enumerate(rows, start=1):
+                    writer.writerow([r["operator"], end, rank, value, residual, converged])
+
+
+def write_record(record: Mapping[str, Any], out_dir: Path, title: str = "") -> list[str]:
+    """result.json always; eigenvalues.csv when there are eigenvalues; density.png/.pdf when there is SLQ."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(record, out_dir / "result.json")
+    written = ["result.json"]
+    if "eigs" in record:
+        write_eigenvalues_csv([record], out_dir / "eigenvalues.csv")
+        written.append("eigenvalues.csv")
+    if "slq" in record:
+        plot_densities([record], [out_dir / "density.png", out_dir / "density.pdf"], title=title)
+        written += ["density.png", "density.pdf"]
+    return written
+
+
+def plot_title(record: Mapping[str, Any]) -> str:
+    inputs = record.get("provenance", {}).get("inputs", {})
+    what = f"{inputs.get('model') or 'model'} on {inputs.get('data', 'data')}"
+    batch = inputs.get("batch_size")
+    return f"{what}: P = {record['n_params']:,}, N = {record['n_samples']:,}" + (f" (one batch of {batch})" if batch else "")
+
+
+def summary(record: Mapping[str, Any]) -> str:
+    """A few human lines: extremal eigenvalues (flagging unconverged ones), trace, warnings."""
+    head = f"{record['operator']}: P = {record['n_params']:,} parameters, N = {record['n_samples']:,} examples"
+    lines = [head]
+    if "eigs" in record:
+        eigs = record["eigs"]
+        for end in ("top", "bottom"):
+            values = record[f"{end}_eigenvalues"]
+            if values:
+                flags = eigs[f"{end}_converged"]
+                shown = ", ".join(f"{v:.6g}" + ("" if ok else "*") for v, ok in zip(values, flags))
+                note = "" if all(flags) else "   (* not converged: see residuals)"
+                lines.append(f"  {end:6s} eigenvalues: {shown}{note}")
+    if "trace" in record:
+        t = record["trace"]
+        stderr = f" ± {t['stderr']:.3g}" if t.get("stderr") is not None else ""
+        lines.append(f"  trace: {t['estimate']:.6g}{stderr} ({t['method']}, {t['n_probes']} probes)")
+    if "slq" in record:
+        s = record["slq"]
+        steps = max(s["n_steps"]) if isinstance(s["n_steps"], list) else s["n_steps"]
+        lines.append(f"  SLQ: {len(s['nodes'])} probes x {steps} Lanczos steps, trace {s['trace_estimate']:.6g}")
+    lines += [f"  warning: {w}" for w in record.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """A saved result (a result.json, or a folder holding one) that has an SLQ density to draw."""
+    from .errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "result.json"
+    if not path.is_file():
+        raise InputError(f"result file not found: {path}")
+    try:
+        record = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(record, dict) or "slq" not in record or "operator" not in record:
+        raise InputError(f"{path} has no spectral density to plot (written by `hessian-probe spectrum`?)")
+    return record
+
+
+def save_eigenvectors(result: Any, space: Any, path: Path) -> None:
+    """Eigenvectors as rows (top: descending, bottom: ascending) plus the parameter layout, so
+    ``space.unflatten`` can be undone by hand: names, shapes, and the eigenvalues they belong to.
+    Loads with ``torch.load(path, weights_only=True)``."""
+    torch.save(
+        {
+            "top_eigenvalues": torch.as_tensor(result.top_eigenvalues),
+            "top_eigenvectors": result.top_eigenvectors,
+            "bottom_eigenvalues": torch.as_tensor(result.bottom_eigenvalues),
+            "bottom_eigenvectors": result.bottom_eigenvectors,
+            "parameter_names": list(space.names),
+            "parameter_shapes": [list(shape) for shape in space.shapes],
+        },
+        path,
+    )

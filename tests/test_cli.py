@@ -1,0 +1,377 @@
+"""The command line: it gives exactly the library's numbers, reads every checkpoint and data
+format it promises, writes its outputs, runs configs, and turns every bad input into one line
+and an exit code (2 usage, 1 data/model)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hessian_probe.analysis import spectrum
+from hessian_probe.cli import main
+from hessian_probe.demo import train_digits_mlp
+from hessian_probe.linalg import extremal_eigs, trace
+from hessian_probe.loading import ProblemSpec, load_model
+from hessian_probe.loading.builtin_models import mlp
+from hessian_probe.loading.datasets import load_digits
+from hessian_probe.operators import curvature_operator
+from hessian_probe.problem import make_problem
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
+    train_digits_mlp(path, seed=0, steps=30)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(checkpoint) -> torch.nn.Module:
+    model = mlp()
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["model_state_dict"])
+    return model
+
+
+def invoke(*args: object, cwd: Path | None = None):
+    with contextlib.chdir(cwd or Path.cwd()):
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def ok(result) -> dict:
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return json.loads(result.stdout)
+
+
+def library_problem(model: torch.nn.Module, samples: int | None = None):
+    x, y = load_digits()
+    return make_problem(model, (x, y), "cross_entropy", dtype=torch.float64, batch_size=1024)
+
+
+# --- the CLI is the library --------------------------------------------------------------------
+
+def test_spectrum_prints_and_writes_the_library_numbers(tmp_path, checkpoint, trained):
+    out = tmp_path / "spec"
+    record = ok(invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--steps", 30, "--probes", 4,
+                       "--top-k", 3, "--bottom-k", 2, "--seed", 3, "--out", out, "--json", "--quiet"))
+    op = curvature_operator(library_problem(trained), "hessian")
+    expected = spectrum(op, n_steps=30, n_probes=4, top_k=3, bottom_k=2, seed=3).to_dict()
+    for key in ("operator", "n_params", "n_samples", "top_eigenvalues", "bottom_eigenvalues", "settings"):
+        assert record[key] == expected[key], key
+    assert record["trace"]["estimate"] == expected["trace"]["estimate"]
+    assert record["trace"]["stderr"] == expected["trace"]["stderr"]
+    assert record["slq"]["nodes"] == expected["slq"]["nodes"] and record["slq"]["weights"] == expected["slq"]["weights"]
+    assert record["density"]["values"] == expected["density"]["values"]
+    # the file is the printed record, and has the promised public keys and provenance
+    saved = json.loads((out / "result.json").read_text())
+    assert saved == record
+    assert record["top_eigenvalues"] == sorted(record["top_eigenvalues"], reverse=True)
+    assert record["bottom_eigenvalues"] == sorted(record["bottom_eigenvalues"])
+    assert len(record["slq"]["nodes"]) == 4 and len(record["density"]["grid"]) == len(record["density"]["values"])
+    prov = record["provenance"]
+    assert prov["version"] and prov["device"] == "cpu" and prov["dtype"] == "float64" and prov["seed"] == 3
+    assert prov["inputs"]["model"] == "mlp" and len(prov["inputs"]["checkpoint_sha256"]) == 64
+    assert prov["inputs"]["optimizer_state"] is True and prov["timings"]["total_s"] > 0
+    assert {"density.png", "density.pdf", "eigenvalues.csv"} <= {p.name for p in out.iterdir()}
+    # the human summary shows the same top eigenvalue
+    summary = invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--steps", 30, "--probes", 4,
+                     "--top-k", 3, "--bottom-k", 2, "--seed", 3, "--out", tmp_path / "again", "--quiet")
+    assert summary.exit_code == 0 and f"{expected['top_eigenvalues'][0]:.6g}" in summary.stdout
+
+
+def test_eigs_with_eigenvectors_and_csv(tmp_path, checkpoint, trained):
+    out = tmp_path / "eigs"
+    record = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--operator", "ggn", "--params", "2",
+                       "--top-k", 4, "--eigenvectors", "--out", out, "--json", "--quiet"))
+    problem = library_problem(trained).restricted("2")
+    op = curvature_operator(problem, "ggn")
+    expected = extremal_eigs(op, 4, 0, seed=0)
+    assert record["top_eigenvalues"] == expected.top_eigenvalues.tolist() and record["converged"]
+    assert record["n_params"] == 330
+    saved = torch.load(out / "eigenvectors.pt", weights_only=True)
+    assert saved["parameter_names"] == ["2.weight", "2.bias"] and saved["top_eigenvectors"].shape == (4, 330)
+    V, theta = saved["top_eigenvectors"], saved["top_eigenvalues"]
+    residuals = (op.matmat(V) - theta[:, None] * V).norm(dim=1)
+    assert torch.allclose(residuals, torch.tensor(record["eigs"]["top_residuals"], dtype=V.dtype), rtol=1e-3, atol=1e-12)
+    with (out / "eigenvalues.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["eigenvalue"]) for r in rows] == record["top_eigenvalues"]
+    assert all(r["converged"] == "True" and r["end"] == "top" for r in rows)
+
+
+def test_trace_equals_library(tmp_path, checkpoint, trained):
+    record = ok(invoke("trace", "--checkpoint", checkpoint, "--model", "mlp", "--method", "hutchinson",
+                       "--products", 20, "--seed", 5, "--out", tmp_path / "t", "--json", "--quiet"))
+    expected = trace(curvature_operator(library_problem(trained), "hessian"), 20, method="hutchinson", seed=5)
+    assert record["trace"]["estimate"] == expected.estimate and record["trace"]["stderr"] == expected.stderr
+
+
+def test_batch_size_analyses_one_seeded_batch(tmp_path, checkpoint):
+    args = ["eigs", "--checkpoint", checkpoint, "--model", "mlp", "--batch-size", 64, "--top-k", 1, "--json", "--quiet"]
+    first = ok(invoke(*args, "--seed", 1, "--out", tmp_path / "a"))
+    again = ok(invoke(*args, "--seed", 1, "--out", tmp_path / "b"))
+    other = ok(invoke(*args, "--seed", 2, "--out", tmp_path / "c"))
+    full = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--top-k", 1, "--json", "--quiet",
+                     "--out", tmp_path / "d"))
+    assert first["n_samples"] == 64 and full["n_samples"] == 1797
+    assert first["top_eigenvalues"] == again["top_eigenvalues"] != other["top_eigenvalues"]
+    # small batches are sharper than the full sample (Granziol et al. 2022)
+    assert first["top_eigenvalues"][0] > full["top_eigenvalues"][0]
+
+
+def test_chunk_size_does_not_change_the_operator(tmp_path, checkpoint):
+    args = ["eigs", "--checkpoint", checkpoint, "--model", "mlp", "--top-k", 2, "--json", "--quiet"]
+    whole = ok(invoke(*args, "--out", tmp_path / "a"))
+    chunked = ok(invoke(*args, "--chunk-size", 100, "--out", tmp_path / "b"))
+    assert np.allclose(whole["top_eigenvalues"], chunked["top_eigenvalues"], rtol=1e-10)
+
+
+# --- checkpoint and data formats -----------------------------------------------------------------
+
+def _state(trained):
+    return {k: v.clone() for k, v in trained.state_dict().items()}
+
+
+@pytest.mark.parametrize("layout", ["bare", "state_dict", "model", "lightning", "dataparallel", "safetensors", "bin"])
+def test_checkpoint_layouts_load_the_same_weights(tmp_path, trained, layout):
+    state = _state(trained)
+    path = tmp_path / {"lightning": "last.ckpt", "safetensors": "w.safetensors", "bin": "pytorch_model.bin"}.get(layout, "w.pt")
+    if layout == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        content = {
+            "bare": state,
+            "bin": state,
+            "state_dict": {"state_dict": state, "epoch": 3},
+            "model": {"model": state, "optimizer": {"state": {}, "param_groups": []}},
+            "lightning": {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 1,
+                          "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1}]}]},
+            "dataparallel": {f"module.{k}": v for k, v in state.items()},
+        }[layout]
+        torch.save(content, path)
+    model, checkpoint = load_model(ProblemSpec(checkpoint=str(path), model="mlp"))
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    assert (checkpoint.optimizer_state is not None) == (layout in ("model", "lightning"))
+
+
+def test_pickled_module_needs_trust_and_then_needs_no_model(tmp_path, trained):
+    path = tmp_path / "whole.pt"
+    torch.save(trained, path)
+    refused = invoke("eigs", "--checkpoint", path, "--top-k", 1, "--quiet", "--out", tmp_path / "a")
+    assert refused.exit_code == 1 and "--trust-checkpoint" in refused.stderr
+    trusted = ok(invoke("eigs", "--checkpoint", path, "--trust-checkpoint", "--top-k", 1, "--json", "--quiet",
+                        "--out", tmp_path / "b"))
+    reference = ok(invoke("eigs", "--checkpoint", path, "--trust-checkpoint", "--model", "mlp", "--top-k", 1,
+                          "--json", "--quiet", "--out", tmp_path / "c"))
+    assert trusted["top_eigenvalues"] == reference["top_eigenvalues"]
+
+
+def test_data_specs_and_user_model_file(tmp_path, trained):
+    """tensors .pt and .npz, a Dataset factory and a pair factory from a user's file, a model factory
+    from ./mynet.py (importable from the current directory) all see the same examples."""
+    x, y = load_digits(200, seed=4)
+    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
+    np.savez(tmp_path / "d.npz", inputs=x.numpy(), targets=y.numpy())
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    (tmp_path / "mynet.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def make_net(hidden=32):\n"
+        "    return nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))\n"
+        "def pairs():\n"
+        "    d = torch.load('d.pt')\n"
+        "    return d['x'], d['y']\n"
+        "def dataset():\n"
+        "    d = torch.load('d.pt')\n"
+        "    return torch.utils.data.TensorDataset(d['x'], d['y'])\n"
+    )
+    values = []
+    for model, data in [("mlp", "tensors:d.pt"), ("mynet:make_net", "d.npz"), ("mynet.py:make_net", "mynet:pairs"),
+                        ("mynet:make_net", "mynet:dataset")]:
+        result = invoke("eigs", "--checkpoint", tmp_path / "w.pt", "--model", model, "--model-arg", "hidden=32",
+                        "--data", data, "--top-k", 1, "--json", "--quiet", "--out", tmp_path / "o", cwd=tmp_path)
+        record = ok(result)
+        assert record["n_samples"] == 200
+        values.append(record["top_eigenvalues"][0])
+    assert np.allclose(values, values[0], rtol=1e-9)
+
+
+def test_samples_takes_a_seeded_subset(tmp_path, checkpoint):
+    args = ["trace", "--checkpoint", checkpoint, "--model", "mlp", "--samples", 300, "--json", "--quiet",
+            "--products", 9]
+    a = ok(invoke(*args, "--out", tmp_path / "a"))
+    b = ok(invoke(*args, "--out", tmp_path / "b"))
+    assert a["n_samples"] == 300 and a["trace"]["estimate"] == b["trace"]["estimate"]
+
+
+# --- plot and run --------------------------------------------------------------------------------
+
+def test_plot_overlays_saved_results_and_refuses_others(tmp_path, checkpoint):
+    for kind in ("hessian", "ggn"):
+        ok(invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--operator", kind, "--steps", 20,
+                  "--probes", 2, "--top-k", 1, "--bottom-k", 0, "--trace-products", 9, "--samples", 200, "--json",
+                  "--quiet", "--out", tmp_path / kind))
+    drawn = invoke("plot", tmp_path / "hessian", tmp_path / "ggn" / "result.json", "--out", tmp_path / "fig" / "both.png",
+                   "--label", "H", "--label", "G", "--title", "test")
+    assert drawn.exit_code == 0, drawn.output
+    assert (tmp_path / "fig" / "both.png").stat().st_size > 10_000 and (tmp_path / "fig" / "both.pdf").exists()
+    ok(invoke("trace", "--checkpoint", checkpoint, "--model", "mlp", "--products", 3, "--json", "--quiet",
+              "--out", tmp_path / "tr"))
+    refused = invoke("plot", tmp_path / "tr", "--out", tmp_path / "x.png")
+    assert refused.exit_code == 1 and "no spectral density" in refused.stderr
+    mismatch = invoke("plot", tmp_path / "hessian", "--label", "a", "--label", "b")
+    assert mismatch.exit_code == 2
+
+
+@pytest.mark.parametrize("name", ["spectrum", "eigs", "trace", "plot"])
+def test_example_configs_run(tmp_path, checkpoint, name):
+    """configs/*.toml run as written, next to a demo-like folder (the checkpoint and two results)."""
+    demo = tmp_path / "hessian-probe-demo"
+    demo.mkdir()
+    (demo / "checkpoint.pt").write_bytes(checkpoint.read_bytes())
+    if name == "plot":
+        for kind in ("hessian", "ggn"):
+            ok(invoke("spectrum", "--checkpoint", demo / "checkpoint.pt", "--model", "mlp", "--operator", kind,
+                      "--steps", 10, "--probes", 2, "--top-k", 1, "--bottom-k", 0, "--trace-products", 3,
+                      "--samples", 100, "--json", "--quiet", "--out", demo / kind))
+    result = invoke("run", CONFIGS / f"{name}.toml", cwd=tmp_path)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    written = [p for p in tmp_path.rglob("*") if p.suffix in (".json", ".png") and "demo" not in str(p.parent.name)]
+    assert written
+
+
+def test_demo_config_is_the_demo_command():
+    from hessian_probe.config import command_line
+
+    name, argv, _ = command_line(CONFIGS / "demo.toml", main.commands)
+    assert name == "demo" and argv == ["--out=hessian-probe-demo", "--seed=0"]
+
+
+def test_config_equals_command_line(tmp_path, checkpoint):
+    (tmp_path / "c.toml").write_text(
+        f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ntop-k = 2\nbottom_k = 1\nquiet = true\n'
+        f'json = true\nout = "{tmp_path / "a"}"\n[model_args]\nhidden = 32\nactivation = "tanh"\n'
+    )
+    from_config = ok(invoke("run", tmp_path / "c.toml"))
+    from_shell = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--model-arg", "hidden=32",
+                           "--model-arg", "activation=tanh", "--top-k", 2, "--bottom-k", 1, "--json", "--quiet",
+                           "--out", tmp_path / "b"))
+    assert from_config["top_eigenvalues"] == from_shell["top_eigenvalues"]
+    assert from_config["bottom_eigenvalues"] == from_shell["bottom_eigenvalues"]
+    assert from_config["provenance"]["config"]["content"]["model_args"] == {"hidden": 32, "activation": "tanh"}
+
+
+# --- bad input: one line, the right exit code, never a traceback -------------------------------
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, checkpoint, trained):
+    d = tmp_path_factory.mktemp("bad")
+    state = _state(trained)
+    (d / "corrupt.pt").write_bytes(b"this is not a checkpoint" * 10)
+    raw = checkpoint.read_bytes()
+    (d / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    (d / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    torch.save(trained, d / "pickled.pt")
+    torch.save({k: v for k, v in state.items() if k != "2.bias"} | {"extra.weight": torch.ones(2)}, d / "keys.pt")
+    nan_state = dict(state)
+    nan_state["0.weight"] = nan_state["0.weight"].clone()
+    nan_state["0.weight"][0, 0] = float("nan")
+    torch.save(nan_state, d / "nan.pt")
+    torch.save([1, 2, 3], d / "list.pt")
+    torch.save({"epoch": 3, "note": "no weights"}, d / "noweights.pt")
+    torch.save({"x": torch.zeros(0, 64), "y": torch.zeros(0, dtype=torch.long)}, d / "empty.pt")
+    torch.save({"x": torch.rand(20, 64), "y": torch.full((20,), 12)}, d / "labels.pt")
+    torch.save({"x": torch.rand(20, 64), "y": torch.zeros(19, dtype=torch.long)}, d / "lengths.pt")
+    torch.save({"features": torch.rand(20, 64)}, d / "keys_data.pt")
+    (d / "broken.py").write_text("def make():\n    raise RuntimeError('boom')\n")
+    (d / "unknown.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ntopk = 3\ncolour = 1\n')
+    (d / "syntax.toml").write_text('command = "eigs"\ncheckpoint = \n')
+    (d / "nocommand.toml").write_text(f'checkpoint = "{checkpoint}"\n')
+    (d / "badtype.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ntop_k = "many"\n')
+    (d / "badflag.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\nquiet = "yes"\n')
+    return d
+
+
+GOOD = ["--model", "mlp"]
+BAD_INPUTS = [
+    # (name, arguments after the command, exit code, words the message must contain)
+    ("missing checkpoint", ["eigs", "--checkpoint", "{d}/nope.pt", *GOOD], 1, "checkpoint not found"),
+    ("corrupt checkpoint", ["eigs", "--checkpoint", "{d}/corrupt.pt", *GOOD], 1, "corrupt"),
+    ("truncated checkpoint", ["eigs", "--checkpoint", "{d}/truncated.pt", *GOOD], 1, "corrupt or truncated"),
+    ("corrupt safetensors", ["eigs", "--checkpoint", "{d}/corrupt.safetensors", *GOOD], 1, "safetensors"),
+    ("pickled module untrusted", ["eigs", "--checkpoint", "{d}/pickled.pt", *GOOD], 1, "--trust-checkpoint"),
+    ("not a dict", ["eigs", "--checkpoint", "{d}/list.pt", *GOOD], 1, "not a state dict"),
+    ("no weights in dict", ["eigs", "--checkpoint", "{d}/noweights.pt", *GOOD], 1, "no state dict"),
+    ("missing and unexpected keys", ["eigs", "--checkpoint", "{d}/keys.pt", *GOOD], 1, "1 missing ('2.bias')"),
+    ("shape mismatch", ["eigs", "--checkpoint", "{ckpt}", "--model", "mlp", "--model-arg", "hidden=16"], 1,
+     "shape mismatch for '0.weight'"),
+    ("non-finite weights", ["eigs", "--checkpoint", "{d}/nan.pt", *GOOD], 1, "non-finite value(s) (NaN or inf) in '0.weight'"),
+    ("model module not importable", ["eigs", "--checkpoint", "{ckpt}", "--model", "no_such_module_xyz:make"], 1,
+     "no module named 'no_such_module_xyz'"),
+    ("model attribute missing", ["eigs", "--checkpoint", "{ckpt}", "--model", "json:no_factory"], 1, "no attribute"),
+    ("model factory fails", ["eigs", "--checkpoint", "{ckpt}", "--model", "{d}/broken.py:make"], 1, "boom"),
+    ("unknown model name", ["eigs", "--checkpoint", "{ckpt}", "--model", "resnet9000"], 1, "unknown model"),
+    ("model arg rejected", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--model-arg", "depth=3"], 1, "does not accept"),
+    ("model arg malformed", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--model-arg", "hidden"], 2, "key=value"),
+    ("model missing", ["eigs", "--checkpoint", "{ckpt}"], 2, "--model is required"),
+    ("empty dataset", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "tensors:{d}/empty.pt"], 1, "empty"),
+    ("labels out of range", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/labels.pt"], 1,
+     "labels must lie in [0, 9]"),
+    ("inputs and targets differ in length", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/lengths.pt"], 1,
+     "20 inputs but 19 targets"),
+    ("data keys", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/keys_data.pt"], 1, "x/y or inputs/targets"),
+    ("missing data file", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "tensors:{d}/none.pt"], 1,
+     "data file not found"),
+    ("unknown data spec", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "imagenet"], 1, "unknown data spec"),
+    ("inputs of the wrong shape", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "digits:image"], 1,
+     "cannot run on inputs of shape"),
+    ("batch larger than sample", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--batch-size", "5000"], 2,
+     "larger than the sample (1797"),
+    ("samples larger than data", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--samples", "5000"], 2, "--samples 5000"),
+    ("unknown loss", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--loss", "hinge"], 1, "unknown loss 'hinge'"),
+    ("no eigenvalues asked", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--top-k", "0"], 2, "at least one eigenvalue"),
+    ("parameter pattern", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--params", "fc9"], 1, "matches no parameter"),
+    ("bad device", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--device", "tpu"], 2, "device"),
+    ("bad dtype", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--dtype", "float16"], 2, "float16"),
+    ("unknown config keys", ["run", "{d}/unknown.toml"], 2, "unknown key(s) for eigs: topk, colour"),
+    ("config syntax", ["run", "{d}/syntax.toml"], 2, "not valid TOML"),
+    ("config without command", ["run", "{d}/nocommand.toml"], 2, "set command ="),
+    ("config value type", ["run", "{d}/badtype.toml"], 2, "'many' is not a valid integer"),
+    ("config flag type", ["run", "{d}/badflag.toml"], 2, "quiet is a flag"),
+    ("missing config", ["run", "{d}/none.toml"], 1, "config file not found"),
+    ("missing result to plot", ["plot", "{d}/none.json"], 1, "result file not found"),
+]
+
+
+@pytest.mark.parametrize("name,args,code,words", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gives_one_line_and_exit_code(tmp_path, bad_files, checkpoint, name, args, code, words):
+    args = [a.format(d=bad_files, ckpt=checkpoint) for a in args]
+    extra = ["--quiet", "--out", str(tmp_path / "out")] if args[0] in ("eigs",) else []
+    result = invoke(*args, *extra)
+    assert result.exit_code == code, (result.output, result.exception)
+    assert words in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    if code == 1 or args[0] == "run":  # ours: exactly one line (click's own usage errors add a usage line)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_cuda_requested_without_cuda(tmp_path, checkpoint):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = invoke("eigs", "--checkpoint", checkpoint, *GOOD, "--device", "cuda", "--out", tmp_path)
+    assert result.exit_code == 2 and "CUDA is not available" in result.stderr
+
+
+def test_debug_shows_the_real_exception(tmp_path):
+    result = invoke("eigs", "--checkpoint", tmp_path / "nope.pt", *GOOD, "--debug")
+    assert result.exit_code == 1 and type(result.exception).__name__ == "InputError"
