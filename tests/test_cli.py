@@ -375,3 +375,65 @@ def test_cuda_requested_without_cuda(tmp_path, checkpoint):
 def test_debug_shows_the_real_exception(tmp_path):
     result = invoke("eigs", "--checkpoint", tmp_path / "nope.pt", *GOOD, "--debug")
     assert result.exit_code == 1 and type(result.exception).__name__ == "InputError"
+
+
+def test_progress_counts_products_per_stage(capsys):
+    from hessian_probe.operators import DenseOperator
+    from hessian_probe.progress import ProductProgress
+
+    op = DenseOperator(torch.eye(6, dtype=torch.float64))
+    with ProductProgress(delay=0, label="test ").attach(op) as progress:
+        progress.stage("first", 10)
+        op.matmat(torch.ones(3, 6, dtype=torch.float64))
+        op.matvec(torch.ones(6, dtype=torch.float64))
+        assert progress.bar.n == 4
+        progress.stage("second", None)
+        op.matvec(torch.ones(6, dtype=torch.float64))
+        assert progress.bar.n == 1
+    assert "test first" in capsys.readouterr().err
+    with ProductProgress(quiet=True, delay=0).attach(op) as progress:
+        progress.stage("silent", 5)
+        op.matvec(torch.ones(6, dtype=torch.float64))
+    assert capsys.readouterr().err == ""
+
+
+def test_torchvision_names_and_datasets_through_a_stand_in(tmp_path, monkeypatch):
+    """torchvision is optional and absent in CI: a minimal stand-in package checks that models are
+    built without pretrained weights and datasets are opened with download=False, then stacked."""
+    package = tmp_path / "torchvision"
+    (package / "transforms").mkdir(parents=True)
+    (package / "__init__.py").write_text("from . import models, datasets\n")
+    (package / "transforms" / "__init__.py").write_text("")
+    (package / "transforms" / "functional.py").write_text("def pil_to_tensor(img):\n    return img\n")
+    (package / "models.py").write_text(
+        "import torch\n"
+        "def list_models():\n    return ['tiny']\n"
+        "def get_model(name, weights, **kw):\n"
+        "    assert weights is None\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, kw.get('num_classes', 10)))\n"
+    )
+    (package / "datasets.py").write_text(
+        "import torch\n"
+        "class Digitsish:\n"
+        "    def __init__(self, root, download=True, transform=None):\n"
+        "        assert download is False\n"
+        "        g = torch.Generator().manual_seed(0)\n"
+        "        self.x = torch.randint(0, 256, (50, 1, 8, 8), generator=g).float()\n"
+        "        self.y = torch.arange(50) % 10\n"
+        "        self.transform = transform\n"
+        "    def __len__(self):\n        return 50\n"
+        "    def __getitem__(self, i):\n        return self.transform(self.x[i]), int(self.y[i])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in list(__import__("sys").modules) if m.startswith("torchvision")]:
+        monkeypatch.delitem(__import__("sys").modules, name)
+    from hessian_probe.loading.data import load_data
+    from hessian_probe.loading.models import build_model
+
+    model = build_model("tiny", {"num_classes": 10})
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    x, y = load_data(f"torchvision:Digitsish:{tmp_path}", samples=20, seed=0)
+    assert x.shape == (20, 1, 8, 8) and float(x.max()) <= 1.0 and y.dtype == torch.int64
+    record = ok(invoke("eigs", "--checkpoint", tmp_path / "tiny.pt", "--model", "torchvision:tiny", "--data",
+                       f"torchvision:Digitsish:{tmp_path}", "--top-k", 1, "--json", "--quiet", "--out", tmp_path / "o"))
+    assert record["n_samples"] == 50 and record["n_params"] == 650

@@ -8,6 +8,7 @@ on disk (never downloaded); ``package.module:factory`` returning a Dataset or an
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,11 @@ def _torchvision(spec: str) -> Any:
     cls = getattr(torchvision.datasets, name, None)
     if cls is None:
         raise InputError(f"torchvision has no dataset named {name!r}")
+    options = {"transform": lambda img: pil_to_tensor(img).float() / 255.0}
+    if "download" in inspect.signature(cls).parameters:
+        options["download"] = False  # never fetch anything: the data must already be on disk
     try:
-        dataset = cls(root, download=False, transform=lambda img: pil_to_tensor(img).float() / 255.0)
+        dataset = cls(root, **options)
     except (RuntimeError, FileNotFoundError, OSError) as exc:
         raise InputError(f"torchvision dataset {name} not found under {root} (hessian-probe never downloads): {exc}") from None
     return dataset
