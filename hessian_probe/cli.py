@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, UsageError, first_line, one_line
 from .results import to_jsonable
 
 DEBUG_ENV = "HESSIAN_PROBE_DEBUG"
@@ -38,22 +39,22 @@ class ProbeGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's bad option: one line, exit 2
+            command = exc.ctx.command_path if exc.ctx else "hessian-probe"
+            raise CommandError(f"{one_line(exc.format_message())} (see `{command} --help`)", 2) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except InputError as exc:
             if _debugging(ctx):
                 raise
-            raise CommandError(str(exc), exc.exit_code) from None
+            raise CommandError(one_line(str(exc)), exc.exit_code) from None
         except Exception as exc:
             if _debugging(ctx):
                 raise
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise CommandError(f"{type(exc).__name__}: {message} (rerun with --debug for the traceback)") from None
+            raise CommandError(f"{first_line(exc)} (rerun with --debug for the traceback)") from None
 
 
 def _debugging(ctx: click.Context) -> bool:
-    import os
-
     return bool((ctx.obj or {}).get("debug") or os.environ.get(DEBUG_ENV))
 
 
@@ -91,12 +92,13 @@ def problem_options(command: Callable) -> Callable:
         click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
                      help="State dict (.pt/.pth/.bin/.ckpt, or a dict wrapping one) or .safetensors."),
         click.option("--model", default=None, metavar="SPEC",
-                     help="mlp | cnn (built-ins), a torchvision name, or package.module:factory / file.py:factory."),
+                     help="mlp | cnn (built-ins), a torchvision name, or package.module:factory / file.py:factory. "
+                          "Required unless the checkpoint is a trusted pickled model."),
         click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
                      help="Keyword argument for the model factory (repeatable); values are Python literals."),
         click.option("--trust-checkpoint", is_flag=True,
                      help="Allow a fully pickled model (runs code from the file: only for files you trust)."),
-        click.option("--data", default="digits", show_default=True, metavar="SPEC",
+        click.option("--data", required=True, metavar="SPEC",
                      help="digits | digits:image | tensors:PATH (.pt/.npz) | torchvision:NAME:ROOT | package.module:factory."),
         click.option("--samples", type=click.IntRange(min=1), default=None,
                      help="Use a seeded random subset of this many examples."),
@@ -113,7 +115,8 @@ def problem_options(command: Callable) -> Callable:
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:i."),
         click.option("--dtype", type=click.Choice(["auto", "float32", "float64"]), default="auto", show_default=True,
                      help="Precision of the products (auto: float64 on CPU, float32 on GPU)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for probes, subsets and batches."),
+        click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+                     help="Seed for probes, subsets and batches."),
         click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Output folder [default: hessian-probe-<command>]."),
         click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout instead of the summary."),
@@ -151,45 +154,44 @@ def _run(ctx: click.Context, name: str, operator: str, out_dir: Path, as_json: b
          spec_options: dict[str, Any], compute: Callable) -> dict[str, Any]:
     from .loading import ProblemSpec, load_problem, parse_model_args
     from .operators import curvature_operator
-    from .outputs import environment, file_digest, plot_title, summary, write_record
+    from .outputs import environment, plot_title, provenance, summary, write_record
     from .progress import ProductProgress
 
     started = time.perf_counter()
     env = environment()
-    spec = ProblemSpec(**{**spec_options, "model_args": parse_model_args(spec_options["model_args"])})
+    spec = ProblemSpec(**{**spec_options, "checkpoint": str(spec_options["checkpoint"]),
+                          "model_args": parse_model_args(spec_options["model_args"])})
+    _prepare_output(out_dir)  # before any work: a run must not be lost to an unwritable folder
     loaded = load_problem(spec)
-    problem = loaded.problem
-    op = curvature_operator(problem, operator)
+    op = curvature_operator(loaded.problem, operator)
     loaded_at = time.perf_counter()
     with ProductProgress(quiet=quiet, label=f"{operator} ").attach(op) as progress:
         record, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir)
     finished = time.perf_counter()
-    record["provenance"] = {
-        **env,
-        "command": name,
-        "config": (ctx.obj or {}).get("config"),
-        "inputs": {
-            **{k: v for k, v in spec_options.items() if k != "model_args"},
-            "model_args": spec.model_args,
-            "checkpoint_sha256": file_digest(spec.checkpoint),
-            "weights_found_under": loaded.checkpoint.found_under,
-            "optimizer_state": loaded.checkpoint.optimizer_state is not None,
-            "loss_value": problem.loss_value(),
-        },
-        "device": str(problem.device),
-        "dtype": str(problem.dtype).removeprefix("torch."),
-        "seed": spec.seed,
-        "parameters": list(problem.params),
-        "timings": {"load_s": loaded_at - started, "analysis_s": finished - loaded_at,
-                    "total_s": time.perf_counter() - started},
-    }
+    timings = {"load_s": loaded_at - started, "analysis_s": finished - loaded_at, "total_s": finished - started}
+    record["provenance"] = provenance(env, name, (ctx.obj or {}).get("config"), spec, loaded, timings)
     record = to_jsonable(record)
     written = write_record(record, out_dir, title=plot_title(record)) + extra_files
     if ctx.find_root().obj.get("echo", True):
         click.echo(json.dumps(record, allow_nan=False) if as_json else
-                   f"{summary(record)}\n  wrote {', '.join(written)} to {out_dir}/ in "
-                   f"{record['provenance']['timings']['total_s']:.1f} s")
+                   f"{summary(record)}\n  wrote {', '.join(written)} to {out_dir}/ in {timings['total_s']:.1f} s")
     return record
+
+
+def _prepare_output(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {out_dir}: {exc.strerror or first_line(exc)}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise UsageError(f"the output folder {out_dir} is not writable; choose another with --out")
+
+
+def _check_counts(op: Any, top_k: int, bottom_k: int) -> None:
+    if top_k + bottom_k == 0:
+        raise UsageError("ask for at least one eigenvalue: --top-k or --bottom-k")
+    if top_k + bottom_k > op.size:
+        raise UsageError(f"--top-k {top_k} plus --bottom-k {bottom_k} exceeds the {op.size} parameters measured")
 
 
 def _operator_header(op: Any) -> dict[str, Any]:
@@ -209,7 +211,8 @@ def _operator_header(op: Any) -> dict[str, Any]:
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Lanczos step budget for eigenvalues.")
 @click.option("--trace-products", type=click.IntRange(min=3), default=99, show_default=True,
               help="Operator products for the trace estimate.")
-@click.option("--trace-method", type=click.Choice(["hutchpp", "hutchinson"]), default="hutchpp", show_default=True)
+@click.option("--trace-method", type=click.Choice(["hutchpp", "hutchinson"]), default="hutchpp", show_default=True,
+              help="Hutch++ (lower variance for PSD operators) or plain Hutchinson.")
 def spectrum(op, *, seed, progress, out_dir, steps, probes, top_k, bottom_k, tol, max_steps, trace_products, trace_method):
     """Spectral density (SLQ), extremal eigenvalues and trace.
 
@@ -221,6 +224,7 @@ def spectrum(op, *, seed, progress, out_dir, steps, probes, top_k, bottom_k, tol
     """
     from .analysis import spectrum as run_spectrum
 
+    _check_counts(op, top_k, bottom_k)
     result = run_spectrum(op, n_steps=steps, n_probes=probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
                           max_steps=max_steps, trace_products=trace_products, trace_method=trace_method,
                           seed=seed, progress=progress)
@@ -250,15 +254,14 @@ def eigs(op, *, seed, progress, out_dir, top_k, bottom_k, tol, max_steps, method
     from .linalg import extremal_eigs
     from .linalg.eigs import default_max_steps
 
-    if top_k + bottom_k == 0:
-        raise CommandError("ask for at least one eigenvalue: --top-k or --bottom-k", exit_code=2)
+    _check_counts(op, top_k, bottom_k)
     limit = {"max_steps": max_steps} if method == "lanczos" else {"max_iter": max_steps or 1000}
     progress("eigenvalues", default_max_steps(op.size, top_k + bottom_k, max_steps) if method == "lanczos" else None)
     result = extremal_eigs(op, top_k, bottom_k, tol=tol, method=method, seed=seed,
                            return_eigenvectors=save_vectors, **limit)
     record = {**_operator_header(op), "top_eigenvalues": result.top_eigenvalues,
               "bottom_eigenvalues": result.bottom_eigenvalues, "eigs": result, "converged": result.converged,
-              "warnings": list(result.warnings) + _unconverged(result),
+              "warnings": result.notes,
               "settings": dict(top_k=top_k, bottom_k=bottom_k, tol=tol, max_steps=max_steps, method=method, seed=seed)}
     if not save_vectors:
         return record, []
@@ -269,17 +272,11 @@ def eigs(op, *, seed, progress, out_dir, top_k, bottom_k, tol, max_steps, method
     return record, ["eigenvectors.pt"]
 
 
-def _unconverged(result: Any) -> list[str]:
-    if result.converged:
-        return []
-    return [f"extremal eigenvalues not converged to tol {result.tol:g} in {result.n_steps} steps; "
-            "see top_converged / bottom_converged and the residuals"]
-
-
 @analysis_command("trace")
 @click.option("--products", type=click.IntRange(min=3), default=99, show_default=True,
               help="Operator products to spend (Hutch++ splits them in three).")
-@click.option("--method", type=click.Choice(["hutchpp", "hutchinson"]), default="hutchpp", show_default=True)
+@click.option("--method", type=click.Choice(["hutchpp", "hutchinson"]), default="hutchpp", show_default=True,
+              help="Hutch++ (lower variance for PSD operators) or plain Hutchinson.")
 def trace(op, *, seed, progress, out_dir, products, method):
     """Trace by Hutch++ or Hutchinson, with its standard error.
 
@@ -314,12 +311,14 @@ def plot(results: tuple[Path, ...], out_file: Path, labels: tuple[str, ...], tit
     from .outputs import read_record
     from .plots import plot_densities
 
+    if out_file.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise CommandError(f"--out {out_file}: use a .png, .pdf, .svg or .jpg file name", exit_code=2)
     records = [read_record(path) for path in results]
     if labels and len(labels) != len(records):
         raise CommandError(f"{len(labels)} --label values for {len(records)} results", exit_code=2)
     if not labels and len({r["operator"] for r in records}) < len(records):
         labels = tuple(f"{r['operator']} ({path})" for r, path in zip(records, results))
-    paths = [out_file] + ([out_file.with_suffix(".pdf")] if out_file.suffix != ".pdf" else [])
+    paths = [out_file] + ([out_file.with_suffix(".pdf")] if out_file.suffix.lower() != ".pdf" else [])
     if out_file.parent != Path():
         out_file.parent.mkdir(parents=True, exist_ok=True)
     plot_densities(records, paths, title=title, labels=labels or None)
@@ -339,13 +338,13 @@ def run(ctx: click.Context, config: Path) -> None:
     """
     from .config import command_line
 
-    name, argv, content = command_line(config, main.commands)
+    name, argv, content = command_line(config, {n: c for n, c in main.commands.items() if n != "run"})
     ctx.obj["config"] = {"path": str(config), "content": content}
     command = main.commands[name]
     try:
         sub_ctx = command.make_context(name, argv, parent=ctx)
     except click.UsageError as exc:  # a bad value in the file: name the file, one line
-        raise CommandError(f"{config}: {exc.format_message()}", exit_code=2) from None
+        raise CommandError(f"{config}: {one_line(exc.format_message())}", exit_code=2) from None
     with sub_ctx:
         command.invoke(sub_ctx)
 

@@ -16,10 +16,7 @@ from typing import Any
 
 import click
 
-from .errors import ConfigError, InputError
-
-RUNNABLE = ("spectrum", "eigs", "trace", "plot", "demo")
-
+from .errors import UsageError, InputError
 
 def read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
@@ -27,17 +24,18 @@ def read_config(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        raise UsageError(f"{path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not a text file") from None
+        raise UsageError(f"{path} is not a text file") from None
 
 
 def command_line(path: Path, commands: Mapping[str, click.Command]) -> tuple[str, list[str], dict[str, Any]]:
-    """(command name, argument list, parsed content) for the config at ``path``."""
+    """(command name, argument list, parsed content) for the config at ``path``; ``commands`` are
+    the commands a config may name."""
     content = read_config(path)
     name = content.get("command")
-    if name not in RUNNABLE:
-        raise ConfigError(f"{path}: set command = one of {', '.join(RUNNABLE)} (got {name!r})")
+    if name not in commands:
+        raise UsageError(f"{path}: set command = one of {', '.join(sorted(commands))} (got {name!r})")
     return name, to_arguments(content, commands[name], path), content
 
 
@@ -63,9 +61,11 @@ def to_arguments(content: Mapping[str, Any], command: click.Command, path: Path 
         else:
             unknown.append(key)
     if unknown:
-        valid = sorted({flag.lstrip("-").replace("-", "_") for p in options.values() for flag in p.opts
-                        if flag.startswith("--")} | {a.name for a in arguments})
-        raise ConfigError(f"{path}: unknown key(s) for {command.name}: {', '.join(unknown)} "
+        valid = {flag.lstrip("-").replace("-", "_") for p in options.values() for flag in p.opts if flag.startswith("--")}
+        if "model_arg" in valid:
+            valid = valid - {"model_arg"} | {"model_args"}
+        valid = sorted(valid | {a.name for a in arguments})
+        raise UsageError(f"{path}: unknown key(s) for {command.name}: {', '.join(unknown)} "
                           f"(valid: {', '.join(valid)})")
     return argv + (["--", *positional] if positional else [])
 
@@ -74,14 +74,14 @@ def _option_arguments(option: click.Option, value: Any, key: str, path: Path | s
     flag = next(f for f in option.opts if f.startswith("--"))
     if option.is_flag:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: {key} is a flag: set it to true or false, not {value!r}")
+            raise UsageError(f"{path}: {key} is a flag: set it to true or false, not {value!r}")
         return [flag] if value else []
     if isinstance(value, (dict, list)) and not option.multiple:
-        raise ConfigError(f"{path}: {key} takes one value, not {value!r}")
+        raise UsageError(f"{path}: {key} takes one value, not {value!r}")
     return [f"{flag}={v}" for v in (_as_list(value, key) if option.multiple else [value])]
 
 
 def _as_list(value: Any, key: str) -> list[Any]:
     if isinstance(value, dict):
-        raise ConfigError(f"{key} takes a value or a list, not a table")
+        raise UsageError(f"{key} takes a value or a list, not a table")
     return list(value) if isinstance(value, list) else [value]

@@ -9,7 +9,18 @@ class InputError(ValueError):
     exit_code = 1
 
 
-class ConfigError(InputError):
-    """A usage error: bad option or config value (exit code 2, like click's usage errors)."""
+class UsageError(InputError):
+    """A bad option or config value (exit code 2, like click's own usage errors)."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` — enough to recognise a foreign exception in one line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def one_line(message: str) -> str:
+    """The first non-empty line of a message (the rule: every error is one line)."""
+    return next((line.strip() for line in message.strip().splitlines() if line.strip()), message)

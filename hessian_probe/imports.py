@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 
 def is_import_spec(spec: str) -> bool:
@@ -33,7 +33,7 @@ def import_object(spec: str, what: str) -> Any:
     except InputError:
         raise
     except Exception as exc:  # the user's module failed while importing: say where, not a traceback
-        raise InputError(f"cannot import {what} module {module_name!r}: {type(exc).__name__}: {exc}") from exc
+        raise InputError(f"cannot import {what} module {module_name!r}: {first_line(exc)}") from exc
     try:
         obj = module
         for part in attribute.split("."):

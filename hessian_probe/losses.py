@@ -61,9 +61,12 @@ class CrossEntropy(Loss):
         n_classes = outputs.shape[1]
         if targets.is_floating_point():
             if targets.shape != outputs.shape:
+                if targets.ndim == outputs.ndim - 1 and torch.equal(targets, targets.round()):
+                    raise ValueError("class labels are stored as floating point: save them as integers "
+                                     "(y.long()); floating targets mean class probabilities")
                 raise ValueError(
-                    f"probability targets must have the outputs' shape {tuple(outputs.shape)}, "
-                    f"got {tuple(targets.shape)}"
+                    f"probability targets must have the outputs' shape (N, {n_classes}, ...), "
+                    f"got {tuple(targets.shape[1:])} per example"
                 )
             # S = (sum_c t_c)(diag p - p p^T): the closed form below needs distributions
             if targets.numel() and (targets.min() < 0 or not torch.allclose(targets.sum(1), torch.ones(()).to(targets), atol=1e-5)):
@@ -142,6 +145,8 @@ def get_loss(spec: str | Loss | Callable[[Tensor, Tensor], Tensor]) -> Loss:
         return BUILTIN_LOSSES[spec]()
     if is_import_spec(spec):
         fn = import_object(spec, "loss")
+        if isinstance(fn, type) and issubclass(fn, nn.Module):  # a loss class such as torch.nn:MSELoss
+            fn = fn()
         if not callable(fn):
             raise ValueError(f"loss {spec!r} is not callable: need fn(outputs, targets) -> mean loss")
         return _torch_equivalent(fn) or CustomLoss(fn, name=spec)

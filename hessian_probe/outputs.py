@@ -8,6 +8,7 @@ plus a ``provenance`` block saying exactly how it was produced.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .errors import InputError
 from .plots import plot_densities
 from .results import to_jsonable
 
@@ -34,13 +36,41 @@ def file_digest(path: str | Path) -> str:
 
 
 def environment() -> dict[str, Any]:
+    """Versions, platform, start time and, when run from the shell, the command line."""
+    from_shell = Path(sys.argv[0]).name in ("hessian-probe", "__main__.py")
     return {
         "version": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "argv": ["hessian-probe", *sys.argv[1:]],
+        "argv": ["hessian-probe", *sys.argv[1:]] if from_shell else None,
+    }
+
+
+def provenance(env: dict[str, Any], command: str, config: Any, spec: Any, loaded: Any,
+               timings: dict[str, float]) -> dict[str, Any]:
+    """How a record was made: environment, command or config, every input (with file digests),
+    device, dtype, seed, the parameters measured, and timings."""
+    problem = loaded.problem
+    data_file = spec.data.removeprefix("tensors:")
+    return {
+        **env,
+        "command": command,
+        "config": config,
+        "inputs": {
+            **dataclasses.asdict(spec),
+            "checkpoint_sha256": file_digest(spec.checkpoint),
+            "data_sha256": file_digest(data_file) if Path(data_file).is_file() else None,
+            "weights_found_under": loaded.checkpoint.found_under,
+            "optimizer_state": loaded.checkpoint.optimizer_state is not None,
+            "loss_value": problem.loss_value(),
+        },
+        "device": str(problem.device),
+        "dtype": str(problem.dtype).removeprefix("torch."),
+        "seed": spec.seed,
+        "parameters": list(problem.params),
+        "timings": timings,
     }
 
 
@@ -96,25 +126,27 @@ def summary(record: Mapping[str, Any]) -> str:
             values = record[f"{end}_eigenvalues"]
             if values:
                 flags = eigs[f"{end}_converged"]
-                shown = ", ".join(f"{v:.6g}" + ("" if ok else "*") for v, ok in zip(values, flags))
+                shown = ", ".join(_number(v) + ("" if ok else "*") for v, ok in zip(values, flags))
                 note = "" if all(flags) else "   (* not converged: see residuals)"
                 lines.append(f"  {end:6s} eigenvalues: {shown}{note}")
     if "trace" in record:
         t = record["trace"]
         stderr = f" ± {t['stderr']:.3g}" if t.get("stderr") is not None else ""
-        lines.append(f"  trace: {t['estimate']:.6g}{stderr} ({t['method']}, {t['n_probes']} probes)")
+        lines.append(f"  trace: {_number(t['estimate'])}{stderr} ({t['method']}, {t['n_probes']} probes)")
     if "slq" in record:
         s = record["slq"]
         steps = max(s["n_steps"]) if isinstance(s["n_steps"], list) else s["n_steps"]
-        lines.append(f"  SLQ: {len(s['nodes'])} probes x {steps} Lanczos steps, trace {s['trace_estimate']:.6g}")
+        lines.append(f"  SLQ: {len(s['nodes'])} probes x {steps} Lanczos steps, trace {_number(s['trace_estimate'])}")
     lines += [f"  warning: {w}" for w in record.get("warnings", [])]
     return "\n".join(lines)
 
 
+def _number(value: float | None) -> str:
+    return "non-finite" if value is None else f"{value:.6g}"
+
+
 def read_record(path: str | Path) -> dict[str, Any]:
     """A saved result (a result.json, or a folder holding one) that has an SLQ density to draw."""
-    from .errors import InputError
-
     path = Path(path)
     if path.is_dir():
         path = path / "result.json"
@@ -124,7 +156,8 @@ def read_record(path: str | Path) -> dict[str, Any]:
         record = read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(record, dict) or "slq" not in record or "operator" not in record:
+    slq = record.get("slq") if isinstance(record, dict) else None
+    if not isinstance(slq, dict) or not {"nodes", "weights"} <= set(slq) or "operator" not in record:
         raise InputError(f"{path} has no spectral density to plot (written by `hessian-probe spectrum`?)")
     return record
 
@@ -136,9 +169,9 @@ def save_eigenvectors(result: Any, space: Any, path: Path) -> None:
     torch.save(
         {
             "top_eigenvalues": torch.as_tensor(result.top_eigenvalues),
-            "top_eigenvectors": result.top_eigenvectors,
+            "top_eigenvectors": None if result.top_eigenvectors is None else result.top_eigenvectors.cpu(),
             "bottom_eigenvalues": torch.as_tensor(result.bottom_eigenvalues),
-            "bottom_eigenvectors": result.bottom_eigenvectors,
+            "bottom_eigenvectors": None if result.bottom_eigenvectors is None else result.bottom_eigenvectors.cpu(),
             "parameter_names": list(space.names),
             "parameter_shapes": [list(shape) for shape in space.shapes],
         },

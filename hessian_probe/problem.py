@@ -14,12 +14,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .dtypes import SUPPORTED_DTYPES
+from .errors import first_line
 from .losses import Loss, get_loss
 from .parameters import ParameterSpace, select_names
 
 Batch = tuple[Tensor, Tensor]
-
-SUPPORTED_DTYPES = (torch.float32, torch.float64)  # Krylov methods need at least single precision
 
 
 @dataclass(frozen=True)
@@ -97,15 +97,15 @@ class Problem:
         )
 
 
-def split_batches(inputs: Tensor, targets: Tensor, batch_size: int | None) -> list[Batch]:
-    """Consecutive batches of ``batch_size`` examples (the last may be smaller)."""
+def split_batches(inputs: Tensor, targets: Tensor, chunk_size: int | None) -> list[Batch]:
+    """Consecutive chunks of ``chunk_size`` examples (the last may be smaller)."""
     if len(inputs) != len(targets):
         raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
-    if batch_size is None or batch_size >= len(inputs):
+    if chunk_size is None or chunk_size >= len(inputs):
         return [(inputs, targets)]
-    if batch_size < 1:
-        raise ValueError(f"batch size must be positive, got {batch_size}")
-    return list(zip(inputs.split(batch_size), targets.split(batch_size)))
+    if chunk_size < 1:
+        raise ValueError(f"chunk size must be positive, got {chunk_size}")
+    return list(zip(inputs.split(chunk_size), targets.split(chunk_size)))
 
 
 @contextmanager
@@ -122,7 +122,8 @@ def evaluation_mode(module: nn.Module) -> Iterator[None]:
 
 
 def _cast(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Floating tensors to ``dtype``; integer labels to int64 (as torch's losses expect)."""
+    """Floating tensors to ``dtype``; integer labels and tokens to int64 (as torch expects); detached."""
+    t = t.detach()
     if t.is_floating_point():
         return t.to(device=device, dtype=dtype)
     return t.to(device=device, dtype=torch.bool if t.dtype == torch.bool else torch.int64)
@@ -141,14 +142,16 @@ def make_problem(
     loss: str | Loss | Callable[[Tensor, Tensor], Tensor],
     *,
     params: str | Sequence[str] | None = None,
-    batch_size: int | None = None,
+    chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    batch_size: int | None = None,
 ) -> Problem:
     """Build a :class:`Problem`, evaluated in eval mode (dropout off, BN running statistics).
 
-    ``data`` is either ``(inputs, targets)`` (split into batches of ``batch_size``; the batch
-    size only bounds memory, the operator is the same) or an explicit sequence of batches.
+    ``data`` is either ``(inputs, targets)`` (split into chunks of ``chunk_size``, which only
+    bounds memory: the operator is the same; ``batch_size`` is an older name for it) or an
+    explicit sequence of batches.
     ``params`` selects parameters by name pattern for blockwise curvature. Parameters, buffers
     and floating-point data are copied to ``device`` and ``dtype`` (default: the model's, with
     half precision raised to float32, which Krylov methods need); the module's own tensors and
@@ -170,7 +173,7 @@ def make_problem(
     buffers = {n: _cast(b.detach(), device, dtype) for n, b in model.named_buffers()}
 
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
-        batches = split_batches(*data, batch_size)
+        batches = split_batches(*data, chunk_size or batch_size)
     else:
         batches = list(data)
     batches = _prepare_batches(batches, device, dtype)
@@ -189,14 +192,22 @@ def make_problem(
 
 @torch.no_grad()
 def _validate_data(problem: Problem) -> None:
-    """One forward pass: targets fit the outputs, labels are in range, the loss is finite."""
+    """One forward pass: the model returns a tensor, targets fit it, labels are in range, and the
+    loss is a finite scalar."""
     for i, (x, y) in enumerate(problem.batches):
         try:
             outputs = problem.forward(problem.params, x)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"the model cannot run on inputs of shape {tuple(x.shape)} (batch {i}): {first}; "
-                             "check that --data matches the model") from exc
+            hint = " (the inputs are integers: convert images to float, e.g. x.float() / 255)" if not x.is_floating_point() else ""
+            raise ValueError(f"the model cannot run on inputs of shape {tuple(x.shape)} (batch {i}): "
+                             f"{first_line(exc)}; check that --data matches the model{hint}") from exc
+        if not isinstance(outputs, Tensor):
+            raise ValueError(f"the model returns a {type(outputs).__name__}, not a tensor: "
+                             "wrap it so that forward returns the outputs the loss takes")
         problem.loss.validate(outputs, y)
-        if not torch.isfinite(problem.loss(outputs, y)):
+        value = problem.loss(outputs, y)
+        if not isinstance(value, Tensor) or value.ndim != 0:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"the loss must return the mean over the batch, a scalar; it returned {shape}")
+        if not torch.isfinite(value):
             raise ValueError(f"the loss is not finite on batch {i}")

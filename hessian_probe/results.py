@@ -7,6 +7,7 @@ always gets the cost (operator products, wall time) next to the numbers and thei
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 from pathlib import PurePath
@@ -26,6 +27,8 @@ def to_jsonable(value: Any) -> Any:
         }
     if isinstance(value, PurePath):
         return str(value)
+    if isinstance(value, (datetime.date, datetime.time)):  # TOML dates in a config
+        return value.isoformat()
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):

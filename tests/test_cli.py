@@ -53,14 +53,14 @@ def ok(result) -> dict:
 
 def library_problem(model: torch.nn.Module, samples: int | None = None):
     x, y = load_digits()
-    return make_problem(model, (x, y), "cross_entropy", dtype=torch.float64, batch_size=1024)
+    return make_problem(model, (x, y), "cross_entropy", dtype=torch.float64, chunk_size=1024)
 
 
 # --- the CLI is the library --------------------------------------------------------------------
 
 def test_spectrum_prints_and_writes_the_library_numbers(tmp_path, checkpoint, trained):
     out = tmp_path / "spec"
-    record = ok(invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--steps", 30, "--probes", 4,
+    record = ok(invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--steps", 30, "--probes", 4,
                        "--top-k", 3, "--bottom-k", 2, "--seed", 3, "--out", out, "--json", "--quiet"))
     op = curvature_operator(library_problem(trained), "hessian")
     expected = spectrum(op, n_steps=30, n_probes=4, top_k=3, bottom_k=2, seed=3).to_dict()
@@ -82,14 +82,14 @@ def test_spectrum_prints_and_writes_the_library_numbers(tmp_path, checkpoint, tr
     assert prov["inputs"]["optimizer_state"] is True and prov["timings"]["total_s"] > 0
     assert {"density.png", "density.pdf", "eigenvalues.csv"} <= {p.name for p in out.iterdir()}
     # the human summary shows the same top eigenvalue
-    summary = invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--steps", 30, "--probes", 4,
+    summary = invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--steps", 30, "--probes", 4,
                      "--top-k", 3, "--bottom-k", 2, "--seed", 3, "--out", tmp_path / "again", "--quiet")
     assert summary.exit_code == 0 and f"{expected['top_eigenvalues'][0]:.6g}" in summary.stdout
 
 
 def test_eigs_with_eigenvectors_and_csv(tmp_path, checkpoint, trained):
     out = tmp_path / "eigs"
-    record = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--operator", "ggn", "--params", "2",
+    record = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--operator", "ggn", "--params", "2",
                        "--top-k", 4, "--eigenvectors", "--out", out, "--json", "--quiet"))
     problem = library_problem(trained).restricted("2")
     op = curvature_operator(problem, "ggn")
@@ -108,18 +108,18 @@ def test_eigs_with_eigenvectors_and_csv(tmp_path, checkpoint, trained):
 
 
 def test_trace_equals_library(tmp_path, checkpoint, trained):
-    record = ok(invoke("trace", "--checkpoint", checkpoint, "--model", "mlp", "--method", "hutchinson",
+    record = ok(invoke("trace", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--method", "hutchinson",
                        "--products", 20, "--seed", 5, "--out", tmp_path / "t", "--json", "--quiet"))
     expected = trace(curvature_operator(library_problem(trained), "hessian"), 20, method="hutchinson", seed=5)
     assert record["trace"]["estimate"] == expected.estimate and record["trace"]["stderr"] == expected.stderr
 
 
 def test_batch_size_analyses_one_seeded_batch(tmp_path, checkpoint):
-    args = ["eigs", "--checkpoint", checkpoint, "--model", "mlp", "--batch-size", 64, "--top-k", 1, "--json", "--quiet"]
+    args = ["eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--batch-size", 64, "--top-k", 1, "--json", "--quiet"]
     first = ok(invoke(*args, "--seed", 1, "--out", tmp_path / "a"))
     again = ok(invoke(*args, "--seed", 1, "--out", tmp_path / "b"))
     other = ok(invoke(*args, "--seed", 2, "--out", tmp_path / "c"))
-    full = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--top-k", 1, "--json", "--quiet",
+    full = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--top-k", 1, "--json", "--quiet",
                      "--out", tmp_path / "d"))
     assert first["n_samples"] == 64 and full["n_samples"] == 1797
     assert first["top_eigenvalues"] == again["top_eigenvalues"] != other["top_eigenvalues"]
@@ -128,7 +128,7 @@ def test_batch_size_analyses_one_seeded_batch(tmp_path, checkpoint):
 
 
 def test_chunk_size_does_not_change_the_operator(tmp_path, checkpoint):
-    args = ["eigs", "--checkpoint", checkpoint, "--model", "mlp", "--top-k", 2, "--json", "--quiet"]
+    args = ["eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--top-k", 2, "--json", "--quiet"]
     whole = ok(invoke(*args, "--out", tmp_path / "a"))
     chunked = ok(invoke(*args, "--chunk-size", 100, "--out", tmp_path / "b"))
     assert np.allclose(whole["top_eigenvalues"], chunked["top_eigenvalues"], rtol=1e-10)
@@ -168,11 +168,11 @@ def test_checkpoint_layouts_load_the_same_weights(tmp_path, trained, layout):
 def test_pickled_module_needs_trust_and_then_needs_no_model(tmp_path, trained):
     path = tmp_path / "whole.pt"
     torch.save(trained, path)
-    refused = invoke("eigs", "--checkpoint", path, "--top-k", 1, "--quiet", "--out", tmp_path / "a")
+    refused = invoke("eigs", "--checkpoint", path, "--data", "digits", "--top-k", 1, "--quiet", "--out", tmp_path / "a")
     assert refused.exit_code == 1 and "--trust-checkpoint" in refused.stderr
-    trusted = ok(invoke("eigs", "--checkpoint", path, "--trust-checkpoint", "--top-k", 1, "--json", "--quiet",
+    trusted = ok(invoke("eigs", "--checkpoint", path, "--data", "digits", "--trust-checkpoint", "--top-k", 1, "--json", "--quiet",
                         "--out", tmp_path / "b"))
-    reference = ok(invoke("eigs", "--checkpoint", path, "--trust-checkpoint", "--model", "mlp", "--top-k", 1,
+    reference = ok(invoke("eigs", "--checkpoint", path, "--trust-checkpoint", "--model", "mlp", "--data", "digits", "--top-k", 1,
                           "--json", "--quiet", "--out", tmp_path / "c"))
     assert trusted["top_eigenvalues"] == reference["top_eigenvalues"]
 
@@ -207,7 +207,7 @@ def test_data_specs_and_user_model_file(tmp_path, trained):
 
 
 def test_samples_takes_a_seeded_subset(tmp_path, checkpoint):
-    args = ["trace", "--checkpoint", checkpoint, "--model", "mlp", "--samples", 300, "--json", "--quiet",
+    args = ["trace", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--samples", 300, "--json", "--quiet",
             "--products", 9]
     a = ok(invoke(*args, "--out", tmp_path / "a"))
     b = ok(invoke(*args, "--out", tmp_path / "b"))
@@ -218,14 +218,14 @@ def test_samples_takes_a_seeded_subset(tmp_path, checkpoint):
 
 def test_plot_overlays_saved_results_and_refuses_others(tmp_path, checkpoint):
     for kind in ("hessian", "ggn"):
-        ok(invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--operator", kind, "--steps", 20,
+        ok(invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--operator", kind, "--steps", 20,
                   "--probes", 2, "--top-k", 1, "--bottom-k", 0, "--trace-products", 9, "--samples", 200, "--json",
                   "--quiet", "--out", tmp_path / kind))
     drawn = invoke("plot", tmp_path / "hessian", tmp_path / "ggn" / "result.json", "--out", tmp_path / "fig" / "both.png",
                    "--label", "H", "--label", "G", "--title", "test")
     assert drawn.exit_code == 0, drawn.output
     assert (tmp_path / "fig" / "both.png").stat().st_size > 10_000 and (tmp_path / "fig" / "both.pdf").exists()
-    ok(invoke("trace", "--checkpoint", checkpoint, "--model", "mlp", "--products", 3, "--json", "--quiet",
+    ok(invoke("trace", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--products", 3, "--json", "--quiet",
               "--out", tmp_path / "tr"))
     refused = invoke("plot", tmp_path / "tr", "--out", tmp_path / "x.png")
     assert refused.exit_code == 1 and "no spectral density" in refused.stderr
@@ -241,7 +241,7 @@ def test_example_configs_run(tmp_path, checkpoint, name):
     (demo / "checkpoint.pt").write_bytes(checkpoint.read_bytes())
     if name == "plot":
         for kind in ("hessian", "ggn"):
-            ok(invoke("spectrum", "--checkpoint", demo / "checkpoint.pt", "--model", "mlp", "--operator", kind,
+            ok(invoke("spectrum", "--checkpoint", demo / "checkpoint.pt", "--model", "mlp", "--data", "digits", "--operator", kind,
                       "--steps", 10, "--probes", 2, "--top-k", 1, "--bottom-k", 0, "--trace-products", 3,
                       "--samples", 100, "--json", "--quiet", "--out", demo / kind))
     result = invoke("run", CONFIGS / f"{name}.toml", cwd=tmp_path)
@@ -259,11 +259,11 @@ def test_demo_config_is_the_demo_command():
 
 def test_config_equals_command_line(tmp_path, checkpoint):
     (tmp_path / "c.toml").write_text(
-        f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ntop-k = 2\nbottom_k = 1\nquiet = true\n'
+        f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\ntop-k = 2\nbottom_k = 1\nquiet = true\n'
         f'json = true\nout = "{tmp_path / "a"}"\n[model_args]\nhidden = 32\nactivation = "tanh"\n'
     )
     from_config = ok(invoke("run", tmp_path / "c.toml"))
-    from_shell = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--model-arg", "hidden=32",
+    from_shell = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--model-arg", "hidden=32",
                            "--model-arg", "activation=tanh", "--top-k", 2, "--bottom-k", 1, "--json", "--quiet",
                            "--out", tmp_path / "b"))
     assert from_config["top_eigenvalues"] == from_shell["top_eigenvalues"]
@@ -294,15 +294,38 @@ def bad_files(tmp_path_factory, checkpoint, trained):
     torch.save({"x": torch.rand(20, 64), "y": torch.zeros(19, dtype=torch.long)}, d / "lengths.pt")
     torch.save({"features": torch.rand(20, 64)}, d / "keys_data.pt")
     (d / "broken.py").write_text("def make():\n    raise RuntimeError('boom')\n")
-    (d / "unknown.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ntopk = 3\ncolour = 1\n')
+    (d / "nodensity.json").write_text(json.dumps({"operator": "hessian", "slq": {"n_steps": 3}}))
+    x, y = load_digits(30)
+    torch.save({"x": x, "y": y.double()}, d / "floatlabels.pt")
+    torch.save({"x": (x * 255).to(torch.uint8), "y": y}, d / "uint8.pt")
+    torch.save({"x": x.numpy(), "y": y.numpy()}, d / "numpy.pt")
+    (d / "user.py").write_text(
+        "import torch\n"
+        "class Bad(torch.utils.data.Dataset):\n"
+        "    def __len__(self):\n        return 3\n"
+        "    def __getitem__(self, i):\n        raise KeyError(i)\n"
+        "def bad_dataset():\n    return Bad()\n"
+        "class Tuple(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.body = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))\n"
+        "    def forward(self, x):\n        return self.body(x), x\n"
+        "    def load_state_dict(self, sd, strict=True):\n"
+        "        return self.body.load_state_dict(sd, strict)\n"
+        "    def state_dict(self, *a, **k):\n        return self.body.state_dict(*a, **k)\n"
+        "def tuple_net():\n    return Tuple()\n"
+        "def per_example_loss(out, y):\n    return torch.nn.functional.cross_entropy(out, y, reduction='none')\n"
+        "def two_lines():\n    raise RuntimeError('first line\\nsecond line')\n"
+    )
+    (d / "unknown.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\ntopk = 3\ncolour = 1\n')
     (d / "syntax.toml").write_text('command = "eigs"\ncheckpoint = \n')
     (d / "nocommand.toml").write_text(f'checkpoint = "{checkpoint}"\n')
-    (d / "badtype.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ntop_k = "many"\n')
-    (d / "badflag.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\nquiet = "yes"\n')
+    (d / "badtype.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\ntop_k = "many"\n')
+    (d / "badflag.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\nquiet = "yes"\n')
     return d
 
 
-GOOD = ["--model", "mlp"]
+GOOD = ["--model", "mlp", "--data", "digits"]
 BAD_INPUTS = [
     # (name, arguments after the command, exit code, words the message must contain)
     ("missing checkpoint", ["eigs", "--checkpoint", "{d}/nope.pt", *GOOD], 1, "checkpoint not found"),
@@ -313,17 +336,18 @@ BAD_INPUTS = [
     ("not a dict", ["eigs", "--checkpoint", "{d}/list.pt", *GOOD], 1, "not a state dict"),
     ("no weights in dict", ["eigs", "--checkpoint", "{d}/noweights.pt", *GOOD], 1, "no state dict"),
     ("missing and unexpected keys", ["eigs", "--checkpoint", "{d}/keys.pt", *GOOD], 1, "1 missing ('2.bias')"),
-    ("shape mismatch", ["eigs", "--checkpoint", "{ckpt}", "--model", "mlp", "--model-arg", "hidden=16"], 1,
+    ("shape mismatch", ["eigs", "--checkpoint", "{ckpt}", "--model", "mlp", "--data", "digits", "--model-arg", "hidden=16"], 1,
      "shape mismatch for '0.weight'"),
     ("non-finite weights", ["eigs", "--checkpoint", "{d}/nan.pt", *GOOD], 1, "non-finite value(s) (NaN or inf) in '0.weight'"),
-    ("model module not importable", ["eigs", "--checkpoint", "{ckpt}", "--model", "no_such_module_xyz:make"], 1,
+    ("model module not importable", ["eigs", "--checkpoint", "{ckpt}", "--model", "no_such_module_xyz:make", "--data", "digits"], 1,
      "no module named 'no_such_module_xyz'"),
-    ("model attribute missing", ["eigs", "--checkpoint", "{ckpt}", "--model", "json:no_factory"], 1, "no attribute"),
-    ("model factory fails", ["eigs", "--checkpoint", "{ckpt}", "--model", "{d}/broken.py:make"], 1, "boom"),
-    ("unknown model name", ["eigs", "--checkpoint", "{ckpt}", "--model", "resnet9000"], 1, "unknown model"),
+    ("model attribute missing", ["eigs", "--checkpoint", "{ckpt}", "--model", "json:no_factory", "--data", "digits"], 1, "no attribute"),
+    ("model factory fails", ["eigs", "--checkpoint", "{ckpt}", "--model", "{d}/broken.py:make", "--data", "digits"], 1, "boom"),
+    ("unknown model name", ["eigs", "--checkpoint", "{ckpt}", "--model", "resnet9000", "--data", "digits"], 1, "unknown model"),
     ("model arg rejected", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--model-arg", "depth=3"], 1, "does not accept"),
     ("model arg malformed", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--model-arg", "hidden"], 2, "key=value"),
-    ("model missing", ["eigs", "--checkpoint", "{ckpt}"], 2, "--model is required"),
+    ("model missing", ["eigs", "--checkpoint", "{ckpt}", "--data", "digits"], 2, "--model is required"),
+    ("data missing", ["eigs", "--checkpoint", "{ckpt}", "--model", "mlp"], 2, "Missing option '--data'"),
     ("empty dataset", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "tensors:{d}/empty.pt"], 1, "empty"),
     ("labels out of range", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/labels.pt"], 1,
      "labels must lie in [0, 9]"),
@@ -332,15 +356,15 @@ BAD_INPUTS = [
     ("data keys", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/keys_data.pt"], 1, "x/y or inputs/targets"),
     ("missing data file", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "tensors:{d}/none.pt"], 1,
      "data file not found"),
-    ("unknown data spec", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "imagenet"], 1, "unknown data spec"),
+    ("unknown data spec", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "imagenet"], 2, "unknown data spec"),
     ("inputs of the wrong shape", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "digits:image"], 1,
      "cannot run on inputs of shape"),
     ("batch larger than sample", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--batch-size", "5000"], 2,
      "larger than the sample (1797"),
     ("samples larger than data", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--samples", "5000"], 2, "--samples 5000"),
-    ("unknown loss", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--loss", "hinge"], 1, "unknown loss 'hinge'"),
+    ("unknown loss", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--loss", "hinge"], 2, "unknown loss 'hinge'"),
     ("no eigenvalues asked", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--top-k", "0"], 2, "at least one eigenvalue"),
-    ("parameter pattern", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--params", "fc9"], 1, "matches no parameter"),
+    ("parameter pattern", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--params", "fc9"], 2, "matches no parameter"),
     ("bad device", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--device", "tpu"], 2, "device"),
     ("bad dtype", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--dtype", "float16"], 2, "float16"),
     ("unknown config keys", ["run", "{d}/unknown.toml"], 2, "unknown key(s) for eigs: topk, colour"),
@@ -350,19 +374,41 @@ BAD_INPUTS = [
     ("config flag type", ["run", "{d}/badflag.toml"], 2, "quiet is a flag"),
     ("missing config", ["run", "{d}/none.toml"], 1, "config file not found"),
     ("missing result to plot", ["plot", "{d}/none.json"], 1, "result file not found"),
+    ("result without a density", ["plot", "{d}/nodensity.json"], 1, "no spectral density"),
+    ("plot file type", ["plot", "{d}/nodensity.json", "--out", "{d}/x.jpgg"], 2, "use a .png"),
+    ("float class labels", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/floatlabels.pt"], 1,
+     "save them as integers"),
+    ("integer images", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/uint8.pt"], 1, "convert images to float"),
+    ("numpy arrays in a .pt data file", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/numpy.pt"], 1,
+     "torch.from_numpy"),
+    ("dataset item fails", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/user.py:bad_dataset"], 1,
+     "reading item 0 of the dataset"),
+    ("model returns a tuple", ["eigs", "--checkpoint", "{ckpt}", "--model", "{d}/user.py:tuple_net", "--data", "digits"],
+     1, "returns a tuple, not a tensor"),
+    ("loss not a scalar", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--loss", "{d}/user.py:per_example_loss"], 1,
+     "a scalar"),
+    ("multi-line error from user code", ["eigs", "--checkpoint", "{ckpt}", "--model", "{d}/user.py:two_lines",
+                                         "--data", "digits"], 1, "first line"),
+    ("too many eigenvalues", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--params", "2.bias", "--top-k", "11"], 2,
+     "exceeds the 10 parameters"),
+    ("spectrum without eigenvalues", ["spectrum", "--checkpoint", "{ckpt}", *GOOD, "--top-k", "0", "--bottom-k", "0",
+                                      "--quiet", "--out", "{d}/o"], 2, "at least one eigenvalue"),
+    ("seed out of range", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--seed", "100000000000000000000"], 2, "--seed"),
+    ("cpu index", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--device", "cpu:1"], 2, "one CPU device"),
+    ("output folder not creatable", ["trace", "--checkpoint", "{ckpt}", *GOOD, "--out", "{d}/user.py/sub"], 2,
+     "cannot create the output folder"),
 ]
 
 
 @pytest.mark.parametrize("name,args,code,words", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_gives_one_line_and_exit_code(tmp_path, bad_files, checkpoint, name, args, code, words):
     args = [a.format(d=bad_files, ckpt=checkpoint) for a in args]
-    extra = ["--quiet", "--out", str(tmp_path / "out")] if args[0] in ("eigs",) else []
+    extra = ["--quiet", "--out", str(tmp_path / "out")] if args[0] == "eigs" else []
     result = invoke(*args, *extra)
     assert result.exit_code == code, (result.output, result.exception)
     assert words in result.stderr, result.stderr
     assert "Traceback" not in result.output
-    if code == 1 or args[0] == "run":  # ours: exactly one line (click's own usage errors add a usage line)
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_cuda_requested_without_cuda(tmp_path, checkpoint):
@@ -437,3 +483,31 @@ def test_torchvision_names_and_datasets_through_a_stand_in(tmp_path, monkeypatch
     record = ok(invoke("eigs", "--checkpoint", tmp_path / "tiny.pt", "--model", "torchvision:tiny", "--data",
                        f"torchvision:Digitsish:{tmp_path}", "--top-k", 1, "--json", "--quiet", "--out", tmp_path / "o"))
     assert record["n_samples"] == 50 and record["n_params"] == 650
+
+
+def test_data_that_requires_grad_and_trusted_local_classes(tmp_path, trained):
+    """Tensors saved with requires_grad are data like any other; a trusted pickled model whose class
+    lives in the user's folder loads when run from that folder."""
+    x, y = load_digits(40)
+    torch.save({"x": x.requires_grad_(), "y": y}, tmp_path / "rg.pt")
+    (tmp_path / "localnet.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(64, 10)\n"
+        "    def forward(self, x):\n        return self.fc(x)\n"
+    )
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        net = importlib.import_module("localnet").Net()
+        torch.save(net, tmp_path / "whole.pt")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("localnet", None)
+    record = ok(invoke("eigs", "--checkpoint", "whole.pt", "--trust-checkpoint", "--data", "rg.pt", "--top-k", 1,
+                       "--json", "--quiet", "--out", "o", cwd=tmp_path))
+    assert record["n_params"] == 650 and record["n_samples"] == 40

@@ -28,7 +28,7 @@ def linear_regression():
 @pytest.mark.parametrize("batch_size", [None, 100, 64])
 def test_linear_regression_operator_is_the_closed_form(linear_regression, batch_size):
     model, x, y, exact = linear_regression
-    problem = make_problem(model, (x, y), "mse", batch_size=batch_size)
+    problem = make_problem(model, (x, y), "mse", chunk_size=batch_size)
     hessian = curvature_operator(problem, "hessian").to_dense()
     ggn = curvature_operator(problem, "ggn").to_dense()
     torch.testing.assert_close(hessian, exact, rtol=0, atol=1e-10)
@@ -37,7 +37,7 @@ def test_linear_regression_operator_is_the_closed_form(linear_regression, batch_
 
 def test_linear_regression_top_eigenvalue(linear_regression):
     model, x, y, exact = linear_regression
-    op = curvature_operator(make_problem(model, (x, y), "mse", batch_size=50))
+    op = curvature_operator(make_problem(model, (x, y), "mse", chunk_size=50))
     result = extremal_eigs(op, top_k=1, tol=1e-10)
     truth = torch.linalg.eigvalsh(exact)[-1].item()
     assert result.converged
@@ -49,7 +49,7 @@ def test_softmax_regression_on_digits():
     x = x.double()
     torch.manual_seed(0)
     model = nn.Linear(64, 10).double()
-    problem = make_problem(model, (x, y), "cross_entropy", batch_size=128)
+    problem = make_problem(model, (x, y), "cross_entropy", chunk_size=128)
     hessian = curvature_operator(problem, "hessian").to_dense()
     ggn = curvature_operator(problem, "ggn").to_dense()
     dense = dense_hessian(model, F.cross_entropy, x, y)

@@ -57,7 +57,7 @@ def test_demo_checkpoint_is_a_user_checkpoint(demo_run, tmp_path):
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
     assert {"model_state_dict", "optimizer_state_dict"} <= set(saved)
     assert all("exp_avg_sq" in s for s in saved["optimizer_state_dict"]["state"].values())
-    again = CliRunner().invoke(main, ["spectrum", "--checkpoint", str(out / "checkpoint.pt"), "--model", "mlp",
+    again = CliRunner().invoke(main, ["spectrum", "--checkpoint", str(out / "checkpoint.pt"), "--model", "mlp", "--data", "digits",
                                       "--out", str(tmp_path), "--json", "--quiet"])
     assert again.exit_code == 0
     record = json.loads(again.stdout)
@@ -82,11 +82,11 @@ def test_installed_console_script_runs():
 def test_installed_console_script_analyses_and_refuses(demo_run, tmp_path):
     """A real process: the JSON it prints parses, and a bad input gives exit 1 and one stderr line."""
     out, _, _ = demo_run
-    done = subprocess.run([SCRIPT, "trace", "--checkpoint", str(out / "checkpoint.pt"), "--model", "mlp",
+    done = subprocess.run([SCRIPT, "trace", "--checkpoint", str(out / "checkpoint.pt"), "--model", "mlp", "--data", "digits",
                            "--products", "9", "--json", "--out", str(tmp_path / "t")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["trace"]["n_probes"] == 3
-    done = subprocess.run([SCRIPT, "spectrum", "--checkpoint", str(tmp_path / "missing.pt"), "--model", "mlp"],
+    done = subprocess.run([SCRIPT, "spectrum", "--checkpoint", str(tmp_path / "missing.pt"), "--model", "mlp", "--data", "digits"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and done.stderr.strip() == f"Error: checkpoint not found: {tmp_path / 'missing.pt'}"

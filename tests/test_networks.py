@@ -44,7 +44,7 @@ def test_unequal_batches_give_the_hessian_of_the_mean_loss(network_truth):
 
 def test_extremal_eigenvalues_match_eigvalsh(network_truth):
     _, model, x, y, _, spectrum = network_truth
-    op = curvature_operator(make_problem(model, (x, y), "cross_entropy", batch_size=100))
+    op = curvature_operator(make_problem(model, (x, y), "cross_entropy", chunk_size=100))
     result = extremal_eigs(op, top_k=5, bottom_k=3, tol=1e-9)
     assert result.converged
     top, bottom = spectrum[::-1][:5], spectrum[:3]
@@ -56,7 +56,7 @@ def test_extremal_eigenvalues_match_eigvalsh(network_truth):
 
 def test_trace_estimates_within_three_stderr(network_truth):
     _, model, x, y, _, spectrum = network_truth
-    op = curvature_operator(make_problem(model, (x, y), "cross_entropy", batch_size=128))
+    op = curvature_operator(make_problem(model, (x, y), "cross_entropy", chunk_size=128))
     exact = spectrum.sum()
     for result in (hutchinson(op, 60, seed=3), hutchpp(op, 60, seed=3)):
         assert abs(result.estimate - exact) <= 3 * result.stderr, result
@@ -66,7 +66,7 @@ def test_trace_estimates_within_three_stderr(network_truth):
 
 def test_ggn_is_psd_and_differs_from_the_hessian(network_truth):
     _, model, x, y, dense, _ = network_truth
-    ggn = curvature_operator(make_problem(model, (x, y), "cross_entropy", batch_size=128), "ggn").to_dense()
+    ggn = curvature_operator(make_problem(model, (x, y), "cross_entropy", chunk_size=128), "ggn").to_dense()
     torch.testing.assert_close(ggn, ggn.T, rtol=0, atol=1e-14)
     eigenvalues = torch.linalg.eigvalsh(ggn)
     assert eigenvalues[0] >= -1e-12 * eigenvalues[-1]
@@ -76,7 +76,7 @@ def test_ggn_is_psd_and_differs_from_the_hessian(network_truth):
 def test_parameter_subset_is_the_dense_block(network_truth):
     name, model, x, y, _, _ = network_truth
     layer = "3" if name == "cnn" else "2"  # the second linear or second convolution
-    problem = make_problem(model, (x, y), "cross_entropy", params=layer, batch_size=128)
+    problem = make_problem(model, (x, y), "cross_entropy", params=layer, chunk_size=128)
     names = [n for n, _ in model.named_parameters() if n.startswith(layer + ".")]
     assert list(problem.params) == names
     block = dense_hessian(model, F.cross_entropy, x, y, names=names)

@@ -23,7 +23,7 @@ def digits():
 @pytest.mark.parametrize("kind", ["hessian", "ggn"])
 def test_a_block_of_k_vectors_gives_the_k_separate_products(digits_network, kind):
     name, model, x, y = digits_network
-    op = curvature_operator(make_problem(model, (x, y), "cross_entropy", batch_size=100), kind)
+    op = curvature_operator(make_problem(model, (x, y), "cross_entropy", chunk_size=100), kind)
     V = random_probes(8, op.size, seed=0, dtype=F64, device="cpu", distribution="gaussian")
     block = op.matmat(V)
     separate = torch.stack([op.matvec(v) for v in V])
@@ -49,7 +49,7 @@ def test_eval_mode_makes_the_operator_deterministic(digits, kind):
     model = NoisyNet()
     model.train()
     model(x)  # give BatchNorm running statistics that differ from any batch's
-    problem = make_problem(model, (x, y), "cross_entropy", batch_size=64, dtype=F64)
+    problem = make_problem(model, (x, y), "cross_entropy", chunk_size=64, dtype=F64)
     assert model.training, "the user's module keeps its mode; the problem evaluates in eval mode"
     op = curvature_operator(problem, kind)
     v = random_probes(1, op.size, seed=1, dtype=F64, device="cpu")[0]
@@ -77,8 +77,8 @@ def test_custom_loss_uses_the_same_gauss_newton(digits):
     x, y = digits
     torch.manual_seed(0)
     model = mlp().double()
-    builtin = make_problem(model, (x, y), "cross_entropy", dtype=F64, batch_size=64)
-    custom = make_problem(model, (x, y), lambda out, t: F.cross_entropy(out, t), dtype=F64, batch_size=64)
+    builtin = make_problem(model, (x, y), "cross_entropy", dtype=F64, chunk_size=64)
+    custom = make_problem(model, (x, y), lambda out, t: F.cross_entropy(out, t), dtype=F64, chunk_size=64)
     v = random_probes(2, builtin.n_params, seed=3, dtype=F64, device="cpu")
     for kind in ("hessian", "ggn"):
         torch.testing.assert_close(
@@ -89,7 +89,7 @@ def test_custom_loss_uses_the_same_gauss_newton(digits):
 def test_mse_ggn_equals_hessian_for_a_linear_model():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(90, 5, generator=g, dtype=F64), torch.randn(90, 2, generator=g, dtype=F64)
-    problem = make_problem(nn.Linear(5, 2).double(), (x, y), "mse", batch_size=40)
+    problem = make_problem(nn.Linear(5, 2).double(), (x, y), "mse", chunk_size=40)
     torch.testing.assert_close(
         curvature_operator(problem, "ggn").to_dense(), curvature_operator(problem, "hessian").to_dense(), rtol=0, atol=1e-13
     )
@@ -115,7 +115,7 @@ def test_the_problem_loss_and_gradient_are_the_mean_over_all_examples(digits):
         (lambda m, x, y: (m, (x, y[:-1]), {}), "inputs but"),
         (lambda m, x, y: (m, (x[:, :10], y), {}), "cannot run"),
         (lambda m, x, y: (m, (x, y), {"params": "nothing.here"}), "matches no parameter"),
-        (lambda m, x, y: (m, (x, y.float()), {}), "probability targets"),
+        (lambda m, x, y: (m, (x, y.float()), {}), "stored as floating point"),
         (lambda m, x, y: (m, (x, F.one_hot(y, 10).double() * 2), {}), "sum to 1"),
         (lambda m, x, y: (m, (x, y), {"dtype": torch.float16}), "float32 or float64"),
         (lambda m, x, y: (_poisoned(m), (x, y), {}), "non-finite"),

@@ -29,13 +29,7 @@ class SpectrumResult:
 
     @property
     def warnings(self) -> list[str]:
-        notes = list(self.trace.warnings) + list(self.eigs.warnings)
-        if not self.eigs.converged:
-            notes.append(
-                f"extremal eigenvalues not converged to tol {self.eigs.tol:g} in {self.eigs.n_steps} steps; "
-                "see top_converged / bottom_converged"
-            )
-        return notes
+        return list(self.trace.warnings) + self.eigs.notes
 
     def to_dict(self) -> dict[str, Any]:
         """Flat public keys (operator, n_params, top_eigenvalues, trace.estimate, ...) plus details."""

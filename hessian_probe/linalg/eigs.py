@@ -61,6 +61,15 @@ class EigenResult(KernelResult):
     def converged(self) -> bool:
         return bool(np.all(self.top_converged) and np.all(self.bottom_converged))
 
+    @property
+    def notes(self) -> list[str]:
+        """The run's warnings, plus one line when a wanted eigenpair did not converge."""
+        notes = list(self.warnings)
+        if not self.converged:
+            notes.append(f"extremal eigenvalues not converged to tol {self.tol:g} ({self.method}, {self.n_steps} "
+                         "steps in all); see top_converged / bottom_converged and the residuals")
+        return notes
+
 
 def _check_counts(op: CurvatureOperator, top_k: int, bottom_k: int) -> None:
     if top_k < 0 or bottom_k < 0 or top_k + bottom_k == 0:

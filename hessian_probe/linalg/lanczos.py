@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..operators.base import CurvatureOperator
-from ..problem import SUPPORTED_DTYPES
+from ..dtypes import SUPPORTED_DTYPES
 from ..results import KernelResult, not_serialised
 from .probes import random_probes
 

@@ -13,10 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputError
+from ..errors import InputError, UsageError
+from ..losses import get_loss
+from ..parameters import select_names
 from ..problem import Problem, make_problem
 from .checkpoints import Checkpoint, fit_state_dict, load_checkpoint
-from .data import load_data, subset_indices
+from .data import load_data
+from .datasets import subset_indices
 from .models import build_model, parse_model_args
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -60,14 +63,16 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}: use auto, cpu or cuda[:i]") from None
+        raise UsageError(f"unknown device {name!r}: use auto, cpu or cuda[:i]") from None
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise UsageError(f"--device {name}: there is one CPU device, use --device cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+            raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif device.type != "cpu":
-        raise ConfigError(f"unsupported device {name!r}: use auto, cpu or cuda[:i]")
+        raise UsageError(f"unsupported device {name!r}: use auto, cpu or cuda[:i]")
     return device
 
 
@@ -76,7 +81,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float64 if device.type == "cpu" else torch.float32
     if name not in DTYPES:
-        raise ConfigError(f"unknown dtype {name!r}: use auto, float32 or float64")
+        raise UsageError(f"unknown dtype {name!r}: use auto, float32 or float64")
     return DTYPES[name]
 
 
@@ -85,7 +90,7 @@ def load_model(spec: ProblemSpec) -> tuple[nn.Module, Checkpoint]:
     checkpoint = load_checkpoint(spec.checkpoint, trust=spec.trust_checkpoint)
     if spec.model is None:
         if checkpoint.module is None:
-            raise ConfigError("--model is required: the checkpoint holds weights only, not the model's code")
+            raise UsageError("--model is required: the checkpoint holds weights only, not the model's code")
         return checkpoint.module, checkpoint
     model = build_model(spec.model, spec.model_args)
     weights = checkpoint.module.state_dict() if checkpoint.module is not None else checkpoint.state_dict
@@ -96,22 +101,35 @@ def load_model(spec: ProblemSpec) -> tuple[nn.Module, Checkpoint]:
 def load_problem(spec: ProblemSpec) -> LoadedProblem:
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
+    loss = _usage(get_loss, spec.loss)
     model, checkpoint = load_model(spec)
+    if spec.params is not None:
+        _usage(select_names, [n for n, _ in model.named_parameters()], spec.params)
     inputs, targets = load_data(spec.data, spec.samples, spec.seed)
     if spec.batch_size is not None:
         if spec.batch_size > len(inputs):
-            raise ConfigError(f"--batch-size {spec.batch_size} is larger than the sample ({len(inputs)} examples); "
+            raise UsageError(f"--batch-size {spec.batch_size} is larger than the sample ({len(inputs)} examples); "
                               f"use at most {len(inputs)}, or omit it for the full sample")
         idx = subset_indices(len(inputs), spec.batch_size, spec.seed + 1)
         inputs, targets = inputs[idx], targets[idx]
     try:
-        problem = make_problem(model, (inputs, targets), spec.loss, params=spec.params,
-                               batch_size=spec.chunk_size, dtype=dtype, device=device)
+        problem = make_problem(model, (inputs, targets), loss, params=spec.params,
+                               chunk_size=spec.chunk_size, dtype=dtype, device=device)
     except InputError:
         raise
     except ValueError as exc:
         raise InputError(str(exc)) from None
     return LoadedProblem(problem, checkpoint, model)
+
+
+def _usage(check, *args):
+    """Run a check of an option's value; its ValueError is a usage error (exit code 2)."""
+    try:
+        return check(*args)
+    except InputError:
+        raise
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 __all__ = ["DTYPES", "LoadedProblem", "ProblemSpec", "load_model", "load_problem", "parse_model_args",

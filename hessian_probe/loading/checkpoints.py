@@ -9,16 +9,19 @@ because unpickling it can run arbitrary code.
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optim", "optimizer_states")
@@ -40,7 +43,7 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         return Checkpoint(path, state_dict=_read_safetensors(path))
     content = _torch_load(path, trust)
     if isinstance(content, nn.Module):
@@ -50,22 +53,34 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> Checkpoint:
     optimizer = next((content[k] for k in OPTIMIZER_KEYS if isinstance(content.get(k), (dict, list))), None)
     if isinstance(optimizer, list):  # Lightning keeps one state per optimizer
         optimizer = optimizer[0] if optimizer else None
-    if _is_state_dict(content):
-        return Checkpoint(path, state_dict=content, optimizer_state=optimizer)
     for key in STATE_DICT_KEYS:
         inner = content.get(key)
         if isinstance(inner, nn.Module):
             return Checkpoint(path, module=inner, optimizer_state=optimizer, found_under=key)
-        if isinstance(inner, dict) and _is_state_dict(inner):
-            return Checkpoint(path, state_dict=inner, optimizer_state=optimizer, found_under=key)
+        if isinstance(inner, dict) and (weights := _tensors_of(inner)):
+            return Checkpoint(path, state_dict=weights, optimizer_state=optimizer, found_under=key)
+    if weights := _tensors_of(content):
+        return Checkpoint(path, state_dict=weights, optimizer_state=optimizer)
     raise InputError(
-        f"checkpoint {path} has no state dict: top-level keys are {_sample(content)}; "
+        f"checkpoint {path} has no state dict: top-level keys are {_sample(content) or '(none)'}; "
         f"expected tensors, or one of {', '.join(STATE_DICT_KEYS)} holding them"
     )
 
 
-def _is_state_dict(d: dict) -> bool:
-    return bool(d) and all(isinstance(k, str) for k in d) and all(isinstance(v, Tensor) for v in d.values())
+def _tensors_of(d: dict) -> dict[str, Tensor]:
+    """The tensor (or NumPy array) entries of a dict with string keys; other entries (an epoch
+    counter, a config) are not weights and are left out. Empty when there are none."""
+    if not all(isinstance(k, str) for k in d):
+        return {}
+    return {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
+            for k, v in d.items() if isinstance(v, (Tensor, np.ndarray))}
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with an 8-byte little-endian header length, then a JSON object."""
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -81,6 +96,8 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
 
 
 def _torch_load(path: Path, trust: bool) -> Any:
+    if trust and os.getcwd() not in sys.path:  # a pickled model's class may live in the user's folder
+        sys.path.insert(0, os.getcwd())
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
@@ -94,9 +111,14 @@ def _torch_load(path: Path, trust: bool) -> Any:
         detail = re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
         raise InputError(f"cannot read checkpoint {path}: not a PyTorch file, or corrupt or truncated"
                          + (f" ({detail.group(1).strip()})" if detail else "")) from None
+    except (ModuleNotFoundError, AttributeError) as exc:
+        if not trust:
+            raise InputError(f"cannot read checkpoint {path}: not a PyTorch file, or corrupt ({first_line(exc)})") from None
+        raise InputError(f"checkpoint {path} pickles a model whose code cannot be found ({first_line(exc)}): run from "
+                         "the folder holding its module, or install it") from None
     except Exception as exc:  # torch.load fails in many ways on foreign or damaged bytes
         raise InputError(
-            f"cannot read checkpoint {path}: not a PyTorch file, or corrupt or truncated ({_first_line(exc)})"
+            f"cannot read checkpoint {path}: not a PyTorch file, or corrupt or truncated ({first_line(exc)})"
         ) from None
 
 
@@ -138,8 +160,3 @@ def _sample(keys, n: int = 3) -> str:
     keys = list(keys)
     shown = ", ".join(repr(k) for k in keys[:n])
     return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -9,6 +9,8 @@ on disk (never downloaded); ``package.module:factory`` returning a Dataset or an
 from __future__ import annotations
 
 import inspect
+import pickle
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, InputError
-from .datasets import load_digits
+from ..errors import InputError, UsageError, first_line
 from ..imports import import_object, is_import_spec
+from .datasets import load_digits, subset_indices
 
 KEY_PAIRS = (("x", "y"), ("inputs", "targets"))
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz")
@@ -40,21 +42,20 @@ def load_data(spec: str, samples: int | None = None, seed: int = 0) -> tuple[Ten
         if not _is_pair(pair):
             pair, samples = _stack_dataset(pair, spec, samples, seed), None
     else:
-        raise InputError(
+        raise UsageError(
             f"unknown data spec {spec!r}: use digits, tensors:PATH, torchvision:NAME:ROOT or package.module:factory"
         )
     inputs, targets = _check(pair, spec)
     if samples is None:
         return inputs, targets
-    idx = subset_indices(len(inputs), samples, seed)
+    idx = _subset(len(inputs), samples, seed)
     return inputs[idx], targets[idx]
 
 
-def subset_indices(n_total: int, n: int, seed: int) -> Tensor:
-    """Indices of a seeded random subset of ``n`` out of ``n_total`` examples, without replacement."""
+def _subset(n_total: int, n: int, seed: int) -> Tensor:
     if not 0 < n <= n_total:
-        raise ConfigError(f"--samples {n} is outside 1..{n_total}, the size of the dataset")
-    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]
+        raise UsageError(f"--samples {n} is outside 1..{n_total}, the size of the dataset")
+    return subset_indices(n_total, n, seed)
 
 
 def _is_pair(obj: Any) -> bool:
@@ -81,8 +82,13 @@ def _tensor_file(path: Path) -> tuple[Tensor, Tensor]:
                 content = {k: archive[k] for k in archive.files}
         else:
             content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f"Python objects ({found.group(1)})" if found else "objects torch cannot load safely"
+        raise InputError(f"data file {path} holds {what}: save tensors (torch.from_numpy for arrays) "
+                         "or use an .npz file") from None
     except Exception as exc:
-        raise InputError(f"cannot read data file {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise InputError(f"cannot read data file {path}: {first_line(exc)}") from None
     if _is_pair(content):
         return tuple(content)
     if isinstance(content, dict):
@@ -114,7 +120,8 @@ def _torchvision(spec: str) -> Any:
     try:
         dataset = cls(root, **options)
     except (RuntimeError, FileNotFoundError, OSError) as exc:
-        raise InputError(f"torchvision dataset {name} not found under {root} (hessian-probe never downloads): {exc}") from None
+        raise InputError(f"torchvision dataset {name} not found under {root} (hessian-probe never downloads): "
+                         f"{first_line(exc)}") from None
     return dataset
 
 
@@ -125,7 +132,7 @@ def _call_factory(spec: str) -> Any:
     try:
         return factory()
     except Exception as exc:
-        raise InputError(f"data factory {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise InputError(f"data factory {spec!r} failed: {first_line(exc)}") from exc
 
 
 def _stack_dataset(dataset: Any, spec: str, samples: int | None, seed: int) -> tuple[Tensor, Tensor]:
@@ -133,11 +140,16 @@ def _stack_dataset(dataset: Any, spec: str, samples: int | None, seed: int) -> t
         raise InputError(f"data {spec!r} gave a {type(dataset).__name__}: need a map-style Dataset or (inputs, targets)")
     if len(dataset) == 0:
         raise InputError(f"the dataset {spec!r} is empty")
-    chosen = range(len(dataset)) if samples is None else subset_indices(len(dataset), samples, seed).tolist()
-    items = [dataset[i] for i in chosen]
+    chosen = range(len(dataset)) if samples is None else _subset(len(dataset), samples, seed).tolist()
+    items = []
+    for i in chosen:
+        try:
+            items.append(dataset[i])
+        except Exception as exc:
+            raise InputError(f"reading item {i} of the dataset {spec!r} failed: {first_line(exc)}") from None
     try:
         inputs = torch.stack([torch.as_tensor(x) for x, _ in items])
         targets = torch.stack([torch.as_tensor(y) for _, y in items])
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(f"the examples of {spec!r} are not (input, target) pairs of equal shapes: {exc}") from None
+        raise InputError(f"the examples of {spec!r} are not (input, target) pairs of equal shapes: {first_line(exc)}") from None
     return inputs, targets

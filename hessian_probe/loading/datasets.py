@@ -19,8 +19,13 @@ def load_digits(n_samples: int | None = None, *, seed: int = 0, image: bool = Fa
     x = torch.tensor(bunch.data, dtype=torch.float32) / 16.0
     y = torch.tensor(bunch.target, dtype=torch.int64)
     if n_samples is not None:
-        if not 0 < n_samples <= len(x):
-            raise ValueError(f"n_samples must lie in [1, {len(x)}], got {n_samples}")
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n_samples]
+        idx = subset_indices(len(x), n_samples, seed)
         x, y = x[idx], y[idx]
     return (x.reshape(-1, 1, 8, 8) if image else x), y
+
+
+def subset_indices(n_total: int, n: int, seed: int) -> Tensor:
+    """Indices of a seeded random subset of ``n`` out of ``n_total`` examples, without replacement."""
+    if not 0 < n <= n_total:
+        raise ValueError(f"a subset of {n} examples out of {n_total} is impossible")
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]

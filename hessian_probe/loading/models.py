@@ -9,9 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError, InputError
-from .builtin_models import mlp, small_cnn
+from ..errors import InputError, UsageError, first_line
 from ..imports import import_object, is_import_spec
+from .builtin_models import mlp, small_cnn
 
 BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": small_cnn}
 
@@ -23,7 +23,7 @@ def parse_model_args(pairs: Iterable[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip().isidentifier():
-            raise ConfigError(f"--model-arg expects key=value, got {pair!r}")
+            raise UsageError(f"--model-arg expects key=value, got {pair!r}")
         try:
             args[key.strip()] = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
@@ -51,13 +51,13 @@ def _call(factory: Callable[..., Any], args: dict[str, Any], what: str) -> nn.Mo
     try:
         inspect.signature(factory).bind(**args)
     except TypeError as exc:
-        raise InputError(f"{what} does not accept the arguments {args}: {exc}") from None
+        raise InputError(f"{what} does not accept the arguments {args}: {first_line(exc)}") from None
     except ValueError:  # no signature available (some builtins): let the call decide
         pass
     try:
         model = factory(**args)
     except Exception as exc:
-        raise InputError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        raise InputError(f"{what} failed: {first_line(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise InputError(f"{what} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
