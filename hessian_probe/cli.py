@@ -86,8 +86,14 @@ def main(ctx: click.Context) -> None:
 
 # --- options shared by the analysis commands -------------------------------------------------
 
-def problem_options(command: Callable) -> Callable:
-    """--checkpoint, --model, --data, --loss, --operator, ... : everything that defines the problem."""
+BATCH_SIZE_OPTION = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None,
+    help="Analyse one seeded random batch of B examples (the batch Hessian) instead of the full sample.")
+
+
+def problem_options(command: Callable, one_batch: bool = True) -> Callable:
+    """--checkpoint, --model, --data, --loss, --operator, ... : everything that defines the problem
+    (``one_batch``: offer --batch-size, the batch operator; a batch-size scan chooses its own)."""
     options = [
         click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
                      help="State dict (.pt/.pth/.bin/.ckpt, or a dict wrapping one) or .safetensors."),
@@ -102,8 +108,7 @@ def problem_options(command: Callable) -> Callable:
                      help="digits | digits:image | tensors:PATH (.pt/.npz) | torchvision:NAME:ROOT | package.module:factory."),
         click.option("--samples", type=click.IntRange(min=1), default=None,
                      help="Use a seeded random subset of this many examples."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Analyse one seeded random batch of B examples (the batch Hessian) instead of the full sample."),
+        BATCH_SIZE_OPTION,
         click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
                      help="Examples per forward pass (memory only: the operator does not depend on it)."),
         click.option("--loss", default="cross_entropy", show_default=True, metavar="NAME",
@@ -123,6 +128,8 @@ def problem_options(command: Callable) -> Callable:
         click.option("--quiet", is_flag=True, help="No progress bars."),
         DEBUG_OPTION,
     ]
+    if not one_batch:
+        options.remove(BATCH_SIZE_OPTION)
     for option in reversed(options):
         command = option(command)
     return command
@@ -132,18 +139,20 @@ PROBLEM_KEYS = ("checkpoint", "model", "model_args", "trust_checkpoint", "data",
                 "chunk_size", "loss", "params", "device", "dtype", "seed")
 
 
-def analysis_command(name: str) -> Callable:
-    """Register an analysis command: ``body(op, progress, **command_options) -> (record, extra_files)``."""
+def analysis_command(name: str, *, one_batch: bool = True, writer: Callable | None = None) -> Callable:
+    """Register an analysis command: ``body(op, *, seed, progress, out_dir, loaded, **command_options)
+    -> (record, extra_files)``; ``writer(record, out_dir) -> files`` saves the record (default:
+    result.json, eigenvalues.csv and density plots)."""
 
     def register(body: Callable) -> Callable:
-        @problem_options
+        @functools.partial(problem_options, one_batch=one_batch)
         @click.pass_context
         @functools.wraps(body)
         def command(ctx: click.Context, operator: str, out_dir: Path | None, as_json: bool, quiet: bool,
-                    **options: Any) -> None:
-            spec_options = {k: options.pop(k) for k in PROBLEM_KEYS}
+                    **options: Any) -> dict[str, Any]:
+            spec_options = {k: options.pop(k, None) for k in PROBLEM_KEYS}
             return _run(ctx, name, operator, out_dir or Path(f"hessian-probe-{name}"), as_json, quiet, spec_options,
-                        functools.partial(body, **options))
+                        functools.partial(body, **options), writer)
 
         return main.command(name)(command)
 
@@ -151,7 +160,7 @@ def analysis_command(name: str) -> Callable:
 
 
 def _run(ctx: click.Context, name: str, operator: str, out_dir: Path, as_json: bool, quiet: bool,
-         spec_options: dict[str, Any], compute: Callable) -> dict[str, Any]:
+         spec_options: dict[str, Any], compute: Callable, writer: Callable | None = None) -> dict[str, Any]:
     from .loading import ProblemSpec, load_problem, parse_model_args
     from .operators import curvature_operator
     from .outputs import environment, plot_title, provenance, summary, write_record
@@ -166,12 +175,15 @@ def _run(ctx: click.Context, name: str, operator: str, out_dir: Path, as_json: b
     op = curvature_operator(loaded.problem, operator)
     loaded_at = time.perf_counter()
     with ProductProgress(quiet=quiet, label=f"{operator} ").attach(op) as progress:
-        record, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir)
+        record, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir, loaded=loaded)
     finished = time.perf_counter()
     timings = {"load_s": loaded_at - started, "analysis_s": finished - loaded_at, "total_s": finished - started}
     record["provenance"] = provenance(env, name, (ctx.obj or {}).get("config"), spec, loaded, timings)
     record = to_jsonable(record)
-    written = write_record(record, out_dir, title=plot_title(record)) + extra_files
+    if writer is None:
+        written = write_record(record, out_dir, title=plot_title(record)) + extra_files
+    else:
+        written = writer(record, out_dir) + extra_files
     if ctx.find_root().obj.get("echo", True):
         click.echo(json.dumps(record, allow_nan=False) if as_json else
                    f"{summary(record)}\n  wrote {', '.join(written)} to {out_dir}/ in {timings['total_s']:.1f} s")
@@ -213,7 +225,7 @@ def _operator_header(op: Any) -> dict[str, Any]:
               help="Operator products for the trace estimate.")
 @click.option("--trace-method", type=click.Choice(["hutchpp", "hutchinson"]), default="hutchpp", show_default=True,
               help="Hutch++ (lower variance for PSD operators) or plain Hutchinson.")
-def spectrum(op, *, seed, progress, out_dir, steps, probes, top_k, bottom_k, tol, max_steps, trace_products, trace_method):
+def spectrum(op, *, seed, progress, out_dir, loaded, steps, probes, top_k, bottom_k, tol, max_steps, trace_products, trace_method):
     """Spectral density (SLQ), extremal eigenvalues and trace.
 
     Writes result.json, eigenvalues.csv, density.png and density.pdf.
@@ -242,7 +254,7 @@ def spectrum(op, *, seed, progress, out_dir, steps, probes, top_k, bottom_k, tol
 @click.option("--method", type=click.Choice(["lanczos", "power"]), default="lanczos", show_default=True)
 @click.option("--eigenvectors", "save_vectors", is_flag=True,
               help="Also save the eigenvectors (rows, per-parameter layout in the file) to eigenvectors.pt.")
-def eigs(op, *, seed, progress, out_dir, top_k, bottom_k, tol, max_steps, method, save_vectors):
+def eigs(op, *, seed, progress, out_dir, loaded, top_k, bottom_k, tol, max_steps, method, save_vectors):
     """Extremal eigenvalues with Ritz residuals and converged flags.
 
     Writes result.json and eigenvalues.csv (and eigenvectors.pt with --eigenvectors).
@@ -277,7 +289,7 @@ def eigs(op, *, seed, progress, out_dir, top_k, bottom_k, tol, max_steps, method
               help="Operator products to spend (Hutch++ splits them in three).")
 @click.option("--method", type=click.Choice(["hutchpp", "hutchinson"]), default="hutchpp", show_default=True,
               help="Hutch++ (lower variance for PSD operators) or plain Hutchinson.")
-def trace(op, *, seed, progress, out_dir, products, method):
+def trace(op, *, seed, progress, out_dir, loaded, products, method):
     """Trace by Hutch++ or Hutchinson, with its standard error.
 
     \b
@@ -387,3 +399,108 @@ def demo(ctx: click.Context, out_dir: Path, seed: int, as_json: bool, quiet: boo
     else:
         click.echo(f"wrote density.png and density.pdf (both operators) to {out_dir}/; the demo took "
                    f"{time.perf_counter() - started:.1f} s")
+
+
+# --- learning rate as a function of batch size --------------------------------------------------
+
+def _write_lr(record: dict[str, Any], out_dir: Path) -> list[str]:
+    from .outputs import write_json, write_rows_csv
+    from .plots import plot_batch_spectra, plot_learning_rates
+
+    write_json(record, out_dir / "lr.json")
+    write_rows_csv(record["rows"], out_dir / "lr.csv", LR_COLUMNS)
+    plot_learning_rates(record, out_dir / "lr.png")
+    files = ["lr.json", "lr.csv", "lr.png"]
+    if record["densities"]:
+        plot_batch_spectra(record, out_dir / "spectra_by_batch.png")
+        files.append("spectra_by_batch.png")
+    return files
+
+
+LR_COLUMNS = ["batch_size", "x", "n_batches", "lambda_max_mean", "lambda_max_std", "lambda_min_mean", "lambda_min_std",
+              "adam_sharpness_mean", "adam_sharpness_std", "lr_max_sgd", "lr_max_momentum", "lr_max_nesterov",
+              "lr_max_adam", "converged"]
+
+
+def _batch_sizes(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        sizes = sorted({int(v) for v in text.replace(" ", "").split(",") if v})
+    except ValueError:
+        raise UsageError(f"--batch-sizes takes integers separated by commas, got {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise UsageError(f"--batch-sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+@analysis_command("lr", one_batch=False, writer=_write_lr)
+@click.option("--batch-sizes", default=None, metavar="B1,B2,...",
+              help="Batch sizes to scan [default: powers of two from --smallest-batch, then the full sample].")
+@click.option("--smallest-batch", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batches", "n_batches", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Random batches per batch size.")
+@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+              help="Relative Ritz residual for each batch's extremal eigenvalues.")
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Heavy-ball momentum rho [default: the checkpoint's, else 0.9].")
+@click.option("--nesterov/--no-nesterov", default=None, help="[default: the checkpoint's, else off]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+              help="Coupled L2 weight decay [default: the checkpoint's, else 0].")
+@click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Adam beta1 [default: the checkpoint's, else 0.9].")
+@click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Adam beta2 [default: the checkpoint's, else 0.999].")
+@click.option("--eps", type=click.FloatRange(min=0), default=None, help="Adam eps [default: the checkpoint's, else 1e-8].")
+@click.option("--safety", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Multiply every threshold by this factor (1: the divergence threshold itself).")
+@click.option("--density-steps", type=click.IntRange(min=0), default=40, show_default=True,
+              help="Lanczos steps of one SLQ density per batch size, for spectra_by_batch.png (0: none).")
+def lr(op, *, seed, progress, out_dir, loaded, batch_sizes, smallest_batch, n_batches, tol, momentum, nesterov,
+       weight_decay, beta1, beta2, eps, safety, density_steps):
+    """Maximal stable learning rate per batch size for SGD, momentum, Nesterov and Adam.
+
+    Scans batch sizes, measures the extremal eigenvalues of several random batch Hessians per
+    size, fits lambda'(B) = lambda_inf + kappa x^p, and predicts each optimizer's divergence
+    threshold. Adam uses the checkpoint's exp_avg_sq when present (preconditioned sharpness),
+    else the square-root model. Writes lr.json, lr.csv, lr.png and spectra_by_batch.png.
+
+    \b
+    Example (the demo's checkpoint, which carries Adam's state):
+      hessian-probe lr --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits
+    """
+    from .analysis.batch_scan import batch_scan, default_batch_sizes
+    from .analysis.lr import Hyperparameters, learning_rate_scan
+    from .loading.optimizer import flat_second_moments, read_optimizer_state
+    from .operators.preconditioned import adam_preconditioner
+
+    problem = op.problem
+    sizes = _batch_sizes(batch_sizes) or default_batch_sizes(problem.n_samples, smallest_batch)
+    if sizes[-1] > problem.n_samples:
+        raise UsageError(f"--batch-sizes: {sizes[-1]} is larger than the sample ({problem.n_samples} examples)")
+    info = read_optimizer_state(loaded.checkpoint.optimizer_state, [n for n, _ in loaded.model.named_parameters()])
+    found = {"momentum": info.momentum, "nesterov": info.nesterov, "weight_decay": info.weight_decay,
+             "beta1": info.betas[0] if info.betas else None, "beta2": info.betas[1] if info.betas else None,
+             "eps": info.eps}
+    given = {"momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay, "beta1": beta1, "beta2": beta2,
+             "eps": eps}
+    defaults = Hyperparameters()
+    values, sources = {}, {}
+    for key in found:
+        if found[key] is not None and (key != "momentum" or found[key] > 0):
+            values[key], sources[key] = found[key], "checkpoint"
+        elif given[key] is not None:
+            values[key], sources[key] = given[key], "option"
+        else:
+            values[key], sources[key] = getattr(defaults, key), "default"
+    hp = Hyperparameters(**values, safety=safety, sources=sources)
+    preconditioner = None
+    moments = flat_second_moments(info, list(problem.params), [p.shape for p in problem.params.values()])
+    if moments is not None and info.step:
+        preconditioner = adam_preconditioner(moments, info.step, hp.beta2, hp.eps)
+    scan = batch_scan(problem, op.name, batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed,
+                      preconditioner=preconditioner, density_steps=density_steps, progress=progress)
+    result = learning_rate_scan(scan, hp)
+    record = result.to_dict()
+    record["optimizer_in_checkpoint"] = {"kind": info.kind, "lr": info.lr, "notes": list(info.notes)}
+    return record, []

@@ -95,6 +95,15 @@ def write_eigenvalues_csv(records: Sequence[Mapping[str, Any]], path: Path) -> N
                     writer.writerow([r["operator"], end, rank, value, residual, converged])
 
 
+def write_rows_csv(rows: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str]) -> None:
+    """One row per mapping, the given columns in order (missing values left empty)."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+
+
 def write_record(record: Mapping[str, Any], out_dir: Path, title: str = "") -> list[str]:
     """result.json always; eigenvalues.csv when there are eigenvalues; density.png/.pdf when there is SLQ."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,8 +146,36 @@ def summary(record: Mapping[str, Any]) -> str:
         s = record["slq"]
         steps = max(s["n_steps"]) if isinstance(s["n_steps"], list) else s["n_steps"]
         lines.append(f"  SLQ: {len(s['nodes'])} probes x {steps} Lanczos steps, trace {_number(s['trace_estimate'])}")
+    if "rows" in record:
+        lines += lr_table(record)
     lines += [f"  warning: {w}" for w in record.get("warnings", [])]
     return "\n".join(lines)
+
+
+def lr_table(record: Mapping[str, Any]) -> list[str]:
+    """Batch size, sharpness and each optimizer's predicted maximal learning rate, one line per B."""
+    def cell(value: float | None, width: int = 10) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.4g}"
+
+    hp = record["hyperparameters"]
+    lines = [f"  maximal stable learning rates (divergence thresholds x safety {hp['safety']:g}; "
+             f"momentum {hp['momentum']:g}, Adam beta1 {hp['beta1']:g}, Adam model: {record['adam_model']})",
+             f"  {'B':>6} {'lmax mean':>10} {'lmax std':>10} {'lmin mean':>10} {'SGD':>10} {'momentum':>10} "
+             f"{'Nesterov':>10} {'Adam':>10}"]
+    for r in record["rows"]:
+        lines.append(f"  {r['batch_size']:>6} {cell(r['lambda_max_mean'])} {cell(r['lambda_max_std'])} "
+                     f"{cell(r['lambda_min_mean'])} {cell(r.get('lr_max_sgd'))} {cell(r.get('lr_max_momentum'))} "
+                     f"{cell(r.get('lr_max_nesterov'))} {cell(r.get('lr_max_adam'))}" + ("" if r["converged"] else "  *"))
+    fit = record["fit"]
+    if fit["converged"]:
+        def pm(value, err):
+            return f"{value:.4g}" + (f" ± {err:.2g}" if err is not None else "")
+        critical = fit["critical_batch_size"]
+        lines.append(f"  fit: lambda_inf = {pm(fit['lambda_inf'], fit['lambda_inf_stderr'])} (full sample "
+                     f"{record['full_sample']['lambda_max']:.4g}), kappa = {pm(fit['kappa'], fit['kappa_stderr'])}, "
+                     f"p = {pm(fit['p'], fit['p_stderr'])}, critical batch size "
+                     + (f"{critical:.0f}" if critical else "undefined"))
+    return lines
 
 
 def _number(value: float | None) -> str:

@@ -81,3 +81,81 @@ def _quantile(measure: tuple[np.ndarray, np.ndarray], q: float) -> float:
     nodes, weights = measure
     cdf = np.cumsum(weights) / weights.sum()
     return float(nodes[min(np.searchsorted(cdf, q), len(nodes) - 1)])
+
+
+LR_STYLES = {"sgd": ("SGD", "tab:blue"), "momentum": ("heavy ball", "tab:orange"),
+             "nesterov": ("Nesterov", "tab:green"), "adam": ("Adam", "tab:red")}
+
+
+def plot_learning_rates(record: Mapping[str, Any], path: Path) -> None:
+    """Left: predicted maximal learning rate vs batch size (log-log) per optimizer, with linear and
+    square-root reference slopes and the critical batch size. Right: lambda'(B) (mean and spread
+    over batches) with the fit lambda_inf + kappa x^p and the full-sample lambda_max."""
+    rows = record["rows"]
+    n = record["n_samples"]
+    b = np.array([r["batch_size"] for r in rows], dtype=float)
+    fit = record["fit"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for key, (label, colour) in LR_STYLES.items():
+        values = np.array([np.nan if r.get(f"lr_max_{key}") is None else r[f"lr_max_{key}"] for r in rows])
+        if np.isfinite(values).any():
+            suffix = f" ({record['adam_model']})" if key == "adam" else ""
+            left.plot(b, values, "o-", color=colour, label=label + suffix)
+    anchor = next((r["lr_max_sgd"] for r in rows if r.get("lr_max_sgd")), None)
+    if anchor:
+        ref = np.array([b[0], b[-1]])
+        left.plot(ref, anchor * ref / b[0], ":", color="grey", label="slope 1 (linear)")
+        left.plot(ref, anchor * np.sqrt(ref / b[0]), "--", color="grey", label="slope 1/2 (square root)")
+    validated = record.get("validation") or []
+    for v in validated:
+        label, colour = LR_STYLES.get(v["optimizer"], (v["optimizer"], "black"))
+        left.plot(v["batch_size"], v["measured_lr"], "*", color=colour, markersize=12,
+                  label=f"{label} measured" if v is validated[0] or v["optimizer"] != validated[0]["optimizer"] else None)
+    critical = fit.get("critical_batch_size")
+    for axis in (left, right):
+        axis.set_xscale("log", base=2)
+        if critical and b[0] <= critical <= n:
+            axis.axvline(critical, color="black", alpha=0.4, lw=1)
+    left.set_yscale("log")
+    left.set(xlabel="batch size B", ylabel="maximal stable learning rate",
+             title=f"divergence thresholds (safety x{record['hyperparameters']['safety']:g})")
+    left.legend(fontsize=8)
+    mean = np.array([r["lambda_max_mean"] for r in rows])
+    std = np.array([r["lambda_max_std"] for r in rows])
+    right.errorbar(b, mean, yerr=std, fmt="o", color="tab:blue", capsize=3, label="λ'(B): mean ± std over batches")
+    if fit.get("converged"):
+        grid = np.geomspace(b[0], n, 200)
+        x = (n - grid) / (grid * (n - 1))
+        curve = fit["lambda_inf"] + fit["kappa"] * x ** fit["p"]
+        right.plot(grid, curve, color="tab:orange",
+                   label=f"fit λ∞ + κ x^p: λ∞ = {fit['lambda_inf']:.3g}, κ = {fit['kappa']:.3g}, p = {fit['p']:.2f}")
+    right.axhline(record["full_sample"]["lambda_max"], color="grey", ls="--",
+                  label=f"full sample λmax = {record['full_sample']['lambda_max']:.4g}")
+    right.set(xlabel="batch size B", ylabel="top eigenvalue of the batch operator",
+              title=f"{record['operator']} sharpness vs batch size" +
+                    (f" (critical B ≈ {critical:.0f})" if critical else ""))
+    right.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_batch_spectra(record: Mapping[str, Any], path: Path) -> None:
+    """log10 densities of one batch operator per batch size, overlaid (the full sample in black)."""
+    curves = sorted(record["densities"], key=lambda d: d["batch_size"])
+    measures = [pool_probes(d["slq"]["nodes"], d["slq"]["weights"]) for d in curves]
+    lo = min(float(m[0].min()) for m in measures)
+    hi = max(float(m[0].max()) for m in measures)
+    width = hi - lo or 1.0
+    grid = np.linspace(lo - 0.05 * width, hi + 0.05 * width, 3000)
+    fig, axis = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(curves)))
+    for d, measure, colour in zip(curves, measures, colours):
+        full = d["batch_size"] == record["n_samples"]
+        density = smoothed_density(*measure, grid=grid, variance=(0.005 * width) ** 2)
+        axis.plot(grid, np.log10(density.values + LOG_FLOOR), color="black" if full else colour,
+                  lw=2 if full else 1, label=f"full sample (N = {d['batch_size']})" if full else f"B = {d['batch_size']}")
+    axis.set(xlabel="eigenvalue", ylabel="log10(density + 1e-7)",
+             title=f"{record['operator']} spectrum of one batch per batch size")
+    axis.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,81 @@
+"""Read what the learning-rate analysis needs from a saved torch optimizer state.
+
+``optimizer.state_dict()`` holds ``param_groups`` (hyperparameters and integer parameter ids in
+``model.parameters()`` order) and per-id ``state`` (SGD's ``momentum_buffer``; Adam's ``step``,
+``exp_avg``, ``exp_avg_sq``). Ids are mapped to names by that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerInfo:
+    """Hyperparameters found in a checkpoint (None: not there), and Adam's second moments by name."""
+
+    kind: str | None = None  # "adam", "sgd" or None when unknown
+    lr: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    betas: tuple[float, float] | None = None
+    eps: float | None = None
+    step: float | None = None
+    exp_avg_sq: dict[str, Tensor] | None = field(default=None, repr=False)
+    notes: tuple[str, ...] = ()
+
+
+def read_optimizer_state(state: dict[str, Any] | None, parameter_names: list[str]) -> OptimizerInfo:
+    if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list) or not state["param_groups"]:
+        return OptimizerInfo()
+    groups = state["param_groups"]
+    group = groups[0]
+    per_param = state.get("state") or {}
+    notes = []
+    if len(groups) > 1:
+        notes.append(f"the optimizer has {len(groups)} parameter groups; hyperparameters are read from the first")
+    adam_like = any("exp_avg_sq" in s for s in per_param.values()) or "betas" in group
+    info: dict[str, Any] = dict(
+        lr=_number(group.get("lr")),
+        weight_decay=_number(group.get("weight_decay")),
+        eps=_number(group.get("eps")),
+        momentum=_number(group.get("momentum")),
+        nesterov=group.get("nesterov"),
+        betas=tuple(float(b) for b in group["betas"]) if "betas" in group else None,
+    )
+    ids = [i for g in groups for i in g.get("params", [])]
+    if adam_like:
+        moments, steps = {}, []
+        if len(ids) == len(parameter_names):
+            for pid, name in zip(ids, parameter_names):
+                entry = per_param.get(pid, per_param.get(str(pid)))
+                if entry and "exp_avg_sq" in entry:
+                    moments[name] = entry["exp_avg_sq"].detach().float()
+                    steps.append(float(entry.get("step", 0)))
+        else:
+            notes.append(f"the optimizer holds {len(ids)} parameters but the model {len(parameter_names)}: "
+                         "Adam's second moments are not used")
+        info.update(exp_avg_sq=moments or None, step=max(steps) if steps else None)
+        return OptimizerInfo(kind="adam", notes=tuple(notes), **info)
+    return OptimizerInfo(kind="sgd", notes=tuple(notes), **info)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, Tensor):
+        value = value.item()
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def flat_second_moments(info: OptimizerInfo, names: list[str], shapes: list[torch.Size]) -> Tensor | None:
+    """Adam's exp_avg_sq for the measured parameters, flattened in their order; None if any is missing."""
+    if not info.exp_avg_sq or any(n not in info.exp_avg_sq for n in names):
+        return None
+    parts = [info.exp_avg_sq[n] for n in names]
+    if any(p.shape != s for p, s in zip(parts, shapes)):
+        return None
+    return torch.cat([p.reshape(-1) for p in parts])
