@@ -469,6 +469,16 @@ def lr(op, *, seed, progress, out_dir, loaded, batch_sizes, smallest_batch, n_ba
     Example (the demo's checkpoint, which carries Adam's state):
       hessian-probe lr --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits
     """
+    record = _learning_rate_record(op, loaded, seed, progress, batch_sizes=batch_sizes, smallest_batch=smallest_batch,
+                                   n_batches=n_batches, tol=tol, density_steps=density_steps, safety=safety,
+                                   given=dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                                              beta1=beta1, beta2=beta2, eps=eps))
+    return record, []
+
+
+def _learning_rate_record(op, loaded, seed, progress, *, batch_sizes, smallest_batch, n_batches, tol, density_steps,
+                          safety, given) -> dict[str, Any]:
+    """The `lr` command's record: scan, fit and thresholds, hyperparameters from checkpoint or options."""
     from .analysis.batch_scan import batch_scan, default_batch_sizes
     from .analysis.lr import Hyperparameters, learning_rate_scan
     from .loading.optimizer import flat_second_moments, read_optimizer_state
@@ -482,14 +492,12 @@ def lr(op, *, seed, progress, out_dir, loaded, batch_sizes, smallest_batch, n_ba
     found = {"momentum": info.momentum, "nesterov": info.nesterov, "weight_decay": info.weight_decay,
              "beta1": info.betas[0] if info.betas else None, "beta2": info.betas[1] if info.betas else None,
              "eps": info.eps}
-    given = {"momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay, "beta1": beta1, "beta2": beta2,
-             "eps": eps}
     defaults = Hyperparameters()
     values, sources = {}, {}
     for key in found:
         if found[key] is not None and (key != "momentum" or found[key] > 0):
             values[key], sources[key] = found[key], "checkpoint"
-        elif given[key] is not None:
+        elif given.get(key) is not None:
             values[key], sources[key] = given[key], "option"
         else:
             values[key], sources[key] = getattr(defaults, key), "default"
@@ -500,7 +508,95 @@ def lr(op, *, seed, progress, out_dir, loaded, batch_sizes, smallest_batch, n_ba
         preconditioner = adam_preconditioner(moments, info.step, hp.beta2, hp.eps)
     scan = batch_scan(problem, op.name, batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed,
                       preconditioner=preconditioner, density_steps=density_steps, progress=progress)
-    result = learning_rate_scan(scan, hp)
-    record = result.to_dict()
+    record = learning_rate_scan(scan, hp).to_dict()
     record["optimizer_in_checkpoint"] = {"kind": info.kind, "lr": info.lr, "notes": list(info.notes)}
-    return record, []
+    return record
+
+
+def _write_validation(record: dict[str, Any], out_dir: Path) -> list[str]:
+    from .outputs import write_json, write_rows_csv
+
+    write_json(record, out_dir / "validation.json")
+    write_rows_csv(record["validation"], out_dir / "validation.csv", VALIDATION_COLUMNS)
+    return ["validation.json", "validation.csv"] + _write_lr(record["lr"], out_dir)
+
+
+VALIDATION_COLUMNS = ["optimizer", "batch_size", "predicted_lr", "measured_lr", "ratio", "diverging_lr", "runs", "note"]
+
+
+@analysis_command("validate-lr", one_batch=False, writer=_write_validation)
+@click.option("--batch-sizes", default=None, metavar="B1,B2,...",
+              help="Batch sizes to train at [default: every other batch size of the lr scan below N, at most 4].")
+@click.option("--optimizers", default="sgd,adam", show_default=True, help="Comma-separated: sgd, adam.")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Training steps per run.")
+@click.option("--blowup", type=click.FloatRange(min=1, min_open=True), default=10.0, show_default=True,
+              help="A run diverges when its loss is not finite or exceeds this multiple of its start.")
+@click.option("--precision", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True,
+              help="Relative width at which the bisection stops.")
+def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers, steps, blowup, precision):
+    """Measure the divergence threshold by short training runs and compare it with `lr`'s prediction.
+
+    Reads lr.json from --out (run `hessian-probe lr` with the same --out first; if it is missing the
+    scan runs here with its defaults). For each batch size and optimizer, bisects the largest
+    learning rate for which --steps steps from the checkpoint on fresh seeded batches do not
+    diverge. Writes validation.json, validation.csv and adds the measured points to lr.json and lr.png.
+
+    \b
+    Example:
+      hessian-probe lr --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits --out lr-demo
+      hessian-probe validate-lr --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits --out lr-demo
+    """
+    from .analysis.lr import thresholds
+    from .analysis.validate import TrainingRecipe, measure_threshold
+    from .loading.optimizer import read_optimizer_state
+    from .outputs import read_json
+
+    names = [n.strip() for n in optimizers.split(",") if n.strip()]
+    if not names or set(names) - {"sgd", "adam"}:
+        raise UsageError(f"--optimizers takes sgd and/or adam, got {optimizers!r}")
+    lr_file = out_dir / "lr.json"
+    if lr_file.is_file():
+        lr_record = read_json(lr_file)
+        if lr_record.get("n_samples") != op.problem.n_samples or lr_record.get("operator") != op.name:
+            raise UsageError(f"{lr_file} was computed for another sample or operator; use another --out")
+    else:
+        lr_record = _learning_rate_record(op, loaded, seed, progress, batch_sizes=None, smallest_batch=16, n_batches=5,
+                                          tol=1e-6, density_steps=40, safety=1.0, given={})
+    rows = {r["batch_size"]: r for r in lr_record["rows"]}
+    below = [b for b in sorted(rows) if b < op.problem.n_samples]
+    sizes = _batch_sizes(batch_sizes) or below[::2][:4]
+    hp = lr_record["hyperparameters"]
+    info = read_optimizer_state(loaded.checkpoint.optimizer_state, [n for n, _ in loaded.model.named_parameters()])
+    recipe = TrainingRecipe(steps=steps, blowup=blowup, precision=precision, beta1=hp["beta1"], beta2=hp["beta2"],
+                            eps=hp["eps"])
+    fit = lr_record["fit"]
+    results = []
+    for b in sizes:
+        if b > op.problem.n_samples:
+            raise UsageError(f"--batch-sizes: {b} is larger than the sample ({op.problem.n_samples} examples)")
+        for name in names:
+            if b in rows:
+                predicted = rows[b].get(f"lr_max_{name}")
+            elif fit.get("converged"):  # between grid points: the fitted sharpness
+                x = (op.problem.n_samples - b) / (b * (op.problem.n_samples - 1))
+                sharp = fit["lambda_inf"] + fit["kappa"] * x ** fit["p"]
+                predicted = thresholds(sharp, _hyperparameters(hp), None)[name] if name == "sgd" else None
+            else:
+                predicted = None
+            results.append(measure_threshold(op.problem, name, b, predicted, recipe=recipe, seed=seed + b,
+                                             info=info, announce=progress).to_dict())
+    lr_record["validation"] = results
+    definition = (f"diverged: a non-finite batch loss, or the full-sample loss above {blowup:g}x its start, within "
+                  f"{steps} steps from the checkpoint (checked every 10 steps and at the end)")
+    lr_record["validation_definition"] = definition
+    return {"operator": op.name, "n_params": op.size, "n_samples": op.problem.n_samples, "validation": results,
+            "definition": definition, "settings": dict(batch_sizes=sizes, optimizers=names, steps=steps,
+                                                       blowup=blowup, precision=precision, seed=seed),
+            "lr": lr_record, "warnings": [f"{r['optimizer']} B={r['batch_size']}: {r['note']}" for r in results
+                                          if r["note"]]}, []
+
+
+def _hyperparameters(saved: dict[str, Any]):
+    from .analysis.lr import Hyperparameters
+
+    return Hyperparameters(**{k: v for k, v in saved.items() if k != "sources"})

@@ -148,15 +148,20 @@ def summary(record: Mapping[str, Any]) -> str:
         lines.append(f"  SLQ: {len(s['nodes'])} probes x {steps} Lanczos steps, trace {_number(s['trace_estimate'])}")
     if "rows" in record:
         lines += lr_table(record)
+    if "validation" in record and isinstance(record["validation"], list):
+        lines.append(f"  measured vs predicted maximal learning rate ({record['definition']}):")
+        lines.append(f"  {'optimizer':>9} {'B':>6} {'predicted':>10} {'measured':>10} {'ratio':>7}")
+        for v in record["validation"]:
+            ratio = f"{v['ratio']:>7.3f}" if v["ratio"] is not None else f"{'-':>7}"
+            lines.append(f"  {v['optimizer']:>9} {v['batch_size']:>6} {_cell(v['predicted_lr'])} "
+                         f"{_cell(v['measured_lr'])} {ratio}" + (f"  ({v['note']})" if v["note"] else ""))
     lines += [f"  warning: {w}" for w in record.get("warnings", [])]
     return "\n".join(lines)
 
 
 def lr_table(record: Mapping[str, Any]) -> list[str]:
     """Batch size, sharpness and each optimizer's predicted maximal learning rate, one line per B."""
-    def cell(value: float | None, width: int = 10) -> str:
-        return f"{'-':>{width}}" if value is None else f"{value:>{width}.4g}"
-
+    cell = _cell
     hp = record["hyperparameters"]
     lines = [f"  maximal stable learning rates (divergence thresholds x safety {hp['safety']:g}; "
              f"momentum {hp['momentum']:g}, Adam beta1 {hp['beta1']:g}, Adam model: {record['adam_model']})",
@@ -176,6 +181,10 @@ def lr_table(record: Mapping[str, Any]) -> list[str]:
                      f"p = {pm(fit['p'], fit['p_stderr'])}, critical batch size "
                      + (f"{critical:.0f}" if critical else "undefined"))
     return lines
+
+
+def _cell(value: float | None, width: int = 10) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.4g}"
 
 
 def _number(value: float | None) -> str:

@@ -106,11 +106,14 @@ def plot_learning_rates(record: Mapping[str, Any], path: Path) -> None:
         ref = np.array([b[0], b[-1]])
         left.plot(ref, anchor * ref / b[0], ":", color="grey", label="slope 1 (linear)")
         left.plot(ref, anchor * np.sqrt(ref / b[0]), "--", color="grey", label="slope 1/2 (square root)")
-    validated = record.get("validation") or []
-    for v in validated:
+    labelled = set()
+    for v in record.get("validation") or []:  # measured thresholds from validate-lr
+        if v.get("measured_lr") is None:
+            continue
         label, colour = LR_STYLES.get(v["optimizer"], (v["optimizer"], "black"))
-        left.plot(v["batch_size"], v["measured_lr"], "*", color=colour, markersize=12,
-                  label=f"{label} measured" if v is validated[0] or v["optimizer"] != validated[0]["optimizer"] else None)
+        left.plot(v["batch_size"], v["measured_lr"], "*", color=colour, markersize=13, markeredgecolor="black",
+                  label=None if v["optimizer"] in labelled else f"{label}: measured (validate-lr)")
+        labelled.add(v["optimizer"])
     critical = fit.get("critical_batch_size")
     for axis in (left, right):
         axis.set_xscale("log", base=2)

@@ -210,3 +210,39 @@ def test_lr_without_optimizer_state_uses_the_square_root_model(tmp_path):
     assert row["lr_max_momentum"] == pytest.approx(0.5 * 2 * 1.5 / row["lambda_max_mean"])
     assert [r["batch_size"] for r in record["rows"]] == [25, 50, 100, 200]
     assert not record["fit"]["converged"] and "at least 4" in record["warnings"][0]  # too few points: said so
+
+
+def test_measured_threshold_of_gradient_descent_on_least_squares(least_squares):
+    """Full-batch GD on a quadratic diverges once |1 - lr lambda_1|^100 > 10, i.e. at
+    lr = (1 + 10^(1/100)) / lambda_1: the bisection must find exactly that."""
+    from hessian_probe.analysis.validate import TrainingRecipe, measure_threshold
+
+    problem, x = least_squares
+    top = float(torch.linalg.eigvalsh(2 * x.T @ x / len(x))[-1])
+    predicted = 2 / top
+    recipe = TrainingRecipe(steps=100, check_every=1, precision=1e-3)
+    measured = measure_threshold(problem, "sgd", len(x), predicted, recipe=recipe)
+    expected = (1 + 10 ** (1 / 100)) / top
+    assert measured.measured_lr <= measured.diverging_lr <= measured.measured_lr * 1.001
+    assert measured.ratio == pytest.approx(expected / predicted, rel=0.02)
+
+
+def test_validate_lr_reports_measured_against_predicted(digits_lr):
+    out, _ = digits_lr
+    result = CliRunner().invoke(main, ["validate-lr", "--checkpoint", str(out / "checkpoint.pt"), "--model", "mlp",
+                                       "--data", "digits", "--out", str(out / "lr"), "--batch-sizes", "64,1024",
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "lr" / "validation.json").read_text())
+    rows = {(v["optimizer"], v["batch_size"]): v for v in record["validation"]}
+    assert set(rows) == {("sgd", 64), ("adam", 64), ("sgd", 1024), ("adam", 1024)}
+    for v in rows.values():
+        assert v["measured_lr"] < v["diverging_lr"] <= v["measured_lr"] * 1.03
+        assert v["ratio"] == pytest.approx(v["measured_lr"] / v["predicted_lr"])
+    # digits MLP, 100 steps, divergence = loss above 10x its start: SGD measured 1.2-1.5x the
+    # linear-stability prediction (catapult dynamics survive a little above 2/lambda')
+    assert all(0.7 < rows[("sgd", b)]["ratio"] < 2.0 for b in (64, 1024))
+    saved = json.loads((out / "lr" / "lr.json").read_text())
+    assert saved["validation"] == record["validation"] and "measured vs predicted" in result.stdout
+    with (out / "lr" / "validation.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 4

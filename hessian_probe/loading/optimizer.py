@@ -27,6 +27,7 @@ class OptimizerInfo:
     eps: float | None = None
     step: float | None = None
     exp_avg_sq: dict[str, Tensor] | None = field(default=None, repr=False)
+    exp_avg: dict[str, Tensor] | None = field(default=None, repr=False)
     notes: tuple[str, ...] = ()
 
 
@@ -50,17 +51,19 @@ def read_optimizer_state(state: dict[str, Any] | None, parameter_names: list[str
     )
     ids = [i for g in groups for i in g.get("params", [])]
     if adam_like:
-        moments, steps = {}, []
+        moments, firsts, steps = {}, {}, []
         if len(ids) == len(parameter_names):
             for pid, name in zip(ids, parameter_names):
                 entry = per_param.get(pid, per_param.get(str(pid)))
                 if entry and "exp_avg_sq" in entry:
                     moments[name] = entry["exp_avg_sq"].detach().float()
+                    if "exp_avg" in entry:
+                        firsts[name] = entry["exp_avg"].detach().float()
                     steps.append(float(entry.get("step", 0)))
         else:
             notes.append(f"the optimizer holds {len(ids)} parameters but the model {len(parameter_names)}: "
                          "Adam's second moments are not used")
-        info.update(exp_avg_sq=moments or None, step=max(steps) if steps else None)
+        info.update(exp_avg_sq=moments or None, exp_avg=firsts or None, step=max(steps) if steps else None)
         return OptimizerInfo(kind="adam", notes=tuple(notes), **info)
     return OptimizerInfo(kind="sgd", notes=tuple(notes), **info)
 
