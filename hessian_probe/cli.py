@@ -494,11 +494,12 @@ def _learning_rate_record(op, loaded, seed, progress, *, batch_sizes, smallest_b
              "eps": info.eps}
     defaults = Hyperparameters()
     values, sources = {}, {}
-    for key in found:
-        if found[key] is not None and (key != "momentum" or found[key] > 0):
+    for key in found:  # an option given explicitly, else the checkpoint's value, else the default
+        if given.get(key) is not None:
+            values[key] = given[key]
+            sources[key] = "option" + (f" (checkpoint had {found[key]})" if found[key] is not None else "")
+        elif found[key] is not None and (key != "momentum" or found[key] > 0):
             values[key], sources[key] = found[key], "checkpoint"
-        elif given.get(key) is not None:
-            values[key], sources[key] = given[key], "option"
         else:
             values[key], sources[key] = getattr(defaults, key), "default"
     hp = Hyperparameters(**values, safety=safety, sources=sources)
@@ -516,6 +517,7 @@ def _learning_rate_record(op, loaded, seed, progress, *, batch_sizes, smallest_b
 def _write_validation(record: dict[str, Any], out_dir: Path) -> list[str]:
     from .outputs import write_json, write_rows_csv
 
+    record["lr"].setdefault("provenance", record["provenance"])  # a scan run here has this run's inputs
     write_json(record, out_dir / "validation.json")
     write_rows_csv(record["validation"], out_dir / "validation.csv", VALIDATION_COLUMNS)
     return ["validation.json", "validation.csv"] + _write_lr(record["lr"], out_dir)
@@ -556,9 +558,7 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers,
         raise UsageError(f"--optimizers takes sgd and/or adam, got {optimizers!r}")
     lr_file = out_dir / "lr.json"
     if lr_file.is_file():
-        lr_record = read_json(lr_file)
-        if lr_record.get("n_samples") != op.problem.n_samples or lr_record.get("operator") != op.name:
-            raise UsageError(f"{lr_file} was computed for another sample or operator; use another --out")
+        lr_record = _matching_lr_record(lr_file, op, loaded)
     else:
         lr_record = _learning_rate_record(op, loaded, seed, progress, batch_sizes=None, smallest_batch=16, n_batches=5,
                                           tol=1e-6, density_steps=40, safety=1.0, given={})
@@ -568,7 +568,8 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers,
     hp = lr_record["hyperparameters"]
     info = read_optimizer_state(loaded.checkpoint.optimizer_state, [n for n, _ in loaded.model.named_parameters()])
     recipe = TrainingRecipe(steps=steps, blowup=blowup, precision=precision, beta1=hp["beta1"], beta2=hp["beta2"],
-                            eps=hp["eps"])
+                            eps=hp["eps"], weight_decay=hp["weight_decay"])
+    safety = hp["safety"]  # predictions are compared unscaled: the measured rate is a divergence threshold
     fit = lr_record["fit"]
     results = []
     for b in sizes:
@@ -576,11 +577,13 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers,
             raise UsageError(f"--batch-sizes: {b} is larger than the sample ({op.problem.n_samples} examples)")
         for name in names:
             if b in rows:
-                predicted = rows[b].get(f"lr_max_{name}")
+                scaled = rows[b].get(f"lr_max_{name}")
+                predicted = scaled / safety if scaled is not None else None
             elif fit.get("converged"):  # between grid points: the fitted sharpness
                 x = (op.problem.n_samples - b) / (b * (op.problem.n_samples - 1))
                 sharp = fit["lambda_inf"] + fit["kappa"] * x ** fit["p"]
-                predicted = thresholds(sharp, _hyperparameters(hp), None)[name] if name == "sgd" else None
+                predicted = thresholds(sharp, _hyperparameters({**hp, "safety": 1.0}), None)[name] \
+                    if name == "sgd" else None
             else:
                 predicted = None
             results.append(measure_threshold(op.problem, name, b, predicted, recipe=recipe, seed=seed + b,
@@ -594,6 +597,25 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers,
                                                        blowup=blowup, precision=precision, seed=seed),
             "lr": lr_record, "warnings": [f"{r['optimizer']} B={r['batch_size']}: {r['note']}" for r in results
                                           if r["note"]]}, []
+
+
+def _matching_lr_record(path: Path, op: Any, loaded: Any) -> dict[str, Any]:
+    """lr.json from an earlier `lr` run on the same checkpoint, data, parameters and operator."""
+    from .outputs import file_digest, read_json
+
+    try:
+        record = read_json(path)
+        inputs = record["provenance"]["inputs"]
+        rows, _ = record["rows"], record["fit"]
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"{path} is not an lr.json written by `hessian-probe lr`; use another --out") from None
+    now = {"operator": op.name, "n_params": op.size, "n_samples": op.problem.n_samples}
+    then = {k: record.get(k) for k in now}
+    same_checkpoint = inputs.get("checkpoint_sha256") == file_digest(loaded.checkpoint.path)
+    if then != now or not same_checkpoint or record["provenance"].get("parameters") != list(op.problem.params):
+        raise UsageError(f"{path} was computed for another checkpoint, sample, parameters or operator; "
+                         "rerun `hessian-probe lr` with this --out, or choose another --out")
+    return record
 
 
 def _hyperparameters(saved: dict[str, Any]):

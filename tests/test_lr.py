@@ -246,3 +246,52 @@ def test_validate_lr_reports_measured_against_predicted(digits_lr):
     assert saved["validation"] == record["validation"] and "measured vs predicted" in result.stdout
     with (out / "lr" / "validation.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == 4
+
+
+def test_adam_moments_with_several_groups_are_not_guessed():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    names = [n for n, _ in model.named_parameters()]
+    adam = torch.optim.AdamW([{"params": model[2].parameters()}, {"params": model[0].parameters()}], lr=1e-3)
+    model(torch.randn(3, 4)).sum().backward()
+    adam.step()
+    info = read_optimizer_state(adam.state_dict(), names)
+    assert info.kind == "adam" and info.exp_avg_sq is None and info.weight_decay is None
+    assert any("parameter groups" in n for n in info.notes) and any("weight decay" in n for n in info.notes)
+
+
+def test_bisection_reports_only_rates_it_tried(least_squares, monkeypatch):
+    from hessian_probe.analysis import validate
+
+    problem, _ = least_squares
+    tried = []
+
+    def never(problem, optimizer, lr, *args, **kwargs):
+        tried.append(lr)
+        return False
+
+    monkeypatch.setattr(validate, "diverges", never)
+    stable = validate.measure_threshold(problem, "sgd", 8, 1.0)
+    assert stable.measured_lr == max(tried) and stable.diverging_lr is None and "no divergence" in stable.note
+    tried.clear()
+    monkeypatch.setattr(validate, "diverges", lambda problem, optimizer, lr, *a, **k: tried.append(lr) or True)
+    unstable = validate.measure_threshold(problem, "sgd", 8, 1.0)
+    assert unstable.diverging_lr == min(tried) and unstable.measured_lr is None and "even at" in unstable.note
+
+
+def test_explicit_options_override_the_checkpoint_and_stale_results_are_refused(tmp_path):
+    model = nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10))
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    torch.save({"model": model.state_dict(), "optimizer": sgd.state_dict()}, tmp_path / "sgd.pt")
+    args = ["--checkpoint", str(tmp_path / "sgd.pt"), "--model", "mlp", "--model-arg", "hidden=8", "--data", "digits",
+            "--samples", "120", "--batch-sizes", "15,30,60", "--batches", "2", "--density-steps", "0", "--quiet"]
+    run = CliRunner().invoke(main, ["lr", *args, "--momentum", "0.5", "--out", str(tmp_path / "o"), "--json"])
+    assert run.exit_code == 0, run.output
+    hp = json.loads(run.stdout)["hyperparameters"]
+    assert hp["momentum"] == 0.5 and hp["sources"]["momentum"].startswith("option")
+    assert hp["weight_decay"] == 5e-4 and hp["sources"]["weight_decay"] == "checkpoint"
+    other = nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10))
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    args[1] = str(tmp_path / "other.pt")
+    stale = CliRunner().invoke(main, ["validate-lr", *args[:-7], "--samples", "120", "--quiet", "--out",
+                                      str(tmp_path / "o")])
+    assert stale.exit_code == 2 and "another checkpoint" in stale.stderr

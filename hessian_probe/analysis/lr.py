@@ -58,7 +58,8 @@ def fit_batch_size(x: np.ndarray, mean: np.ndarray, stderr: np.ndarray, n_sample
                             p_stderr=None, critical_batch_size=None, n_points=len(x), rms_relative_residual=math.nan,
                             converged=False, message=f"{len(x)} batch sizes below N: the fit of 3 parameters with "
                                                      "uncertainties needs at least 4")
-    sigma = np.maximum(stderr, 1e-3 * np.abs(mean) + 1e-12)  # a floor keeps one exact point from dominating
+    # a floor keeps a point whose few batches happen to agree from dominating the fit
+    sigma = np.maximum(stderr, np.maximum(0.25 * np.median(stderr), 1e-3 * np.abs(mean)) + 1e-12)
     start = (float(mean.min()) * 0.5, float(max(mean.max() - mean.min(), 1e-12) / max(x.max() ** 0.75, 1e-12)), 0.75)
     try:
         with warnings.catch_warnings():
@@ -74,10 +75,19 @@ def fit_batch_size(x: np.ndarray, mean: np.ndarray, stderr: np.ndarray, n_sample
                             converged=False, message=f"fit failed: {exc}")
     lambda_inf, kappa, p = (float(v) for v in params)
     residual = float(np.sqrt(np.mean(((_model(x, *params) - mean) / mean) ** 2)))
-    critical = None
-    if lambda_inf > 0 and kappa > 0:
+    critical, notes = None, []
+    if p in (0.5, 1.0) or abs(p - 0.5) < 1e-6 or abs(p - 1.0) < 1e-6:
+        notes.append(f"p sits on its bound {p:g}: the data may want an exponent outside [1/2, 1]")
+    significant = kappa > 0 and (errors[1] is None or kappa > 2 * errors[1])
+    if lambda_inf > 0 and significant:
         x_c = (lambda_inf / kappa) ** (1.0 / p)
         critical = n_samples / (1.0 + x_c * (n_samples - 1))
+        if not 1 <= critical <= n_samples:
+            notes.append(f"the critical batch size {critical:.3g} lies outside 1..N")
+            critical = None
+    elif not significant:
+        notes.append("kappa is not significantly above 0: no batch-size dependence resolved, no critical batch size")
+    message = "; ".join(notes)
     return BatchSizeFit(lambda_inf=lambda_inf, lambda_inf_stderr=errors[0], kappa=kappa, kappa_stderr=errors[1], p=p,
                         p_stderr=errors[2], critical_batch_size=critical, n_points=len(x),
                         rms_relative_residual=residual, converged=ok, message=message)
@@ -171,6 +181,14 @@ class LearningRateResult:
             warnings.append("some batch eigenvalues did not converge to tol; see the per-batch residuals")
         if not self.fit.converged:
             warnings.append(f"batch-size fit unavailable: {self.fit.message}")
+        else:
+            if self.fit.message:
+                warnings.append(f"batch-size fit: {self.fit.message}")
+            gap = abs(self.fit.lambda_inf - scan.full.lambda_max)
+            spread = 3 * (self.fit.lambda_inf_stderr or 0.0)
+            if gap > max(spread, 0.1 * abs(scan.full.lambda_max)):
+                warnings.append(f"the fit's lambda_inf {self.fit.lambda_inf:.4g} differs from the full-sample "
+                                f"lambda_max {scan.full.lambda_max:.4g} by more than 3 stderr and 10%")
         return to_jsonable({
             "operator": scan.operator,
             "n_params": scan.n_params,

@@ -32,6 +32,7 @@ class TrainingRecipe:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    weight_decay: float = 0.0  # coupled L2 for SGD, as in the SGD threshold 2/(lambda' + wd)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +63,7 @@ def diverges(problem: Problem, optimizer: str, lr: float, batch_size: int, recip
     targets = torch.cat([y for _, y in problem.batches])
     params = {n: p.detach().clone().requires_grad_(True) for n, p in problem.params.items()}
     if optimizer == "sgd":
-        opt = torch.optim.SGD(params.values(), lr=lr)
+        opt = torch.optim.SGD(params.values(), lr=lr, weight_decay=recipe.weight_decay)
     else:
         opt = torch.optim.Adam(params.values(), lr=lr, betas=(recipe.beta1, recipe.beta2), eps=recipe.eps)
         if info is not None and info.exp_avg_sq and info.exp_avg and info.step and all(
@@ -72,6 +73,7 @@ def diverges(problem: Problem, optimizer: str, lr: float, batch_size: int, recip
                                 "exp_avg": info.exp_avg[name].to(p).clone(),
                                 "exp_avg_sq": info.exp_avg_sq[name].to(p).clone()}
     start = _full_loss(problem, params)
+    limit = start + (recipe.blowup - 1) * max(abs(start), 1e-12)  # = blowup x start for a positive loss
     generator = torch.Generator().manual_seed(seed)
     for step in range(1, recipe.steps + 1):
         idx = torch.randperm(len(inputs), generator=generator)[:batch_size].to(inputs.device)
@@ -83,7 +85,7 @@ def diverges(problem: Problem, optimizer: str, lr: float, batch_size: int, recip
         opt.step()
         if step % recipe.check_every == 0 or step == recipe.steps:
             current = _full_loss(problem, params)
-            if not math.isfinite(current) or current > recipe.blowup * start:
+            if not math.isfinite(current) or current > limit:
                 return True
     return False
 
@@ -104,24 +106,22 @@ def measure_threshold(problem: Problem, optimizer: str, batch_size: int, predict
         return diverges(problem, optimizer, lr, batch_size, recipe, seed, info)
 
     lo, hi = guess / 4, guess * 4
-    note = ""
-    for _ in range(6):  # widen until lo is stable and hi diverges
+    for _ in range(6):  # widen upwards until hi diverges
         if unstable(hi):
             break
         lo, hi = hi, hi * 4
-    else:
-        note = f"no divergence up to lr {hi:.3g}"
-        return MeasuredThreshold(optimizer=optimizer, batch_size=batch_size, measured_lr=hi, diverging_lr=None,
-                                 predicted_lr=predicted, ratio=None, runs=runs,
-                                 wall_time_s=time.perf_counter() - t0, note=note)
-    for _ in range(6):
+    else:  # the largest rate tried, lo, did not diverge
+        return MeasuredThreshold(optimizer=optimizer, batch_size=batch_size, measured_lr=lo, diverging_lr=None,
+                                 predicted_lr=predicted, ratio=None, runs=runs, wall_time_s=time.perf_counter() - t0,
+                                 note=f"no divergence up to lr {lo:.3g}")
+    for _ in range(6):  # widen downwards until lo is stable
         if not unstable(lo):
             break
         hi, lo = lo, lo / 4
-    else:
-        return MeasuredThreshold(optimizer=optimizer, batch_size=batch_size, measured_lr=None, diverging_lr=lo,
+    else:  # the smallest rate tried, hi, diverged
+        return MeasuredThreshold(optimizer=optimizer, batch_size=batch_size, measured_lr=None, diverging_lr=hi,
                                  predicted_lr=predicted, ratio=None, runs=runs, wall_time_s=time.perf_counter() - t0,
-                                 note=f"diverges even at lr {lo:.3g}")
+                                 note=f"diverges even at lr {hi:.3g}")
     while hi / lo > 1 + recipe.precision:
         mid = math.sqrt(lo * hi)
         lo, hi = (lo, mid) if unstable(mid) else (mid, hi)

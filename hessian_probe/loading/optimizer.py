@@ -52,7 +52,10 @@ def read_optimizer_state(state: dict[str, Any] | None, parameter_names: list[str
     ids = [i for g in groups for i in g.get("params", [])]
     if adam_like:
         moments, firsts, steps = {}, {}, []
-        if len(ids) == len(parameter_names):
+        if len(groups) > 1:  # ids follow the groups' order, which need not be the model's
+            notes.append(f"Adam's second moments are not used: with {len(groups)} parameter groups their order "
+                         "cannot be matched to the model's parameters")
+        elif len(ids) == len(parameter_names):
             for pid, name in zip(ids, parameter_names):
                 entry = per_param.get(pid, per_param.get(str(pid)))
                 if entry and "exp_avg_sq" in entry:
@@ -63,7 +66,11 @@ def read_optimizer_state(state: dict[str, Any] | None, parameter_names: list[str
         else:
             notes.append(f"the optimizer holds {len(ids)} parameters but the model {len(parameter_names)}: "
                          "Adam's second moments are not used")
-        info.update(exp_avg_sq=moments or None, exp_avg=firsts or None, step=max(steps) if steps else None)
+        if info["weight_decay"]:
+            notes.append(f"Adam(W)'s weight decay {info['weight_decay']:g} is not used: the SGD-family thresholds take "
+                         "coupled L2 decay from --weight-decay, and the Adam threshold ignores weight decay")
+        info.update(exp_avg_sq=moments or None, exp_avg=firsts or None, step=max(steps) if steps else None,
+                    weight_decay=None)
         return OptimizerInfo(kind="adam", notes=tuple(notes), **info)
     return OptimizerInfo(kind="sgd", notes=tuple(notes), **info)
 
