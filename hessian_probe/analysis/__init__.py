@@ -1,4 +1,4 @@
-"""Analyses built from kernels: the spectrum of one operator (and, later, batch-size scans)."""
+"""Analyses built from kernels: the spectrum of one operator, batch-size scans, learning-rate thresholds."""
 
 from .spectrum import SpectrumResult, spectrum
 
