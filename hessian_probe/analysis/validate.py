@@ -14,11 +14,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..loading.optimizer import OptimizerInfo
 from ..problem import Problem
 from ..results import to_jsonable
 
@@ -57,8 +57,9 @@ def _full_loss(problem: Problem, params: dict[str, Tensor]) -> float:
 
 
 def diverges(problem: Problem, optimizer: str, lr: float, batch_size: int, recipe: TrainingRecipe, seed: int,
-             info: OptimizerInfo | None = None) -> bool:
-    """One short training run from the problem's parameters: does it diverge?"""
+             info: Any = None) -> bool:
+    """One short training run from the problem's parameters: does it diverge? ``info`` (optional)
+    carries Adam's saved state: ``exp_avg`` and ``exp_avg_sq`` by parameter name, and ``step``."""
     inputs = torch.cat([x for x, _ in problem.batches])
     targets = torch.cat([y for _, y in problem.batches])
     params = {n: p.detach().clone().requires_grad_(True) for n, p in problem.params.items()}
@@ -91,7 +92,7 @@ def diverges(problem: Problem, optimizer: str, lr: float, batch_size: int, recip
 
 
 def measure_threshold(problem: Problem, optimizer: str, batch_size: int, predicted: float | None, *,
-                      recipe: TrainingRecipe = TrainingRecipe(), seed: int = 0, info: OptimizerInfo | None = None,
+                      recipe: TrainingRecipe = TrainingRecipe(), seed: int = 0, info: Any = None,
                       announce: Callable[[str, int | None], None] | None = None) -> MeasuredThreshold:
     """Bisect the divergence threshold in log space, starting from [predicted/4, 4 predicted]."""
     t0 = time.perf_counter()
