@@ -572,6 +572,7 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers,
     safety = hp["safety"]  # predictions are compared unscaled: the measured rate is a divergence threshold
     fit = lr_record["fit"]
     results = []
+    progress.stage("training runs", None, unit="run")
     for b in sizes:
         if b > op.problem.n_samples:
             raise UsageError(f"--batch-sizes: {b} is larger than the sample ({op.problem.n_samples} examples)")
@@ -587,7 +588,7 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers,
             else:
                 predicted = None
             results.append(measure_threshold(op.problem, name, b, predicted, recipe=recipe, seed=seed + b,
-                                             info=info, announce=progress).to_dict())
+                                             info=info, on_run=lambda: progress.advance(1)).to_dict())
     lr_record["validation"] = results
     definition = (f"diverged: a non-finite batch loss, or the full-sample loss above {blowup:g}x its start, within "
                   f"{steps} steps from the checkpoint (checked every 10 steps and at the end)")

@@ -24,9 +24,10 @@ class ProductProgress:
         op.observe(self.advance)
         return self
 
-    def stage(self, name: str, total: int | None) -> None:
+    def stage(self, name: str, total: int | None, unit: str = "product") -> None:
+        """Start a new bar; ``advance`` moves it (the attached operator advances it per product)."""
         self.close()
-        self.bar = tqdm(total=total, desc=f"{self.label}{name}", unit="product", delay=self.delay,
+        self.bar = tqdm(total=total, desc=f"{self.label}{name}", unit=unit, delay=self.delay,
                         file=sys.stderr, disable=self.quiet, leave=False, dynamic_ncols=True)
 
     __call__ = stage

@@ -11,8 +11,9 @@ operator is measured the same way for reference. (THEORY.md section 3; Granziol 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,9 +145,10 @@ def batch_scan(
     density_steps: int = 0,
     density_probes: int = 4,
     chunk_size: int | None = 1024,
-    progress: Callable[[str, int | None], None] | None = None,
+    progress: Any = None,
 ) -> BatchScanResult:
-    """Measure ``n_batches`` random batches per size (one for B = N) and the full sample."""
+    """Measure ``n_batches`` random batches per size (one for B = N) and the full sample.
+    ``progress`` (optional) has ``stage(name, total, unit)`` and ``advance(k)``, like the CLI's bars."""
     t0 = time.perf_counter()
     inputs = torch.cat([x for x, _ in problem.batches])
     targets = torch.cat([y for _, y in problem.batches])
@@ -155,19 +157,22 @@ def batch_scan(
     if sizes[0] < 1 or sizes[-1] > n:
         raise ValueError(f"batch sizes must lie in 1..{n} (the sample), got {sizes[0]}..{sizes[-1]}")
     plan = [(b, j) for b in sizes for j in range(1 if b == n else n_batches)]
-    announce = progress or (lambda stage, total: None)
+    if progress is not None:  # one bar over all batches (each batch is its own operator)
+        progress.stage("batch-size scan", len(plan) + (n not in sizes), unit="batch")
     common = dict(tol=tol, preconditioner=preconditioner, density_steps=density_steps, density_probes=density_probes)
     measurements = []
     for b, j in plan:
-        announce(f"B={b} batch {j + 1}", None)
         idx = batch_indices(n, b, seed, j)
         batch_problem = problem.with_batches(split_batches(inputs[idx], targets[idx], chunk_size))
         settings_j = {**common, "density_steps": density_steps if j == 0 else 0}  # one density per B
         measurements.append(measure_batch(batch_problem, kind, batch_size=b, index=j, seed=seed + 7 * j, **settings_j))
+        if progress is not None:
+            progress.advance(1)
     full = next((m for m in measurements if m.batch_size == n), None)
     if full is None:
-        announce("full sample", None)
         full = measure_batch(problem, kind, batch_size=n, index=0, seed=seed, **common)
+        if progress is not None:
+            progress.advance(1)
     settings = dict(batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed, density_steps=density_steps,
                     density_probes=density_probes, preconditioned=preconditioner is not None)
     return BatchScanResult(operator=kind, n_params=problem.n_params, n_samples=n,

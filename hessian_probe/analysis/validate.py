@@ -93,7 +93,7 @@ def diverges(problem: Problem, optimizer: str, lr: float, batch_size: int, recip
 
 def measure_threshold(problem: Problem, optimizer: str, batch_size: int, predicted: float | None, *,
                       recipe: TrainingRecipe = TrainingRecipe(), seed: int = 0, info: Any = None,
-                      announce: Callable[[str, int | None], None] | None = None) -> MeasuredThreshold:
+                      on_run: Callable[[], None] | None = None) -> MeasuredThreshold:
     """Bisect the divergence threshold in log space, starting from [predicted/4, 4 predicted]."""
     t0 = time.perf_counter()
     guess = predicted if predicted and predicted > 0 else 0.1
@@ -102,9 +102,10 @@ def measure_threshold(problem: Problem, optimizer: str, batch_size: int, predict
     def unstable(lr: float) -> bool:
         nonlocal runs
         runs += 1
-        if announce:
-            announce(f"{optimizer} B={batch_size} lr={lr:.3g}", None)
-        return diverges(problem, optimizer, lr, batch_size, recipe, seed, info)
+        outcome = diverges(problem, optimizer, lr, batch_size, recipe, seed, info)
+        if on_run:
+            on_run()
+        return outcome
 
     lo, hi = guess / 4, guess * 4
     for _ in range(6):  # widen upwards until hi diverges
