@@ -268,7 +268,7 @@ def eigs(op, *, seed, progress, out_dir, loaded, top_k, bottom_k, tol, max_steps
 
     _check_counts(op, top_k, bottom_k)
     limit = {"max_steps": max_steps} if method == "lanczos" else {"max_iter": max_steps or 1000}
-    progress("eigenvalues", default_max_steps(op.size, top_k + bottom_k, max_steps) if method == "lanczos" else None)
+    progress.stage("eigenvalues", default_max_steps(op.size, top_k + bottom_k, max_steps) if method == "lanczos" else None)
     result = extremal_eigs(op, top_k, bottom_k, tol=tol, method=method, seed=seed,
                            return_eigenvectors=save_vectors, **limit)
     record = {**_operator_header(op), "top_eigenvalues": result.top_eigenvalues,
@@ -298,7 +298,7 @@ def trace(op, *, seed, progress, out_dir, loaded, products, method):
     """
     from .linalg import trace as estimate_trace
 
-    progress("trace", products)
+    progress.stage("trace", products)
     result = estimate_trace(op, products, method=method, seed=seed)
     return {**_operator_header(op), "trace": result, "warnings": list(result.warnings),
             "settings": dict(products=products, method=method, seed=seed)}, []
@@ -492,19 +492,9 @@ def _learning_rate_record(op, loaded, seed, progress, *, batch_sizes, smallest_b
     found = {"momentum": info.momentum, "nesterov": info.nesterov, "weight_decay": info.weight_decay,
              "beta1": info.betas[0] if info.betas else None, "beta2": info.betas[1] if info.betas else None,
              "eps": info.eps}
-    defaults = Hyperparameters()
-    values, sources = {}, {}
-    for key in found:  # an option given explicitly, else the checkpoint's value, else the default
-        if given.get(key) is not None:
-            values[key] = given[key]
-            sources[key] = "option" + (f" (checkpoint had {found[key]})" if found[key] is not None else "")
-        elif found[key] is not None and (key != "momentum" or found[key] > 0):
-            values[key], sources[key] = found[key], "checkpoint"
-        else:
-            values[key], sources[key] = getattr(defaults, key), "default"
-    hp = Hyperparameters(**values, safety=safety, sources=sources)
+    hp = Hyperparameters.resolve(given, found, safety=safety)
     preconditioner = None
-    moments = flat_second_moments(info, list(problem.params), [p.shape for p in problem.params.values()])
+    moments = flat_second_moments(info, problem.space)
     if moments is not None and info.step:
         preconditioner = adam_preconditioner(moments, info.step, hp.beta2, hp.eps)
     scan = batch_scan(problem, op.name, batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed,
@@ -551,7 +541,6 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers,
     from .analysis.lr import thresholds
     from .analysis.validate import TrainingRecipe, measure_threshold
     from .loading.optimizer import read_optimizer_state
-    from .outputs import read_json
 
     names = [n.strip() for n in optimizers.split(",") if n.strip()]
     if not names or set(names) - {"sgd", "adam"}:
@@ -593,7 +582,7 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers,
     definition = (f"diverged: a non-finite batch loss, or the full-sample loss above {blowup:g}x its start, within "
                   f"{steps} steps from the checkpoint (checked every 10 steps and at the end)")
     lr_record["validation_definition"] = definition
-    return {"operator": op.name, "n_params": op.size, "n_samples": op.problem.n_samples, "validation": results,
+    return {**_operator_header(op), "validation": results,
             "definition": definition, "settings": dict(batch_sizes=sizes, optimizers=names, steps=steps,
                                                        blowup=blowup, precision=precision, seed=seed),
             "lr": lr_record, "warnings": [f"{r['optimizer']} B={r['batch_size']}: {r['note']}" for r in results
@@ -607,10 +596,10 @@ def _matching_lr_record(path: Path, op: Any, loaded: Any) -> dict[str, Any]:
     try:
         record = read_json(path)
         inputs = record["provenance"]["inputs"]
-        rows, _ = record["rows"], record["fit"]
+        _ = record["rows"], record["fit"]  # an lr record has both
     except (ValueError, KeyError, TypeError):
         raise UsageError(f"{path} is not an lr.json written by `hessian-probe lr`; use another --out") from None
-    now = {"operator": op.name, "n_params": op.size, "n_samples": op.problem.n_samples}
+    now = _operator_header(op)
     then = {k: record.get(k) for k in now}
     same_checkpoint = inputs.get("checkpoint_sha256") == file_digest(loaded.checkpoint.path)
     if then != now or not same_checkpoint or record["provenance"].get("parameters") != list(op.problem.params):

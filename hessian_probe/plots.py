@@ -35,10 +35,7 @@ def plot_densities(
     Extremal eigenvalues are marked with ticks along the bottom; the legend carries the trace."""
     labels = list(labels) if labels else [r["operator"] for r in results]
     measures = [pool_probes(r["slq"]["nodes"], r["slq"]["weights"]) for r in results]
-    lo = min(float(nodes.min()) for nodes, _ in measures)
-    hi = max(float(nodes.max()) for nodes, _ in measures)
-    width = hi - lo or 1.0
-    full = np.linspace(lo - 0.05 * width, hi + 0.05 * width, 4000)
+    full, width = _common_grid(measures, 4000)
     b_lo = min(_quantile(m, 0.005) for m in measures)
     b_hi = max(_quantile(m, 0.995) for m in measures)
     b_width = max(b_hi - b_lo, 0.01 * width)
@@ -74,6 +71,14 @@ def plot_densities(
     for path in paths:
         fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _common_grid(measures: Sequence[tuple[np.ndarray, np.ndarray]], points: int) -> tuple[np.ndarray, float]:
+    """A grid over every measure's nodes, padded by 5% each side, and the nodes' range (1 if a point)."""
+    lo = min(float(nodes.min()) for nodes, _ in measures)
+    hi = max(float(nodes.max()) for nodes, _ in measures)
+    width = hi - lo or 1.0
+    return np.linspace(lo - 0.05 * width, hi + 0.05 * width, points), width
 
 
 def _quantile(measure: tuple[np.ndarray, np.ndarray], q: float) -> float:
@@ -146,10 +151,7 @@ def plot_batch_spectra(record: Mapping[str, Any], path: Path) -> None:
     """log10 densities of one batch operator per batch size, overlaid (the full sample in black)."""
     curves = sorted(record["densities"], key=lambda d: d["batch_size"])
     measures = [pool_probes(d["slq"]["nodes"], d["slq"]["weights"]) for d in curves]
-    lo = min(float(m[0].min()) for m in measures)
-    hi = max(float(m[0].max()) for m in measures)
-    width = hi - lo or 1.0
-    grid = np.linspace(lo - 0.05 * width, hi + 0.05 * width, 3000)
+    grid, width = _common_grid(measures, 3000)
     fig, axis = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     colours = plt.cm.viridis(np.linspace(0, 0.9, len(curves)))
     for d, measure, colour in zip(curves, measures, colours):

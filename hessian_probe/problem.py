@@ -61,6 +61,10 @@ class Problem:
     def batch_loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return self.loss(self.forward(params, x), y)
 
+    def examples(self) -> tuple[Tensor, Tensor]:
+        """All inputs and all targets, the batches concatenated in order."""
+        return torch.cat([x for x, _ in self.batches]), torch.cat([y for _, y in self.batches])
+
     def weighted_batches(self) -> Iterator[tuple[Tensor, Tensor, float]]:
         """(x, y, |b|/N) for every batch: sum_b weight * batch mean = mean over the sample."""
         n = self.n_samples

@@ -30,8 +30,6 @@ class ProductProgress:
         self.bar = tqdm(total=total, desc=f"{self.label}{name}", unit=unit, delay=self.delay,
                         file=sys.stderr, disable=self.quiet, leave=False, dynamic_ncols=True)
 
-    __call__ = stage
-
     def advance(self, k: int) -> None:
         if self.bar is not None:
             self.bar.update(k)

@@ -150,8 +150,7 @@ def batch_scan(
     """Measure ``n_batches`` random batches per size (one for B = N) and the full sample.
     ``progress`` (optional) has ``stage(name, total, unit)`` and ``advance(k)``, like the CLI's bars."""
     t0 = time.perf_counter()
-    inputs = torch.cat([x for x, _ in problem.batches])
-    targets = torch.cat([y for _, y in problem.batches])
+    inputs, targets = problem.examples()
     n = len(inputs)
     sizes = sorted(set(batch_sizes or default_batch_sizes(n)))
     if sizes[0] < 1 or sizes[-1] > n:

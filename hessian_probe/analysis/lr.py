@@ -106,6 +106,24 @@ class Hyperparameters:
     safety: float = 1.0
     sources: dict | None = None
 
+    @classmethod
+    def resolve(cls, given: dict, found: dict, safety: float = 1.0) -> Hyperparameters:
+        """Each of momentum, nesterov, weight_decay, beta1, beta2, eps: the value ``given``
+        explicitly, else the one ``found`` in the checkpoint (a zero momentum counts as absent),
+        else the default; ``sources`` records which."""
+        defaults = cls()
+        values, sources = {}, {}
+        for key in ("momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"):
+            mine, saved = given.get(key), found.get(key)
+            if mine is not None:
+                values[key] = mine
+                sources[key] = "option" + (f" (checkpoint had {saved})" if saved is not None else "")
+            elif saved is not None and (key != "momentum" or saved > 0):
+                values[key], sources[key] = saved, "checkpoint"
+            else:
+                values[key], sources[key] = getattr(defaults, key), "default"
+        return cls(**values, safety=safety, sources=sources)
+
 
 def sgd_threshold(sharpness: float, weight_decay: float = 0.0) -> float | None:
     """Plain SGD: 2 / (lambda' + wd)."""
@@ -176,8 +194,9 @@ class LearningRateResult:
 
     def to_dict(self) -> dict:
         scan = self.scan
+        rows = self.rows()
         warnings = []
-        if not all(r["converged"] for r in self.rows()):
+        if not all(r["converged"] for r in rows):
             warnings.append("some batch eigenvalues did not converge to tol; see the per-batch residuals")
         if not self.fit.converged:
             warnings.append(f"batch-size fit unavailable: {self.fit.message}")
@@ -193,7 +212,7 @@ class LearningRateResult:
             "operator": scan.operator,
             "n_params": scan.n_params,
             "n_samples": scan.n_samples,
-            "rows": self.rows(),
+            "rows": rows,
             "fit": self.fit,
             "full_sample": {"lambda_max": scan.full.lambda_max, "lambda_min": scan.full.lambda_min,
                             "adam_sharpness": scan.full.adam_sharpness, "eigs": scan.full.eigs},

@@ -6,7 +6,6 @@ error measure (Ritz residuals and converged flags, trace stderr, the raw quadrat
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,19 +62,19 @@ def spectrum(
     trace_method: str = "hutchpp",
     max_steps: int | None = None,
     seed: int = 0,
-    progress: Callable[[str, int | None], None] | None = None,
+    progress: Any = None,
 ) -> SpectrumResult:
     """SLQ (``n_steps`` x ``n_probes``), top/bottom eigenvalues to ``tol`` (at most ``max_steps``
     Lanczos steps), and the trace from ``trace_products`` products.
 
     Each part draws its own probes (seeds ``seed``, ``seed + 1000``, ``seed + 2000``), so the
-    SLQ trace and the Hutch++ trace are independent estimates. ``progress(stage, total_products)``
-    is called as each part starts (the CLI hangs its progress bars on it).
+    SLQ trace and the Hutch++ trace are independent estimates. ``progress.stage(name, total_products)``
+    is called as each part starts (the CLI's progress bars; see ``hessian_probe.progress``).
     """
     settings = dict(n_steps=n_steps, n_probes=n_probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
                     max_steps=default_max_steps(op.size, top_k + bottom_k, max_steps),
                     trace_products=trace_products, trace_method=trace_method, seed=seed)
-    announce = progress or (lambda stage, total: None)
+    announce = progress.stage if progress is not None else (lambda stage, total: None)
     announce("SLQ", n_steps * n_probes)
     density_run = slq(op, n_steps, n_probes, seed=seed)
     announce("eigenvalues", settings["max_steps"])

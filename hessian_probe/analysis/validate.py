@@ -60,8 +60,7 @@ def diverges(problem: Problem, optimizer: str, lr: float, batch_size: int, recip
              info: Any = None) -> bool:
     """One short training run from the problem's parameters: does it diverge? ``info`` (optional)
     carries Adam's saved state: ``exp_avg`` and ``exp_avg_sq`` by parameter name, and ``step``."""
-    inputs = torch.cat([x for x, _ in problem.batches])
-    targets = torch.cat([y for _, y in problem.batches])
+    inputs, targets = problem.examples()
     params = {n: p.detach().clone().requires_grad_(True) for n, p in problem.params.items()}
     if optimizer == "sgd":
         opt = torch.optim.SGD(params.values(), lr=lr, weight_decay=recipe.weight_decay)

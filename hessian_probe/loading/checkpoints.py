@@ -101,10 +101,10 @@ def _torch_load(path: Path, trust: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        found = refused_global(exc)
         if found and not trust:
             raise InputError(
-                f"checkpoint {path} contains pickled Python objects ({found.group(1)}); they can run code when "
+                f"checkpoint {path} contains pickled Python objects ({found}); they can run code when "
                 "loaded, so they are refused: re-save with torch.save(model.state_dict(), ...), or pass "
                 "--trust-checkpoint if you trust the file"
             ) from None
@@ -120,6 +120,12 @@ def _torch_load(path: Path, trust: bool) -> Any:
         raise InputError(
             f"cannot read checkpoint {path}: not a PyTorch file, or corrupt or truncated ({first_line(exc)})"
         ) from None
+
+
+def refused_global(exc: BaseException) -> str | None:
+    """The class or function torch's weights-only unpickler refused (``torch.nn.Linear``, ...), if any."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    return found.group(1) if found else None
 
 
 def fit_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import pickle
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from ..errors import InputError, UsageError, first_line
 from ..imports import import_object, is_import_spec
+from .checkpoints import refused_global
 from .datasets import load_digits, subset_indices
 
 KEY_PAIRS = (("x", "y"), ("inputs", "targets"))
@@ -83,8 +83,8 @@ def _tensor_file(path: Path) -> tuple[Tensor, Tensor]:
         else:
             content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        what = f"Python objects ({found.group(1)})" if found else "objects torch cannot load safely"
+        found = refused_global(exc)
+        what = f"Python objects ({found})" if found else "objects torch cannot load safely"
         raise InputError(f"data file {path} holds {what}: save tensors (torch.from_numpy for arrays) "
                          "or use an .npz file") from None
     except Exception as exc:

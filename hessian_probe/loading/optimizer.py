@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
+
+from ..parameters import ParameterSpace
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,11 +82,10 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def flat_second_moments(info: OptimizerInfo, names: list[str], shapes: list[torch.Size]) -> Tensor | None:
-    """Adam's exp_avg_sq for the measured parameters, flattened in their order; None if any is missing."""
-    if not info.exp_avg_sq or any(n not in info.exp_avg_sq for n in names):
+def flat_second_moments(info: OptimizerInfo, space: ParameterSpace) -> Tensor | None:
+    """Adam's exp_avg_sq for the measured parameters, in the operator's flat layout; None if any is
+    missing or has another shape."""
+    moments = info.exp_avg_sq or {}
+    if any(n not in moments or moments[n].shape != s for n, s in zip(space.names, space.shapes)):
         return None
-    parts = [info.exp_avg_sq[n] for n in names]
-    if any(p.shape != s for p, s in zip(parts, shapes)):
-        return None
-    return torch.cat([p.reshape(-1) for p in parts])
+    return space.flatten(moments)
