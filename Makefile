@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench bench-wheels clean
 
 $(BIN)/hessian-probe: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,18 @@ test: $(BIN)/hessian-probe
 test-all: $(BIN)/hessian-probe
 	$(BIN)/python -m pytest -q -m ''
 
+PEERS := pyhessian==0.1 hessian-eigenthings==1.0.0a5 curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1 \
+	einconv==0.1.0 einops linear_operator opt-einsum
+
 bench: $(BIN)/hessian-probe
-	$(BIN)/python benchmarks/hvp_cost.py --model mlp
-	$(BIN)/python benchmarks/hvp_cost.py --model cnn
+	$(BIN)/pip install --quiet --no-deps $(PEERS)
+	$(BIN)/python benchmarks/hvp_cost.py --workload digits-mlp
+	$(BIN)/python benchmarks/compare.py --workload digits-mlp
+
+# The peers, for the benchmarks only (never a dependency): wheels without their dependencies,
+# installed by benchmarks/compare.py's callers with --no-deps (see benchmarks/run_gpu.sh).
+bench-wheels:
+	$(PYTHON) -m pip download --no-deps -d benchmarks/wheels $(PEERS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,11 +1,17 @@
-"""Cost of one Hessian and one GGN product in units of one gradient evaluation.
+"""Cost of one curvature product in units of one gradient evaluation, for every way to run it.
 
-For a model and batch: time the gradient of the mean loss, a single-vector product, and a
-block of k vectors (per vector), for both operators. Ratios taken in one run are what count
-(machines are noisy); absolute times only mean something on a GPU.
+For a workload's model and one batch of ``--batch-size`` examples: time the gradient of the mean
+loss (plain autograd, the same precision = 1), then each product variant, per vector:
 
-    python benchmarks/hvp_cost.py --model mlp --batch-size 512 --device cpu
-    python benchmarks/hvp_cost.py --model cnn --device cuda --json out.json
+    hessian-reverse / hessian-forward   reverse- or forward-over-reverse (k = 1 and k = --k)
+    ggn                                 jvp + vjp (k = 1 and k = --k)
+    ...-compiled                        the same through torch.compile (k = --k only)
+
+each under strict float32 and, on CUDA with ``--tf32``, under TF32 as well. Ratios taken in one
+run are what count (machines are noisy); absolute times only mean something on a GPU.
+
+    python benchmarks/hvp_cost.py --workload digits-mlp --batch-size 512
+    python benchmarks/hvp_cost.py --workload resnet18 --batch-size 512 --device cuda --tf32 --compile --json out.json
 """
 
 from __future__ import annotations
@@ -14,20 +20,19 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from hessian_probe import curvature_operator, make_problem
-from hessian_probe.linalg import random_probes
-from hessian_probe.loading.builtin_models import mlp, small_cnn
-from hessian_probe.loading.datasets import load_digits
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-MODELS = {
-    "mlp": (lambda: mlp(hidden=(128, 128)), False),
-    "cnn": (lambda: small_cnn(channels=16), True),
-}
+from hessian_probe import curvature_operator, make_problem  # noqa: E402
+from hessian_probe.linalg import random_probes  # noqa: E402
+from hessian_probe.operators import float32_precision  # noqa: E402
+from workloads import WORKLOADS, make_workload  # noqa: E402
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -48,50 +53,71 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
     return statistics.median(times)
 
 
-def measure(model_name: str, batch_size: int, device: str, dtype: torch.dtype, k: int, repeats: int) -> dict:
-    build, image = MODELS[model_name]
-    torch.manual_seed(0)
-    x, y = load_digits(batch_size if batch_size <= 1797 else None, image=image)
-    if batch_size > len(x):  # repeat the digits to reach large batches
-        reps = -(-batch_size // len(x))
-        x, y = x.repeat(reps, *([1] * (x.ndim - 1)))[:batch_size], y.repeat(reps)[:batch_size]
-    problem = make_problem(build(), (x, y), "cross_entropy", dtype=dtype, device=device)
-    dev = problem.device
-    one = random_probes(1, problem.n_params, seed=0, dtype=dtype, device=dev)
-    block = random_probes(k, problem.n_params, seed=1, dtype=dtype, device=dev)
-    gradient = timed(problem.gradient, dev, repeats)
-    row = {"model": model_name, "n_params": problem.n_params, "batch_size": batch_size, "k": k, "gradient_s": gradient}
-    for kind in ("hessian", "ggn"):
-        op = curvature_operator(problem, kind)
-        single = timed(lambda: op.matmat(one), dev, repeats)
-        batched = timed(lambda: op.matmat(block), dev, repeats) / k
-        row[f"{kind}_single_in_gradients"] = single / gradient
-        row[f"{kind}_per_vector_k{k}_in_gradients"] = batched / gradient
-        row[f"{kind}_single_s"] = single
-    return row
+def variants(k: int, compile: bool) -> list[tuple[str, str, dict, int]]:
+    """(label, operator kind, operator keywords, vectors per product)."""
+    out = []
+    for label, kind, kw in (("hessian-reverse", "hessian", {"hessian_mode": "reverse"}),
+                            ("hessian-forward", "hessian", {"hessian_mode": "forward"}),
+                            ("ggn", "ggn", {})):
+        out += [(label, kind, kw, 1), (label, kind, kw, k)]
+        if compile:
+            out.append((f"{label}-compiled", kind, {**kw, "compile": True}, k))
+    return out
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    device = torch.device(args.device)
+    workload = make_workload(args.workload, n_samples=args.batch_size, batch_size=args.batch_size)
+    model = workload.model.to(device).eval()
+    x, y = (t.to(device) for t in workload.batches[0])
+    problem = make_problem(model, [(x, y)], "cross_entropy", device=device, dtype=torch.float32)
+    params = [p for p in model.parameters()]
+
+    def gradient() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        torch.autograd.grad(loss, params)
+
+    rows = []
+    for tf32 in ([False, True] if args.tf32 else [False]):
+        with float32_precision(tf32=tf32):
+            grad_s = timed(gradient, device, args.repeats)
+        for label, kind, kw, k in variants(args.k, args.compile):
+            op = curvature_operator(problem, kind, tf32=tf32, **kw)
+            V = random_probes(k, problem.n_params, seed=k, dtype=torch.float32, device=device)
+            try:
+                seconds = timed(lambda: op.matmat(V), device, args.repeats) / k
+                ratio = seconds / grad_s
+            except torch.cuda.OutOfMemoryError:
+                seconds = ratio = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            rows.append({"variant": label, "k": k, "precision": "tf32" if tf32 else "fp32", "gradient_ms": 1e3 * grad_s,
+                         "per_vector_ms": None if seconds is None else 1e3 * seconds, "per_vector_in_gradients": ratio,
+                         "split_rows": op.max_rows})
+            shown = "out of memory" if ratio is None else f"{ratio:.2f} gradients ({1e3 * seconds:.2f} ms)"
+            print(f"{'tf32' if tf32 else 'fp32'} {label:26s} k={k:<3d} per vector {shown}", flush=True)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="digits-mlp")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--k", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--json", help="also write the row to this file")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--tf32", action="store_true", help="also measure with TF32 allowed (CUDA)")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd products")
+    parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
-    row = measure(args.model, args.batch_size, args.device, getattr(torch, args.dtype), args.k, args.repeats)
+    if args.workload == "digits-mlp" and args.batch_size > 1792:
+        parser.error("the digits give at most 1792 examples")
+    rows = measure(args)
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "cpu"
-    row.update(device=device_name, dtype=args.dtype, torch=torch.__version__, threads=torch.get_num_threads())
-    print(f"{row['model']} (P={row['n_params']}, B={row['batch_size']}, {args.dtype}, {device_name}): "
-          f"gradient {row['gradient_s'] * 1e3:.2f} ms")
-    for kind in ("hessian", "ggn"):
-        print(f"  {kind:8s} product = {row[f'{kind}_single_in_gradients']:.2f} gradients (one vector), "
-              f"{row[f'{kind}_per_vector_k{args.k}_in_gradients']:.2f} gradients per vector with k={args.k}")
+    header = {"workload": args.workload, "batch_size": args.batch_size, "device": device_name, "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(row, fh, indent=2)
+        Path(args.json).write_text(json.dumps({**header, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

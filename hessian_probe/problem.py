@@ -66,10 +66,11 @@ class Problem:
         return torch.cat([x for x, _ in self.batches]), torch.cat([y for _, y in self.batches])
 
     def weighted_batches(self) -> Iterator[tuple[Tensor, Tensor, float]]:
-        """(x, y, |b|/N) for every batch: sum_b weight * batch mean = mean over the sample."""
-        n = self.n_samples
+        """(x, y, |b|/N) for every batch, on the parameters' device: sum_b weight * batch mean =
+        mean over the sample. A sample kept in host memory is copied over batch by batch."""
+        n, device = self.n_samples, self.device
         for x, y in self.batches:
-            yield x, y, len(x) / n
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), len(x) / n
 
     @torch.no_grad()
     def loss_value(self) -> float:
@@ -133,11 +134,22 @@ def _cast(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
     return t.to(device=device, dtype=torch.bool if t.dtype == torch.bool else torch.int64)
 
 
+DEVICE_DATA_FRACTION = 0.25  # the largest share of free GPU memory the sample may take there
+
+
 def _prepare_batches(batches: Sequence[Batch], device: torch.device, dtype: torch.dtype) -> tuple[Batch, ...]:
-    batches = tuple((_cast(x, device, dtype), _cast(y, device, dtype)) for x, y in batches if len(x))
+    """The batches cast to ``dtype``, on ``device`` when they fit (at most DEVICE_DATA_FRACTION of
+    its free memory), else in pinned host memory (copied to the device batch by batch)."""
+    batches = [(x, y) for x, y in batches if len(x)]
     if not batches:
         raise ValueError("the dataset is empty: a curvature operator needs at least one example")
-    return batches
+    home = torch.device(device)
+    if home.type == "cuda":
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        nbytes = sum(t.numel() * (itemsize if t.is_floating_point() else 8) for b in batches for t in b)
+        if nbytes > DEVICE_DATA_FRACTION * torch.cuda.mem_get_info(home)[0]:
+            return tuple((_cast(x, "cpu", dtype).pin_memory(), _cast(y, "cpu", dtype).pin_memory()) for x, y in batches)
+    return tuple((_cast(x, home, dtype), _cast(y, home, dtype)) for x, y in batches)
 
 
 def make_problem(
@@ -198,7 +210,7 @@ def make_problem(
 def _validate_data(problem: Problem) -> None:
     """One forward pass: the model returns a tensor, targets fit it, labels are in range, and the
     loss is a finite scalar."""
-    for i, (x, y) in enumerate(problem.batches):
+    for i, (x, y, _) in enumerate(problem.weighted_batches()):
         try:
             outputs = problem.forward(problem.params, x)
         except RuntimeError as exc:

@@ -42,6 +42,25 @@ def test_unequal_batches_give_the_hessian_of_the_mean_loss(network_truth):
     torch.testing.assert_close(operator, dense, rtol=0, atol=1e-12 * scale)
 
 
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+@pytest.mark.parametrize("max_rows", [None, 70])
+def test_every_product_path_gives_the_dense_hessian(network_truth, mode, max_rows):
+    """Reverse- and forward-over-reverse, one vector (autograd double backward) and a block
+    (vmap), whole batches and batches split into pieces of max_rows / k examples."""
+    _, model, x, y, dense, _ = network_truth
+    problem = make_problem(model, unequal_batches(x, y), "cross_entropy")
+    op = curvature_operator(problem, "hessian", hessian_mode=mode, max_rows=max_rows)
+    V = torch.randn(5, op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    exact = V @ dense
+    tol = dict(rtol=0, atol=1e-12 * exact.abs().max().item())
+    torch.testing.assert_close(op.matmat(V), exact, **tol)
+    torch.testing.assert_close(op.matvec(V[0]), exact[0], **tol)
+    if max_rows is not None:
+        ggn = curvature_operator(problem, "ggn")
+        split = curvature_operator(problem, "ggn", max_rows=max_rows)
+        torch.testing.assert_close(split.matmat(V), ggn.matmat(V), **tol)
+
+
 def test_extremal_eigenvalues_match_eigvalsh(network_truth):
     _, model, x, y, _, spectrum = network_truth
     op = curvature_operator(make_problem(model, (x, y), "cross_entropy", chunk_size=100))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -185,3 +186,69 @@ def test_cuda_products_match_cpu(digits, kind):
     gpu = curvature_operator(make_problem(model, (x, y), "cross_entropy", dtype=F64, device="cuda"), kind)
     v = random_probes(4, cpu.size, seed=0, dtype=F64, device="cpu")
     torch.testing.assert_close(gpu.matmat(v.cuda()).cpu(), cpu.matmat(v), rtol=1e-10, atol=1e-13)
+
+
+def test_a_batch_that_does_not_fit_is_split_and_gives_the_same_product(digits):
+    """An out-of-memory error halves the piece of the batch a k-vector product takes, for good."""
+    x, y = digits
+    problem = make_problem(mlp(), (x[:200], y[:200]), "cross_entropy", dtype=F64)
+    op, reference = curvature_operator(problem), curvature_operator(problem)
+    product, seen = op._product, []
+
+    def small_device(xs, ys, tangents):
+        rows = len(xs) * next(iter(tangents.values())).shape[0]
+        seen.append(len(xs))
+        if rows > 300:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return product(xs, ys, tangents)
+
+    op._product = small_device
+    V = torch.randn(4, op.size, dtype=F64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(op.matmat(V), reference.matmat(V), rtol=1e-12, atol=1e-15)
+    assert seen[:3] == [200, 100, 50] and set(seen[3:]) == {50} and op.max_rows == 200
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_basis_in_host_memory_gives_the_same_numbers(digits, monkeypatch):
+    """A Lanczos basis too large for the device lives in pinned host memory and is streamed."""
+    from hessian_probe.linalg import extremal_eigs, lanczos, slq
+
+    x, y = digits
+    torch.manual_seed(0)
+    op = curvature_operator(make_problem(mlp(), (x, y), "cross_entropy", dtype=F64, device="cuda"))
+    on_device = slq(op, 30, 4), extremal_eigs(op, 2, 1, tol=1e-8)
+    monkeypatch.setattr("hessian_probe.linalg.lanczos.DEVICE_BASIS_FRACTION", 0.0)
+    on_host = slq(op, 30, 4), extremal_eigs(op, 2, 1, tol=1e-8)
+    assert "pinned host memory" in on_host[0].basis_memory["device"] and on_host[1].basis_memory["device"] == "cpu (pinned host memory)"
+    assert on_device[0].basis_memory["device"].startswith("cuda")
+    for a, b in zip(on_device[0].nodes, on_host[0].nodes):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(on_device[1].top_eigenvalues, on_host[1].top_eigenvalues, rtol=1e-10)
+    assert lanczos(op, 5, keep_basis=True).basis.device.type == "cpu"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["hessian", "ggn"])
+def test_compiled_products_equal_eager_ones(digits, kind):
+    """torch.compile of the batch product (--compile) changes the speed, not the numbers."""
+    x, y = digits
+    torch.manual_seed(0)
+    problem = make_problem(mlp(), (x[:300], y[:300]), "cross_entropy", dtype=F64, chunk_size=128)
+    V = torch.randn(3, problem.n_params, dtype=F64, generator=torch.Generator().manual_seed(1))
+    eager = curvature_operator(problem, kind).matmat(V)
+    torch.testing.assert_close(curvature_operator(problem, kind, compile=True).matmat(V), eager, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("kind", ["hessian", "ggn"])
+def test_a_sample_kept_in_host_memory_gives_the_same_products(digits, kind, monkeypatch):
+    """A sample too large for the GPU stays in pinned host memory, copied over batch by batch."""
+    x, y = digits
+    model = mlp()
+    on_device = make_problem(model, (x, y), "cross_entropy", dtype=F64, device="cuda", chunk_size=500)
+    monkeypatch.setattr("hessian_probe.problem.DEVICE_DATA_FRACTION", 0.0)
+    on_host = make_problem(model, (x, y), "cross_entropy", dtype=F64, device="cuda", chunk_size=500)
+    assert on_host.batches[0][0].device.type == "cpu" and on_device.batches[0][0].device.type == "cuda"
+    V = random_probes(3, on_device.n_params, seed=0, dtype=F64, device="cuda")
+    torch.testing.assert_close(curvature_operator(on_host, kind).matmat(V), curvature_operator(on_device, kind).matmat(V),
+                               rtol=1e-12, atol=1e-15)

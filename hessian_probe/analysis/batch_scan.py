@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..linalg import EigenResult, SLQResult, extremal_eigs, slq
-from ..operators import curvature_operator
+from ..operators import OPERATORS, ProductSettings, curvature_operator
 from ..operators.preconditioned import PreconditionedOperator
 from ..problem import Problem, split_batches
 from ..results import to_jsonable
@@ -120,9 +120,9 @@ class BatchScanResult:
 
 def measure_batch(problem: Problem, kind: str, *, batch_size: int, index: int, tol: float, seed: int,
                   preconditioner: Tensor | None = None, density_steps: int = 0,
-                  density_probes: int = 4) -> BatchMeasurement:
+                  density_probes: int = 4, settings: ProductSettings | None = None) -> BatchMeasurement:
     """Top and bottom eigenvalue of one batch's operator (and Adam's sharpness, and an SLQ density)."""
-    op = curvature_operator(problem, kind)
+    op = OPERATORS[kind](problem, settings) if kind in OPERATORS else curvature_operator(problem, kind)
     eigs = extremal_eigs(op, 1, 1, tol=tol, seed=seed)
     sharp = ok = None
     if preconditioner is not None:
@@ -146,9 +146,11 @@ def batch_scan(
     density_probes: int = 4,
     chunk_size: int | None = 1024,
     progress: Any = None,
+    settings: ProductSettings | None = None,
 ) -> BatchScanResult:
     """Measure ``n_batches`` random batches per size (one for B = N) and the full sample.
-    ``progress`` (optional) has ``stage(name, total, unit)`` and ``advance(k)``, like the CLI's bars."""
+    ``progress`` (optional) has ``stage(name, total, unit)`` and ``advance(k)``, like the CLI's bars;
+    ``settings`` say how every batch operator's products run (operators.ProductSettings)."""
     t0 = time.perf_counter()
     inputs, targets = problem.examples()
     n = len(inputs)
@@ -158,7 +160,8 @@ def batch_scan(
     plan = [(b, j) for b in sizes for j in range(1 if b == n else n_batches)]
     if progress is not None:  # one bar over all batches (each batch is its own operator)
         progress.stage("batch-size scan", len(plan) + (n not in sizes), unit="batch")
-    common = dict(tol=tol, preconditioner=preconditioner, density_steps=density_steps, density_probes=density_probes)
+    common = dict(tol=tol, preconditioner=preconditioner, density_steps=density_steps, density_probes=density_probes,
+                  settings=settings)
     measurements = []
     for b, j in plan:
         idx = batch_indices(n, b, seed, j)
@@ -172,8 +175,8 @@ def batch_scan(
         full = measure_batch(problem, kind, batch_size=n, index=0, seed=seed, **common)
         if progress is not None:
             progress.advance(1)
-    settings = dict(batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed, density_steps=density_steps,
-                    density_probes=density_probes, preconditioned=preconditioner is not None)
+    record = dict(batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed, density_steps=density_steps,
+                  density_probes=density_probes, preconditioned=preconditioner is not None)
     return BatchScanResult(operator=kind, n_params=problem.n_params, n_samples=n,
                            measurements=tuple(m for m in measurements if m.batch_size < n), full=full,
-                           settings=settings, wall_time_s=time.perf_counter() - t0)
+                           settings=record, wall_time_s=time.perf_counter() - t0)

@@ -78,7 +78,7 @@ def diverges(problem: Problem, optimizer: str, lr: float, batch_size: int, recip
     for step in range(1, recipe.steps + 1):
         idx = torch.randperm(len(inputs), generator=generator)[:batch_size].to(inputs.device)
         opt.zero_grad()
-        loss = problem.batch_loss(params, inputs[idx], targets[idx])
+        loss = problem.batch_loss(params, inputs[idx].to(problem.device), targets[idx].to(problem.device))
         if not torch.isfinite(loss):
             return True
         loss.backward()

@@ -54,6 +54,7 @@ class EigenResult(KernelResult):
     bottom_residuals: np.ndarray
     bottom_converged: np.ndarray
     warnings: tuple[str, ...] = ()
+    basis_memory: dict[str, object] | None = None
     top_eigenvectors: Tensor | None = not_serialised()
     bottom_eigenvectors: Tensor | None = not_serialised()
 
@@ -89,6 +90,8 @@ def _no_copies_left(process: LanczosProcess, theta: np.ndarray, top: np.ndarray,
     ones (by more than the residual floor), no further copy of them is left to find."""
     if process.restarts[0] == 0:
         return True
+    if process.block_start[0] >= len(process.alphas[0]):  # restarted, no step taken in the new block yet
+        return False
     block, residuals, _ = _ritz(process, int(process.block_start[0]))
     ok = accepted(block, residuals)
     margin = _floor(process.op.dtype, process.scale[0])
@@ -120,7 +123,7 @@ def lanczos_eigs(
     tol: float = 1e-6,
     max_steps: int | None = None,
     seed: int = 0,
-    check_every: int = 5,
+    check_every: int = 1,
     return_eigenvectors: bool = False,
 ) -> EigenResult:
     """Top-k and bottom-k algebraic eigenpairs by Lanczos with full reorthogonalisation."""
@@ -169,6 +172,7 @@ def lanczos_eigs(
         top_eigenvectors=vectors(top),
         bottom_eigenvectors=vectors(bottom),
         warnings=warnings,
+        basis_memory=process.basis_memory,
         n_products=process.n_products,
         wall_time_s=time.perf_counter() - t0,
     )

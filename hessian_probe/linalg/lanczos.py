@@ -9,11 +9,15 @@ dtype: rounding level, so a small but genuine beta never stops a run early): its
 invariant and T is exact. With ``restart=True`` (used for eigenvalues) a broken-down probe goes on
 from a random vector orthogonal to its basis, with a zero coupling in T, so eigenvalues outside
 the invariant subspace, and further copies of repeated ones, are still found. alpha and beta are
-kept in float64 whatever the operator's dtype; the basis stays in the operator's dtype on its device. All k probes share one ``matmat`` per step.
+kept in float64 whatever the operator's dtype; the basis is kept in the operator's dtype on its
+device when it fits (at most half the free device memory), else in pinned host memory, streamed
+to the device in slices for the reorthogonalisation (slower, but it runs); ``basis_memory`` says
+which. All k probes share one ``matmat`` per step.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -31,6 +35,37 @@ REORTHOGONALISATION = ("full", "none")
 
 def default_breakdown_tol(dtype: torch.dtype) -> float:
     return 10 * torch.finfo(dtype).eps
+
+
+DEVICE_BASIS_FRACTION = 0.5  # the largest share of free device memory a basis may take
+
+
+def allocate_basis(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Zeros for the basis on ``device`` if they take at most DEVICE_BASIS_FRACTION of its free
+    memory (always on a CPU), else in pinned host memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        free, _ = torch.cuda.mem_get_info(device)
+        if nbytes > free * DEVICE_BASIS_FRACTION:
+            return torch.zeros(shape, dtype=dtype, pin_memory=True)
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def project(Q: Tensor, w: Tensor, rows_per_slice: int = 16) -> Tensor:
+    """Q Q^T w per probe: sum_j (q_jk . w_k) q_jk for a basis Q (j, k, P) and rows w (k, P).
+
+    One probe at a time, as two matrix-vector products on a strided view of Q (no copy of the
+    basis, whose size dominates memory). A basis held in host memory is streamed to w's device
+    in slices of ``rows_per_slice`` basis vectors."""
+    out = torch.empty_like(w)
+    for i in range(w.shape[0]):
+        if Q.device == w.device:
+            out[i] = Q[:, i].T @ (Q[:, i] @ w[i])
+            continue
+        slices = (Q[a : a + rows_per_slice, i].to(w.device, non_blocking=True) for a in range(0, len(Q), rows_per_slice))
+        out[i] = sum(q.T @ (q @ w[i]) for q in slices)  # sum over slices of Q_s Q_s^T w: one pass
+    return out
 
 
 class LanczosProcess:
@@ -74,7 +109,7 @@ class LanczosProcess:
         self.previous = torch.zeros_like(self.current)
         self.basis: Tensor | None = None
         if reorth == "full":
-            self.basis = torch.zeros((max(capacity, 2), self.k, op.size), dtype=op.dtype, device=op.device)
+            self.basis = allocate_basis((max(capacity, 2), self.k, op.size), op.dtype, op.device)
             self.basis[0] = self.current
 
     @property
@@ -97,9 +132,9 @@ class LanczosProcess:
         alpha = (w * q).sum(dim=1)
         w -= alpha[:, None] * q
         if self.basis is not None:
-            Q = self.basis[: j + 1] if every else self.basis[: j + 1, index]
+            Q = self.basis[: j + 1] if every else self.basis[: j + 1, index.cpu() if self.basis.device != w.device else index]
             for _ in range(2):
-                w -= torch.einsum("jk,jkp->kp", torch.einsum("jkp,kp->jk", Q, w), Q)
+                w -= project(Q, w)
         beta = w.norm(dim=1)
 
         alpha64 = alpha.double().cpu().numpy()
@@ -137,7 +172,7 @@ class LanczosProcess:
             return None
         generator = torch.Generator().manual_seed(int(self.seed + 7919 * (probe + 1) + m))
         v = torch.randn(self.op.size, generator=generator, dtype=torch.float64).to(self.op.dtype).to(self.op.device)
-        Q = self.basis[:m, probe]
+        Q = self.basis[:m, probe].to(self.op.device)
         for _ in range(2):
             v = v - Q.T @ (Q @ v)
         norm = v.norm()
@@ -145,12 +180,20 @@ class LanczosProcess:
 
     def _store(self, j: int, index: slice | Tensor, vectors: Tensor) -> None:
         if j >= self.basis.shape[0]:
-            grown = torch.zeros(
-                (2 * self.basis.shape[0], *self.basis.shape[1:]), dtype=self.basis.dtype, device=self.basis.device
-            )
-            grown[: self.basis.shape[0]] = self.basis
+            grown = allocate_basis((2 * self.basis.shape[0], *self.basis.shape[1:]), self.basis.dtype, self.op.device)
+            grown[: self.basis.shape[0]] = self.basis.to(grown.device)
             self.basis = grown
-        self.basis[j, index] = vectors
+        if self.basis.device != vectors.device and not isinstance(index, slice):
+            index = index.cpu()
+        self.basis[j, index] = vectors.to(self.basis.device)
+
+    @property
+    def basis_memory(self) -> dict[str, object] | None:
+        """Bytes held by the Lanczos basis and where (None without reorthogonalisation)."""
+        if self.basis is None:
+            return None
+        where = str(self.basis.device) + (" (pinned host memory)" if self.basis.device.type == "cpu" and self.op.device.type != "cpu" else "")
+        return {"bytes": self.basis.numel() * self.basis.element_size(), "device": where}
 
     def tridiagonal(self, probe: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(diagonal alpha, off-diagonal beta) of probe's T_m from step ``start`` on, float64."""
@@ -166,8 +209,8 @@ class LanczosProcess:
         if self.basis is None:
             raise RuntimeError("Ritz vectors need the basis: run with reorth='full'")
         m = len(self.alphas[probe])
-        c = torch.as_tensor(coefficients, dtype=self.op.dtype, device=self.op.device)
-        return c.T @ self.basis[:m, probe]
+        c = torch.as_tensor(coefficients, dtype=self.op.dtype, device=self.basis.device)
+        return (c.T @ self.basis[:m, probe]).to(self.op.device)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,6 +222,7 @@ class LanczosResult(KernelResult):
     broke_down: tuple[bool, ...]
     reorth: str
     size: int
+    basis_memory: dict[str, object] | None = None
     basis: Tensor | None = not_serialised()
 
     @property
@@ -217,6 +261,7 @@ def lanczos(
         broke_down=tuple(bool(b) for b in process.broke_down),
         reorth=reorth,
         size=op.size,
+        basis_memory=process.basis_memory,
         basis=process.basis[: process.steps + 1] if keep_basis and process.basis is not None else None,
         n_products=process.n_products,
         wall_time_s=time.perf_counter() - t0,

@@ -83,6 +83,7 @@ class SLQResult(KernelResult):
     seed: int
     trace_estimate: float
     trace_stderr: float | None
+    basis_memory: dict[str, object] | None = None
 
     @property
     def n_probes(self) -> int:
@@ -133,6 +134,7 @@ def slq(
         seed=seed,
         trace_estimate=float(per_probe.mean()),
         trace_stderr=stderr,
+        basis_memory=run.basis_memory,
         n_products=run.n_products,
         wall_time_s=time.perf_counter() - t0,
     )

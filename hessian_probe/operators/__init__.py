@@ -6,15 +6,25 @@ from ..problem import Problem
 from .base import CurvatureOperator, DenseOperator, SampleOperator, ShiftedOperator
 from .ggn import GGNOperator
 from .hessian import HessianOperator
+from .settings import ProductSettings, float32_precision
 
 OPERATORS: dict[str, type[SampleOperator]] = {"hessian": HessianOperator, "ggn": GGNOperator}
 
 
-def curvature_operator(problem: Problem, kind: str = "hessian") -> SampleOperator:
-    """The named curvature operator ('hessian' or 'ggn') of a problem's mean loss."""
+def curvature_operator(
+    problem: Problem,
+    kind: str = "hessian",
+    *,
+    compile: bool = False,
+    tf32: bool = False,
+    max_rows: int | None = None,
+    hessian_mode: str = "reverse",
+) -> SampleOperator:
+    """The named curvature operator ('hessian' or 'ggn') of a problem's mean loss; the keywords
+    choose how its products run (see :class:`ProductSettings`), never what they compute."""
     if kind not in OPERATORS:
         raise ValueError(f"unknown operator {kind!r}: use one of {sorted(OPERATORS)}")
-    return OPERATORS[kind](problem)
+    return OPERATORS[kind](problem, ProductSettings(compile=compile, tf32=tf32, max_rows=max_rows, hessian_mode=hessian_mode))
 
 
 __all__ = [
@@ -23,7 +33,9 @@ __all__ = [
     "GGNOperator",
     "HessianOperator",
     "OPERATORS",
+    "ProductSettings",
     "SampleOperator",
     "ShiftedOperator",
     "curvature_operator",
+    "float32_precision",
 ]

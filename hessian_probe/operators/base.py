@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..problem import Problem
+from .settings import ProductSettings, float32_precision
 
 
 class CurvatureOperator(ABC):
@@ -93,13 +94,24 @@ class SampleOperator(CurvatureOperator):
 
     A V = sum_b (|b| / N) A_b V: batches of unequal size are weighted by their size, so the
     operator is that of the loss the training loop minimised. Subclasses give the batch product.
+
+    How the products run (never what they compute) is set by :class:`ProductSettings`:
+    ``compile`` (torch.compile of the batch product), ``tf32`` (TF32 tensor cores for float32
+    matmuls and convolutions on CUDA; strict float32 otherwise) and ``max_rows`` (a bound on
+    k x examples per pass). A batch whose k-vector product does not fit in device memory is split
+    into pieces, b = sum_s (|s| / |b|) s, halving the piece until it fits; the bound is kept.
     """
 
     name: str = ""
 
-    def __init__(self, problem: Problem) -> None:
+    def __init__(self, problem: Problem, settings: ProductSettings | None = None) -> None:
         self.problem = problem
         self.space = problem.space
+        self.settings = settings or ProductSettings()
+        self.max_rows = self.settings.max_rows
+        self._product = self.batch_matmat
+        if self.settings.compile:
+            self._product = torch.compile(self.batch_matmat, dynamic=False)
 
     size = property(lambda self: self.space.size)
     dtype = property(lambda self: self.problem.dtype)
@@ -112,9 +124,30 @@ class SampleOperator(CurvatureOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         tangents = self.space.unflatten(V)
         out = torch.zeros_like(V)
-        for x, y, weight in self.problem.weighted_batches():
-            out.add_(self.space.flatten(self.batch_matmat(x, y, tangents), batch_dims=1), alpha=weight)
+        with float32_precision(tf32=self.settings.tf32):
+            for x, y, weight in self.problem.weighted_batches():
+                out.add_(self._batch_product(x, y, tangents, len(V)), alpha=weight)
         return out
+
+    def _batch_product(self, x: Tensor, y: Tensor, tangents: dict[str, Tensor], k: int) -> Tensor:
+        """A_b V^T as rows, the batch split into pieces of at most max_rows / k examples."""
+        while True:
+            piece = len(x) if self.max_rows is None else max(1, min(len(x), self.max_rows // k))
+            try:
+                total = None
+                for xs, ys in zip(x.split(piece), y.split(piece)):
+                    part = self.space.flatten(self._product(xs, ys, tangents), batch_dims=1)
+                    share = len(xs) / len(x)
+                    if total is None:
+                        total = part if share == 1 else part.mul_(share)
+                    else:
+                        total.add_(part, alpha=share)
+                return total
+            except torch.cuda.OutOfMemoryError:
+                if piece == 1:
+                    raise
+                self.max_rows = k * (piece // 2)
+                torch.cuda.empty_cache()
 
     def __repr__(self) -> str:
         return (

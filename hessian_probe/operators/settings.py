@@ -1,0 +1,47 @@
+"""How curvature products run: compilation, float32 precision on CUDA, and memory bounds.
+
+None of these change the matrix, only the speed and, for TF32, the rounding: TF32 multiplies
+with a 10-bit mantissa (relative error ~1e-3 per product), fine for densities, coarse for
+eigenvalues wanted to 1e-4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ProductSettings:
+    """``compile``: torch.compile the batch product (pays off after a few dozen products).
+    ``tf32``: allow TF32 tensor cores in float32 products on CUDA. ``max_rows``: at most this many
+    k x examples per pass (None: a whole batch per pass, split automatically if out of memory).
+    ``hessian_mode``: 'reverse' (reverse-over-reverse) or 'forward' (forward-over-reverse)
+    Hessian products; both exact (see operators/hessian.py)."""
+
+    compile: bool = False
+    tf32: bool = False
+    max_rows: int | None = None
+    hessian_mode: str = "reverse"
+
+    def __post_init__(self) -> None:
+        if self.hessian_mode not in ("reverse", "forward"):
+            raise ValueError(f"hessian_mode must be 'reverse' or 'forward', got {self.hessian_mode!r}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError(f"max_rows must be positive, got {self.max_rows}")
+
+
+@contextmanager
+def float32_precision(*, tf32: bool) -> Iterator[None]:
+    """Run with TF32 allowed (or strictly forbidden) in CUDA matmuls and cuDNN convolutions,
+    then restore torch's flags. cuDNN allows TF32 by default; strict is our default."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32 = cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
