@@ -145,8 +145,7 @@ def _prepare_batches(batches: Sequence[Batch], device: torch.device, dtype: torc
         raise ValueError("the dataset is empty: a curvature operator needs at least one example")
     home = torch.device(device)
     if home.type == "cuda":
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        nbytes = sum(t.numel() * (itemsize if t.is_floating_point() else 8) for b in batches for t in b)
+        nbytes = sum(t.numel() * (dtype.itemsize if t.is_floating_point() else 8) for b in batches for t in b)
         if nbytes > DEVICE_DATA_FRACTION * torch.cuda.mem_get_info(home)[0]:
             return tuple((_cast(x, "cpu", dtype).pin_memory(), _cast(y, "cpu", dtype).pin_memory()) for x, y in batches)
     return tuple((_cast(x, home, dtype), _cast(y, home, dtype)) for x, y in batches)

@@ -10,6 +10,7 @@ operator is measured the same way for reference. (THEORY.md section 3; Granziol 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..linalg import EigenResult, SLQResult, extremal_eigs, slq
-from ..operators import OPERATORS, ProductSettings, curvature_operator
+from ..operators import ProductSettings, curvature_operator
 from ..operators.preconditioned import PreconditionedOperator
 from ..problem import Problem, split_batches
 from ..results import to_jsonable
@@ -122,7 +123,7 @@ def measure_batch(problem: Problem, kind: str, *, batch_size: int, index: int, t
                   preconditioner: Tensor | None = None, density_steps: int = 0,
                   density_probes: int = 4, settings: ProductSettings | None = None) -> BatchMeasurement:
     """Top and bottom eigenvalue of one batch's operator (and Adam's sharpness, and an SLQ density)."""
-    op = OPERATORS[kind](problem, settings) if kind in OPERATORS else curvature_operator(problem, kind)
+    op = curvature_operator(problem, kind, **dataclasses.asdict(settings or ProductSettings()))
     eigs = extremal_eigs(op, 1, 1, tol=tol, seed=seed)
     sharp = ok = None
     if preconditioner is not None:

@@ -45,7 +45,7 @@ def allocate_basis(shape: tuple[int, ...], dtype: torch.dtype, device: torch.dev
     memory (always on a CPU), else in pinned host memory."""
     device = torch.device(device)
     if device.type == "cuda":
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        nbytes = math.prod(shape) * dtype.itemsize
         free, _ = torch.cuda.mem_get_info(device)
         if nbytes > free * DEVICE_BASIS_FRACTION:
             return torch.zeros(shape, dtype=dtype, pin_memory=True)

@@ -20,8 +20,6 @@ from torch.func import grad, jvp, vjp, vmap
 
 from .base import SampleOperator
 
-HESSIAN_MODES = ("reverse", "forward")
-
 
 class HessianOperator(SampleOperator):
     """H = sum_b (|b|/N) hess L_b(w) over the problem's batches."""

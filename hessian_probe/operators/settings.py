@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+HESSIAN_MODES = ("reverse", "forward")
+
 
 @dataclass(frozen=True)
 class ProductSettings:
@@ -28,8 +30,8 @@ class ProductSettings:
     hessian_mode: str = "reverse"
 
     def __post_init__(self) -> None:
-        if self.hessian_mode not in ("reverse", "forward"):
-            raise ValueError(f"hessian_mode must be 'reverse' or 'forward', got {self.hessian_mode!r}")
+        if self.hessian_mode not in HESSIAN_MODES:
+            raise ValueError(f"hessian_mode must be one of {HESSIAN_MODES}, got {self.hessian_mode!r}")
         if self.max_rows is not None and self.max_rows < 1:
             raise ValueError(f"max_rows must be positive, got {self.max_rows}")
 
