@@ -29,6 +29,7 @@ step() {  # step NAME COMMAND...: run, keep the log, go on whatever happens
 
 # 1. CUDA correctness (operators, host-memory basis)
 step cuda-tests python3 -m pytest -q -p no:cacheprovider tests/test_operators.py -k "cuda or host"
+step distributed-tests python3 -m pytest -q -p no:cacheprovider tests/test_distributed.py
 # 2. product cost on ResNet-18, batch 512, k = 8: fp32 and TF32, eager and compiled
 step hvp-resnet18 python3 benchmarks/hvp_cost.py --workload resnet18 --batch-size 512 --device cuda \
     --tf32 --compile --json "$OUT/hvp-resnet18.json"
@@ -47,4 +48,9 @@ step compare-transformer python3 benchmarks/compare.py --workload transformer-lm
     --json "$OUT/compare-transformer.json" --markdown "$OUT/compare-transformer.md"
 step compare-digits python3 benchmarks/compare.py --workload digits-mlp --device cuda \
     --json "$OUT/compare-digits-cuda.json" --markdown "$OUT/compare-digits-cuda.md"
+# 4. data parallelism (issue 6): full-sample SLQ on 1 vs all GPUs, basis on device / host / none
+GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())")
+step distributed-slq python3 benchmarks/distributed_slq.py --workload resnet18 --samples 2000 --device cuda \
+    --processes "$(python3 -c "print(','.join(str(2**i) for i in range(8) if 2**i <= $GPUS))")" \
+    --json "$OUT/distributed-slq.json"
 echo "results in $OUT"

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, distributed
 from .errors import InputError, UsageError, first_line, one_line
 from .results import to_jsonable
 
@@ -27,11 +27,18 @@ DEBUG_ENV = "HESSIAN_PROBE_DEBUG"
 
 
 class CommandError(click.ClickException):
-    """One line on stderr and a chosen exit code, no traceback."""
+    """One line on stderr and a chosen exit code, no traceback. Under torchrun, an error every
+    rank raised alike is printed by rank 0 only; another rank's own error names the rank."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, exit_code: int = 1, on_every_rank: bool = False) -> None:
+        rank = distributed.rank()
+        super().__init__(f"[rank {rank}] {message}" if rank else message)
         self.exit_code = exit_code
+        self.silent = bool(rank) and on_every_rank
+
+    def show(self, file: Any = None) -> None:
+        if not self.silent:
+            super().show(file)
 
 
 class ProbeGroup(click.Group):
@@ -48,11 +55,16 @@ class ProbeGroup(click.Group):
         except InputError as exc:
             if _debugging(ctx):
                 raise
-            raise CommandError(one_line(str(exc)), exc.exit_code) from None
+            raise CommandError(one_line(str(exc)), exc.exit_code, _on_every_rank(exc)) from None
         except Exception as exc:
             if _debugging(ctx):
                 raise
-            raise CommandError(f"{first_line(exc)} (rerun with --debug for the traceback)") from None
+            raise CommandError(f"{first_line(exc)} (rerun with --debug for the traceback)",
+                               on_every_rank=_on_every_rank(exc)) from None
+
+
+def _on_every_rank(exc: BaseException) -> bool:
+    return bool(getattr(exc, "on_every_rank", False))
 
 
 def _debugging(ctx: click.Context) -> bool:
@@ -175,19 +187,23 @@ def _run(ctx: click.Context, name: str, operator: str, out_dir: Path, as_json: b
 
     started = time.perf_counter()
     env = environment()
-    spec = ProblemSpec(**{**spec_options, "checkpoint": str(spec_options["checkpoint"]),
+    device = distributed.initialise(spec_options["device"])  # under torchrun: join the group, cuda:LOCAL_RANK
+    spec = ProblemSpec(**{**spec_options, "checkpoint": str(spec_options["checkpoint"]), "device": device,
                           "model_args": parse_model_args(spec_options["model_args"])})
-    _prepare_output(out_dir)  # before any work: a run must not be lost to an unwritable folder
+    # before any work: a run must not be lost to an unwritable folder (rank 0 writes)
+    distributed.on_main(lambda: _prepare_output(out_dir))
     loaded = load_problem(spec)
     op = curvature_operator(loaded.problem, operator, **(products or {}))
     loaded_at = time.perf_counter()
-    with ProductProgress(quiet=quiet, label=f"{operator} ").attach(op) as progress:
+    with ProductProgress(quiet=quiet or not distributed.is_main(), label=f"{operator} ").attach(op) as progress:
         record, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir, loaded=loaded)
     finished = time.perf_counter()
     timings = {"load_s": loaded_at - started, "analysis_s": finished - loaded_at, "total_s": finished - started}
     record["provenance"] = provenance(env, name, (ctx.obj or {}).get("config"), spec, loaded, timings)
     record["provenance"]["products"] = dataclasses.asdict(op.settings)
     record = to_jsonable(record)
+    if not distributed.is_main():  # every rank holds the same record; rank 0 writes and reports it
+        return record
     if writer is None:
         written = write_record(record, out_dir, title=plot_title(record)) + extra_files
     else:
@@ -205,6 +221,12 @@ def _prepare_output(out_dir: Path) -> None:
         raise UsageError(f"cannot create the output folder {out_dir}: {exc.strerror or first_line(exc)}") from None
     if not os.access(out_dir, os.W_OK):
         raise UsageError(f"the output folder {out_dir} is not writable; choose another with --out")
+
+
+BASIS_OPTION = click.option(
+    "--basis", type=click.Choice(["auto", "device", "host"]), default="auto", show_default=True,
+    help="Where the Lanczos basis lives: auto keeps it on the GPU when it takes at most half its free memory, "
+         "else in pinned host memory (slower, but a large model's basis fits).")
 
 
 def _check_counts(op: Any, top_k: int, bottom_k: int) -> None:
@@ -233,7 +255,13 @@ def _operator_header(op: Any) -> dict[str, Any]:
               help="Operator products for the trace estimate.")
 @click.option("--trace-method", type=click.Choice(["hutchpp", "hutchinson"]), default="hutchpp", show_default=True,
               help="Hutch++ (lower variance for PSD operators) or plain Hutchinson.")
-def spectrum(op, *, seed, progress, out_dir, loaded, steps, probes, top_k, bottom_k, tol, max_steps, trace_products, trace_method):
+@click.option("--reorth", type=click.Choice(["full", "none"]), default="full", show_default=True,
+              help="SLQ reorthogonalisation. none keeps no Lanczos basis (memory 2 x probes x P): the density and "
+                   "trace stay right (ghost copies of outliers share their weight); eigenvalues still come from "
+                   "their own reorthogonalised run.")
+@BASIS_OPTION
+def spectrum(op, *, seed, progress, out_dir, loaded, steps, probes, top_k, bottom_k, tol, max_steps, trace_products,
+             trace_method, reorth, basis):
     """Spectral density (SLQ), extremal eigenvalues and trace.
 
     Writes result.json, eigenvalues.csv, density.png and density.pdf.
@@ -247,7 +275,7 @@ def spectrum(op, *, seed, progress, out_dir, loaded, steps, probes, top_k, botto
     _check_counts(op, top_k, bottom_k)
     result = run_spectrum(op, n_steps=steps, n_probes=probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
                           max_steps=max_steps, trace_products=trace_products, trace_method=trace_method,
-                          seed=seed, progress=progress)
+                          seed=seed, progress=progress, reorth=reorth, basis=basis)
     return result.to_dict(), []
 
 
@@ -262,7 +290,8 @@ def spectrum(op, *, seed, progress, out_dir, loaded, steps, probes, top_k, botto
 @click.option("--method", type=click.Choice(["lanczos", "power"]), default="lanczos", show_default=True)
 @click.option("--eigenvectors", "save_vectors", is_flag=True,
               help="Also save the eigenvectors (rows, per-parameter layout in the file) to eigenvectors.pt.")
-def eigs(op, *, seed, progress, out_dir, loaded, top_k, bottom_k, tol, max_steps, method, save_vectors):
+@BASIS_OPTION
+def eigs(op, *, seed, progress, out_dir, loaded, top_k, bottom_k, tol, max_steps, method, save_vectors, basis):
     """Extremal eigenvalues with Ritz residuals and converged flags.
 
     Writes result.json and eigenvalues.csv (and eigenvectors.pt with --eigenvectors).
@@ -275,7 +304,7 @@ def eigs(op, *, seed, progress, out_dir, loaded, top_k, bottom_k, tol, max_steps
     from .linalg.eigs import default_max_steps
 
     _check_counts(op, top_k, bottom_k)
-    limit = {"max_steps": max_steps} if method == "lanczos" else {"max_iter": max_steps or 1000}
+    limit = {"max_steps": max_steps, "basis": basis} if method == "lanczos" else {"max_iter": max_steps or 1000}
     progress.stage("eigenvalues", default_max_steps(op.size, top_k + bottom_k, max_steps) if method == "lanczos" else None)
     result = extremal_eigs(op, top_k, bottom_k, tol=tol, method=method, seed=seed,
                            return_eigenvectors=save_vectors, **limit)
@@ -283,7 +312,7 @@ def eigs(op, *, seed, progress, out_dir, loaded, top_k, bottom_k, tol, max_steps
               "bottom_eigenvalues": result.bottom_eigenvalues, "eigs": result, "converged": result.converged,
               "warnings": result.notes,
               "settings": dict(top_k=top_k, bottom_k=bottom_k, tol=tol, max_steps=max_steps, method=method, seed=seed)}
-    if not save_vectors:
+    if not save_vectors or not distributed.is_main():
         return record, []
     out_dir.mkdir(parents=True, exist_ok=True)
     from .outputs import save_eigenvectors
@@ -390,6 +419,8 @@ def demo(ctx: click.Context, out_dir: Path, seed: int, as_json: bool, quiet: boo
     from .demo import train_digits_mlp
     from .plots import plot_densities
 
+    if distributed.launched():
+        raise CommandError("the demo runs in one process: start it without torchrun", exit_code=2)
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.pt"
@@ -555,9 +586,8 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers,
     if not names or set(names) - {"sgd", "adam"}:
         raise UsageError(f"--optimizers takes sgd and/or adam, got {optimizers!r}")
     lr_file = out_dir / "lr.json"
-    if lr_file.is_file():
-        lr_record = _matching_lr_record(lr_file, op, loaded)
-    else:
+    lr_record = distributed.on_main(lambda: _matching_lr_record(lr_file, op, loaded) if lr_file.is_file() else None)
+    if lr_record is None:
         lr_record = _learning_rate_record(op, loaded, seed, progress, batch_sizes=None, smallest_batch=16, n_batches=5,
                                           tol=1e-6, density_steps=40, safety=1.0, given={})
     rows = {r["batch_size"]: r for r in lr_record["rows"]}
@@ -569,24 +599,25 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers,
                             eps=hp["eps"], weight_decay=hp["weight_decay"])
     safety = hp["safety"]  # predictions are compared unscaled: the measured rate is a divergence threshold
     fit = lr_record["fit"]
-    results = []
+    n = op.problem.n_samples
+    if sizes[-1] > n:
+        raise UsageError(f"--batch-sizes: {sizes[-1]} is larger than the sample ({n} examples)")
+
+    def predicted_lr(b: int, name: str) -> float | None:
+        if b in rows:
+            scaled = rows[b].get(f"lr_max_{name}")
+            return scaled / safety if scaled is not None else None
+        if fit.get("converged") and name == "sgd":  # between grid points: the fitted sharpness
+            sharp = fit["lambda_inf"] + fit["kappa"] * ((n - b) / (b * (n - 1))) ** fit["p"]
+            return thresholds(sharp, _hyperparameters({**hp, "safety": 1.0}), None)[name]
+        return None
+
+    problem = op.problem.gathered()  # training runs need every example; under torchrun each rank runs its own
     progress.stage("training runs", None, unit="run")
-    for b in sizes:
-        if b > op.problem.n_samples:
-            raise UsageError(f"--batch-sizes: {b} is larger than the sample ({op.problem.n_samples} examples)")
-        for name in names:
-            if b in rows:
-                scaled = rows[b].get(f"lr_max_{name}")
-                predicted = scaled / safety if scaled is not None else None
-            elif fit.get("converged"):  # between grid points: the fitted sharpness
-                x = (op.problem.n_samples - b) / (b * (op.problem.n_samples - 1))
-                sharp = fit["lambda_inf"] + fit["kappa"] * x ** fit["p"]
-                predicted = thresholds(sharp, _hyperparameters({**hp, "safety": 1.0}), None)[name] \
-                    if name == "sgd" else None
-            else:
-                predicted = None
-            results.append(measure_threshold(op.problem, name, b, predicted, recipe=recipe, seed=seed + b,
-                                             info=info, on_run=lambda: progress.advance(1)).to_dict())
+    runs = [(b, name) for b in sizes for name in names]
+    results = distributed.spread(runs, lambda run: measure_threshold(
+        problem, run[1], run[0], predicted_lr(*run), recipe=recipe, seed=seed + run[0], info=info,
+        on_run=lambda: progress.advance(1)).to_dict())
     lr_record["validation"] = results
     definition = (f"diverged: a non-finite batch loss, or the full-sample loss above {blowup:g}x its start, within "
                   f"{steps} steps from the checkpoint (checked every 10 steps and at the end)")

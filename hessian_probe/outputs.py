@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .errors import InputError
 from .plots import plot_densities
 from .results import to_jsonable
@@ -67,6 +67,7 @@ def provenance(env: dict[str, Any], command: str, config: Any, spec: Any, loaded
             "loss_value": problem.loss_value(),
         },
         "device": str(problem.device),
+        "processes": distributed.describe(),
         "dtype": str(problem.dtype).removeprefix("torch."),
         "seed": spec.seed,
         "parameters": list(problem.params),

@@ -2,6 +2,8 @@
 
 The loss of a problem is the mean training loss over all its examples, exactly as a loop with
 ``reduction='mean'`` minimises it: batches b of unequal size are weighted by |b| / N.
+Under torchrun a problem may hold one rank's shard of the sample (``shard``): N is then the
+size of the whole sample, and sums over batches are completed by an all-reduce (distributed.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from . import distributed
+from .distributed import Shard
 from .dtypes import SUPPORTED_DTYPES
 from .errors import first_line
 from .losses import Loss, get_loss
@@ -24,7 +28,8 @@ Batch = tuple[Tensor, Tensor]
 
 @dataclass(frozen=True)
 class Problem:
-    """Model, parameters (``params`` are the differentiated ones), buffers, loss and batches."""
+    """Model, parameters (``params`` are the differentiated ones), buffers, loss and batches
+    (this rank's share of them when ``shard`` is set)."""
 
     module: nn.Module
     loss: Loss
@@ -32,6 +37,7 @@ class Problem:
     frozen: dict[str, Tensor]
     buffers: dict[str, Tensor]
     batches: tuple[Batch, ...]
+    shard: Shard | None = None
 
     @property
     def space(self) -> ParameterSpace:
@@ -43,6 +49,11 @@ class Problem:
 
     @property
     def n_samples(self) -> int:
+        """N: the examples of the whole sample (all ranks' shards together)."""
+        return self.shard.n_total if self.shard is not None else self.n_local_samples
+
+    @property
+    def n_local_samples(self) -> int:
         return sum(len(x) for x, _ in self.batches)
 
     @property
@@ -62,8 +73,26 @@ class Problem:
         return self.loss(self.forward(params, x), y)
 
     def examples(self) -> tuple[Tensor, Tensor]:
-        """All inputs and all targets, the batches concatenated in order."""
-        return torch.cat([x for x, _ in self.batches]), torch.cat([y for _, y in self.batches])
+        """All inputs and all targets, the batches concatenated in order (a sharded problem
+        gathers the shards from every rank: a collective call)."""
+        inputs, targets = torch.cat([x for x, _ in self.batches]), torch.cat([y for _, y in self.batches])
+        if self.shard is None:
+            return inputs, targets
+        self._check_group()
+        parts = distributed.all_gather_objects((inputs.cpu(), targets.cpu()))
+        return torch.cat([x for x, _ in parts]).to(inputs.device), torch.cat([y for _, y in parts]).to(targets.device)
+
+    def reduce(self, partial: Tensor) -> Tensor:
+        """A sum over this rank's batches completed to the sum over the whole sample (in place)."""
+        if self.shard is None:
+            return partial
+        self._check_group()
+        return distributed.all_reduce_sum(partial)
+
+    def _check_group(self) -> None:
+        if distributed.world_size() != self.shard.world_size:
+            raise RuntimeError(f"this problem is one of {self.shard.world_size} shards: it needs their process "
+                               f"group (torchrun) to complete its sums, but {distributed.world_size()} process(es) run")
 
     def weighted_batches(self) -> Iterator[tuple[Tensor, Tensor, float]]:
         """(x, y, |b|/N) for every batch, on the parameters' device: sum_b weight * batch mean =
@@ -74,7 +103,10 @@ class Problem:
 
     @torch.no_grad()
     def loss_value(self) -> float:
-        return float(sum(w * self.batch_loss(self.params, x, y) for x, y, w in self.weighted_batches()))
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        for x, y, w in self.weighted_batches():
+            total += w * self.batch_loss(self.params, x, y)
+        return float(self.reduce(total))
 
     def gradient(self) -> Tensor:
         """Flat gradient of the mean loss."""
@@ -82,13 +114,35 @@ class Problem:
         for x, y, w in self.weighted_batches():
             g = torch.func.grad(lambda p: self.batch_loss(p, x, y))(self.params)
             total += w * self.space.flatten(g)
-        return total
+        return self.reduce(total)
 
     def with_batches(self, batches: Sequence[Batch]) -> Problem:
-        """The same model and loss on other examples (e.g. one random batch of a scan)."""
-        problem = replace(self, batches=_prepare_batches(batches, self.device, self.dtype))
+        """The same model and loss on other examples (e.g. one random batch of a scan), held
+        whole by this process (never sharded)."""
+        problem = replace(self, batches=_prepare_batches(batches, self.device, self.dtype), shard=None)
         _validate_data(problem)
         return problem
+
+    def gathered(self) -> Problem:
+        """The whole sample in this process (a collective call when sharded): for work that each
+        rank does on its own, such as training runs."""
+        if self.shard is None:
+            return self
+        return self.with_batches(split_batches(*self.examples(), self.chunk_size))
+
+    def sharded(self, rank: int | None = None, world_size: int | None = None) -> Problem:
+        """This rank's contiguous share of the sample (default: the current torchrun group's rank)."""
+        rank = distributed.rank() if rank is None else rank
+        world_size = distributed.world_size() if world_size is None else world_size
+        if self.shard is not None:
+            raise ValueError("the problem is sharded already")
+        batches, shard = shard_batches(self.batches, rank, world_size)
+        return replace(self, batches=_prepare_batches(batches, self.device, self.dtype), shard=shard)
+
+    @property
+    def chunk_size(self) -> int:
+        """The largest batch: the chunk size the sample was split with."""
+        return max(len(x) for x, _ in self.batches)
 
     def restricted(self, patterns: str | Sequence[str]) -> Problem:
         """The same problem differentiated only in the parameters matching ``patterns``."""
@@ -100,6 +154,23 @@ class Problem:
             params={n: every[n] for n in chosen},
             frozen={n: every[n] for n in order if n not in chosen},
         )
+
+
+def shard_batches(batches: Sequence[Batch], rank: int, world_size: int) -> tuple[list[Batch], Shard | None]:
+    """Rank's contiguous share of the examples of ``batches``, in chunks as large as the largest
+    batch, and the Shard describing it (None for one process: the batches unchanged)."""
+    if world_size == 1:
+        return list(batches), None
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    batches = [(x, y) for x, y in batches if len(x)]
+    n = sum(len(x) for x, _ in batches)
+    start, stop = distributed.shard_bounds(n, rank, world_size)
+    if len({tuple(x.shape[1:]) for x, _ in batches}) > 1 or len({tuple(y.shape[1:]) for _, y in batches}) > 1:
+        raise ValueError("sharding over processes needs batches of one example shape; pass (inputs, targets)")
+    inputs, targets = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    chunk = max(len(x) for x, _ in batches)
+    return split_batches(inputs[start:stop], targets[start:stop], chunk), Shard(rank, world_size, n)
 
 
 def split_batches(inputs: Tensor, targets: Tensor, chunk_size: int | None) -> list[Batch]:
@@ -161,12 +232,14 @@ def make_problem(
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Problem:
     """Build a :class:`Problem`, evaluated in eval mode (dropout off, BN running statistics).
 
     ``data`` is either ``(inputs, targets)`` (split into chunks of ``chunk_size``, which only
     bounds memory: the operator is the same; ``batch_size`` is an older name for it) or an
-    explicit sequence of batches.
+    explicit sequence of batches. ``shard=(rank, world_size)`` keeps only that rank's share of
+    the examples (torchrun data parallelism; see :mod:`hessian_probe.distributed`).
     ``params`` selects parameters by name pattern for blockwise curvature. Parameters, buffers
     and floating-point data are copied to ``device`` and ``dtype`` (default: the model's, with
     half precision raised to float32, which Krylov methods need); the module's own tensors and
@@ -191,6 +264,9 @@ def make_problem(
         batches = split_batches(*data, chunk_size or batch_size)
     else:
         batches = list(data)
+    sharding = None
+    if shard is not None:
+        batches, sharding = shard_batches(batches, *shard)
     batches = _prepare_batches(batches, device, dtype)
 
     problem = Problem(
@@ -200,6 +276,7 @@ def make_problem(
         frozen={n: every[n] for n in every if n not in chosen},
         buffers=buffers,
         batches=batches,
+        shard=sharding,
     )
     _validate_data(problem)
     return problem

@@ -18,6 +18,7 @@ from hessian_probe.analysis import spectrum
 from hessian_probe.cli import main
 from hessian_probe.demo import train_digits_mlp
 from hessian_probe.linalg import extremal_eigs, trace
+from hessian_probe.linalg.quadrature import pool_probes
 from hessian_probe.loading import ProblemSpec, load_model
 from hessian_probe.loading.builtin_models import mlp
 from hessian_probe.loading.datasets import load_digits
@@ -85,6 +86,33 @@ def test_spectrum_prints_and_writes_the_library_numbers(tmp_path, checkpoint, tr
     summary = invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--steps", 30, "--probes", 4,
                      "--top-k", 3, "--bottom-k", 2, "--seed", 3, "--out", tmp_path / "again", "--quiet")
     assert summary.exit_code == 0 and f"{expected['top_eigenvalues'][0]:.6g}" in summary.stdout
+
+
+def test_spectrum_without_reorthogonalisation_keeps_density_trace_and_eigenvalues(tmp_path, checkpoint):
+    """--reorth none keeps no basis: the SLQ trace and density stay (ghosts share their weight), the
+    eigenvalues come from their own reorthogonalised run, and the record says so."""
+    args = ("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--samples", 300,
+            "--steps", 60, "--probes", 4, "--top-k", 2, "--bottom-k", 1, "--json", "--quiet")
+    full = ok(invoke(*args, "--out", tmp_path / "full"))
+    plain = ok(invoke(*args, "--reorth", "none", "--basis", "host", "--out", tmp_path / "plain"))
+    assert plain["slq"]["reorth"] == "none" and plain["slq"]["basis_memory"] is None
+    assert full["slq"]["basis_memory"]["bytes"] > 0
+    assert any("without reorthogonalisation" in w for w in plain["warnings"])
+    assert not any("without reorthogonalisation" in w for w in full["warnings"])
+    assert plain["top_eigenvalues"] == full["top_eigenvalues"]
+    assert plain["slq"]["trace_estimate"] == pytest.approx(full["slq"]["trace_estimate"], rel=1e-6)
+    top = full["top_eigenvalues"][0]
+
+    def copies_of_top(record: dict) -> int:
+        return max(int(np.sum(np.abs(np.asarray(t) - top) < 1e-8 * top)) for t in record["slq"]["nodes"])
+
+    def moment(record: dict, j: int) -> float:
+        nodes, weights = pool_probes(record["slq"]["nodes"], record["slq"]["weights"])
+        return float(weights @ nodes**j)
+
+    assert copies_of_top(full) == 1 and copies_of_top(plain) >= 2, "without reorthogonalisation: ghosts"
+    for j in range(1, 6):  # ... which add nodes, not spectral mass: the measure's moments stay
+        assert moment(plain, j) == pytest.approx(moment(full, j), rel=1e-6), j
 
 
 def test_eigs_with_eigenvectors_and_csv(tmp_path, checkpoint, trained):

@@ -225,6 +225,12 @@ def test_a_basis_in_host_memory_gives_the_same_numbers(digits, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(on_device[1].top_eigenvalues, on_host[1].top_eigenvalues, rtol=1e-10)
     assert lanczos(op, 5, keep_basis=True).basis.device.type == "cpu"
+    assert lanczos(op, 5, keep_basis=True, basis="device").basis.device.type == "cuda"  # forced, even when large
+    monkeypatch.setattr("hessian_probe.linalg.lanczos.DEVICE_BASIS_FRACTION", 0.5)
+    forced = slq(op, 30, 4, basis="host")
+    assert "pinned host memory" in forced.basis_memory["device"]
+    for a, b in zip(on_device[0].nodes, forced.nodes):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.slow

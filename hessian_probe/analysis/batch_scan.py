@@ -6,6 +6,8 @@ does. The top and bottom eigenvalues of each batch operator come from Lanczos wi
 reorthogonalisation, with residuals; optionally also the top eigenvalue of Adam's
 preconditioned batch operator D^-1/2 H_B D^-1/2 and an SLQ density per B. The full-sample
 operator is measured the same way for reference. (THEORY.md section 3; Granziol et al. 2022.)
+Under torchrun the batches are spread over the ranks (each measures its own batches whole) and
+the full-sample operator is measured by all ranks together on their shards.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import distributed
 from ..linalg import EigenResult, SLQResult, extremal_eigs, slq
 from ..operators import ProductSettings, curvature_operator
 from ..operators.preconditioned import PreconditionedOperator
@@ -158,26 +161,28 @@ def batch_scan(
     sizes = sorted(set(batch_sizes or default_batch_sizes(n)))
     if sizes[0] < 1 or sizes[-1] > n:
         raise ValueError(f"batch sizes must lie in 1..{n} (the sample), got {sizes[0]}..{sizes[-1]}")
-    plan = [(b, j) for b in sizes for j in range(1 if b == n else n_batches)]
-    if progress is not None:  # one bar over all batches (each batch is its own operator)
-        progress.stage("batch-size scan", len(plan) + (n not in sizes), unit="batch")
+    plan = [(b, j) for b in sizes if b < n for j in range(n_batches)]
+    if progress is not None:  # one bar over this process's batches (each batch is its own operator)
+        progress.stage("batch-size scan", distributed.my_share(len(plan)) + 1, unit="batch")
     common = dict(tol=tol, preconditioner=preconditioner, density_steps=density_steps, density_probes=density_probes,
                   settings=settings)
-    measurements = []
-    for b, j in plan:
+
+    def measure(task: tuple[int, int]) -> BatchMeasurement:
+        b, j = task
         idx = batch_indices(n, b, seed, j)
         batch_problem = problem.with_batches(split_batches(inputs[idx], targets[idx], chunk_size))
         settings_j = {**common, "density_steps": density_steps if j == 0 else 0}  # one density per B
-        measurements.append(measure_batch(batch_problem, kind, batch_size=b, index=j, seed=seed + 7 * j, **settings_j))
+        measured = measure_batch(batch_problem, kind, batch_size=b, index=j, seed=seed + 7 * j, **settings_j)
         if progress is not None:
             progress.advance(1)
-    full = next((m for m in measurements if m.batch_size == n), None)
-    if full is None:
-        full = measure_batch(problem, kind, batch_size=n, index=0, seed=seed, **common)
-        if progress is not None:
-            progress.advance(1)
+        return measured
+
+    measurements = distributed.spread(plan, measure)  # under torchrun: each rank its own batches
+    full = measure_batch(problem, kind, batch_size=n, index=0, seed=seed, **common)  # all ranks together
+    if progress is not None:
+        progress.advance(1)
     record = dict(batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed, density_steps=density_steps,
                   density_probes=density_probes, preconditioned=preconditioner is not None)
     return BatchScanResult(operator=kind, n_params=problem.n_params, n_samples=n,
-                           measurements=tuple(m for m in measurements if m.batch_size < n), full=full,
+                           measurements=tuple(measurements), full=full,
                            settings=record, wall_time_s=time.perf_counter() - t0)

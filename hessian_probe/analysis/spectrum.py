@@ -15,6 +15,11 @@ from ..operators import SampleOperator
 from ..results import to_jsonable
 
 
+GHOST_NOTE = ("SLQ ran without reorthogonalisation: its density and trace are valid (ghost copies of an "
+              "outlier share the outlier's weight), but its nodes may repeat; the eigenvalues reported come "
+              "from the separate reorthogonalised run")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SpectrumResult:
     operator: str
@@ -28,7 +33,10 @@ class SpectrumResult:
 
     @property
     def warnings(self) -> list[str]:
-        return list(self.trace.warnings) + self.eigs.notes
+        notes = list(self.trace.warnings) + self.eigs.notes
+        if self.slq.reorth == "none":
+            notes.append(GHOST_NOTE)
+        return notes
 
     def to_dict(self) -> dict[str, Any]:
         """Flat public keys (operator, n_params, top_eigenvalues, trace.estimate, ...) plus details."""
@@ -63,6 +71,8 @@ def spectrum(
     max_steps: int | None = None,
     seed: int = 0,
     progress: Any = None,
+    reorth: str = "full",
+    basis: str = "auto",
 ) -> SpectrumResult:
     """SLQ (``n_steps`` x ``n_probes``), top/bottom eigenvalues to ``tol`` (at most ``max_steps``
     Lanczos steps), and the trace from ``trace_products`` products.
@@ -70,15 +80,18 @@ def spectrum(
     Each part draws its own probes (seeds ``seed``, ``seed + 1000``, ``seed + 2000``), so the
     SLQ trace and the Hutch++ trace are independent estimates. ``progress.stage(name, total_products)``
     is called as each part starts (the CLI's progress bars; see ``hessian_probe.progress``).
+    ``reorth='none'`` runs SLQ without a basis (densities and traces for models whose basis would
+    not fit); the eigenvalues still come from their own reorthogonalised run, whose basis
+    ``basis`` places ('auto', 'device' or 'host').
     """
     settings = dict(n_steps=n_steps, n_probes=n_probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
                     max_steps=default_max_steps(op.size, top_k + bottom_k, max_steps),
-                    trace_products=trace_products, trace_method=trace_method, seed=seed)
+                    trace_products=trace_products, trace_method=trace_method, seed=seed, reorth=reorth, basis=basis)
     announce = progress.stage if progress is not None else (lambda stage, total: None)
     announce("SLQ", n_steps * n_probes)
-    density_run = slq(op, n_steps, n_probes, seed=seed)
+    density_run = slq(op, n_steps, n_probes, seed=seed, reorth=reorth, basis=basis)
     announce("eigenvalues", settings["max_steps"])
-    eigs = extremal_eigs(op, top_k, bottom_k, tol=tol, max_steps=max_steps, seed=seed + 1000)
+    eigs = extremal_eigs(op, top_k, bottom_k, tol=tol, max_steps=max_steps, seed=seed + 1000, basis=basis)
     announce("trace", trace_products)
     return SpectrumResult(
         operator=op.name,

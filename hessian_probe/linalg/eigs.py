@@ -125,14 +125,17 @@ def lanczos_eigs(
     seed: int = 0,
     check_every: int = 1,
     return_eigenvectors: bool = False,
+    basis: str = "auto",
 ) -> EigenResult:
-    """Top-k and bottom-k algebraic eigenpairs by Lanczos with full reorthogonalisation."""
+    """Top-k and bottom-k algebraic eigenpairs by Lanczos with full reorthogonalisation
+    (``basis``: where the basis lives, 'auto', 'device' or 'host')."""
     _check_counts(op, top_k, bottom_k)
     t0 = time.perf_counter()
     wanted = top_k + bottom_k
     max_steps = default_max_steps(op.size, wanted, max_steps)
     start = random_probes(1, op.size, seed=seed, dtype=op.dtype, device=op.device)
-    process = LanczosProcess(op, start, reorth="full", capacity=min(max_steps + 1, 64), restart=True, seed=seed + 1)
+    process = LanczosProcess(op, start, reorth="full", capacity=min(max_steps + 1, 64), restart=True, seed=seed + 1,
+                             basis=basis)
 
     def accepted(theta: np.ndarray, residuals: np.ndarray) -> np.ndarray:
         return residuals <= np.maximum(tol * np.abs(theta), _floor(op.dtype, process.scale[0]))

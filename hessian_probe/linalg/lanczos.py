@@ -11,8 +11,11 @@ from a random vector orthogonal to its basis, with a zero coupling in T, so eige
 the invariant subspace, and further copies of repeated ones, are still found. alpha and beta are
 kept in float64 whatever the operator's dtype; the basis is kept in the operator's dtype on its
 device when it fits (at most half the free device memory), else in pinned host memory, streamed
-to the device in slices for the reorthogonalisation (slower, but it runs); ``basis_memory`` says
-which. All k probes share one ``matmat`` per step.
+to the device in slices for the reorthogonalisation (slower, but it runs); ``basis='device'`` or
+``'host'`` forces either, and ``basis_memory`` says which. All k probes share one ``matmat`` per
+step. ``reorth='none'`` keeps no basis at all (memory O(kP)): right for densities and traces,
+whose ghost copies of converged outliers share the outlier's true weight, wrong for eigenvalue
+lists and counts (THEORY.md section 2).
 """
 
 from __future__ import annotations
@@ -38,16 +41,19 @@ def default_breakdown_tol(dtype: torch.dtype) -> float:
 
 
 DEVICE_BASIS_FRACTION = 0.5  # the largest share of free device memory a basis may take
+BASIS_PLACES = ("auto", "device", "host")
 
 
-def allocate_basis(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Zeros for the basis on ``device`` if they take at most DEVICE_BASIS_FRACTION of its free
-    memory (always on a CPU), else in pinned host memory."""
+def allocate_basis(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, place: str = "auto") -> Tensor:
+    """Zeros for the basis: ``place='auto'`` puts them on ``device`` if they take at most
+    DEVICE_BASIS_FRACTION of its free memory (always on a CPU), else in pinned host memory;
+    'device' and 'host' force either (host memory is pinned when ``device`` is a GPU)."""
+    if place not in BASIS_PLACES:
+        raise ValueError(f"basis place must be one of {BASIS_PLACES}, got {place!r}")
     device = torch.device(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and place != "device":
         nbytes = math.prod(shape) * dtype.itemsize
-        free, _ = torch.cuda.mem_get_info(device)
-        if nbytes > free * DEVICE_BASIS_FRACTION:
+        if place == "host" or nbytes > torch.cuda.mem_get_info(device)[0] * DEVICE_BASIS_FRACTION:
             return torch.zeros(shape, dtype=dtype, pin_memory=True)
     return torch.zeros(shape, dtype=dtype, device=device)
 
@@ -81,6 +87,7 @@ class LanczosProcess:
         capacity: int = 32,
         restart: bool = False,
         seed: int = 0,
+        basis: str = "auto",
     ) -> None:
         if op.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"Lanczos needs float32 or float64 products, got {op.dtype}: half precision is too coarse")
@@ -109,7 +116,8 @@ class LanczosProcess:
         self.previous = torch.zeros_like(self.current)
         self.basis: Tensor | None = None
         if reorth == "full":
-            self.basis = allocate_basis((max(capacity, 2), self.k, op.size), op.dtype, op.device)
+            self.place = basis
+            self.basis = allocate_basis((max(capacity, 2), self.k, op.size), op.dtype, op.device, basis)
             self.basis[0] = self.current
 
     @property
@@ -180,7 +188,8 @@ class LanczosProcess:
 
     def _store(self, j: int, index: slice | Tensor, vectors: Tensor) -> None:
         if j >= self.basis.shape[0]:
-            grown = allocate_basis((2 * self.basis.shape[0], *self.basis.shape[1:]), self.basis.dtype, self.op.device)
+            grown = allocate_basis((2 * self.basis.shape[0], *self.basis.shape[1:]), self.basis.dtype, self.op.device,
+                                   self.place)
             grown[: self.basis.shape[0]] = self.basis.to(grown.device)
             self.basis = grown
         if self.basis.device != vectors.device and not isinstance(index, slice):
@@ -240,11 +249,13 @@ def lanczos(
     reorth: str = "full",
     breakdown_tol: float | None = None,
     keep_basis: bool = False,
+    basis: str = "auto",
 ) -> LanczosResult:
     """Run ``n_steps`` Lanczos steps on ``n_probes`` seeded Rademacher probes (or ``start``, k x P).
 
     Returns the float64 tridiagonals; ``keep_basis`` also returns the basis (m+1, k, P), whose
-    row j holds q_{j+1} of each probe (full reorthogonalisation only).
+    row j holds q_{j+1} of each probe (full reorthogonalisation only). ``basis`` places it:
+    'auto' (device when it fits), 'device' or 'host'.
     """
     if n_steps < 1:
         raise ValueError(f"n_steps must be at least 1, got {n_steps}")
@@ -252,7 +263,7 @@ def lanczos(
     if start is None:
         start = random_probes(n_probes, op.size, seed=seed, dtype=op.dtype, device=op.device)
     n_steps = min(n_steps, op.size)
-    process = LanczosProcess(op, start, reorth=reorth, breakdown_tol=breakdown_tol, capacity=n_steps + 1)
+    process = LanczosProcess(op, start, reorth=reorth, breakdown_tol=breakdown_tol, capacity=n_steps + 1, basis=basis)
     while process.steps < n_steps and not process.done:
         process.step()
     return LanczosResult(

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from ..errors import InputError, UsageError
 from ..losses import get_loss
 from ..parameters import select_names
@@ -99,6 +100,7 @@ def load_model(spec: ProblemSpec) -> tuple[nn.Module, Checkpoint]:
 
 
 def load_problem(spec: ProblemSpec) -> LoadedProblem:
+    """Load and validate everything; under torchrun the problem holds this rank's shard."""
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     loss = _usage(get_loss, spec.loss)
@@ -112,14 +114,19 @@ def load_problem(spec: ProblemSpec) -> LoadedProblem:
                               f"use at most {len(inputs)}, or omit it for the full sample")
         idx = subset_indices(len(inputs), spec.batch_size, spec.seed + 1)
         inputs, targets = inputs[idx], targets[idx]
-    try:
-        problem = make_problem(model, (inputs, targets), loss, params=spec.params,
-                               chunk_size=spec.chunk_size, dtype=dtype, device=device)
-    except InputError:
-        raise
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    return LoadedProblem(problem, checkpoint, model)
+    shard = (distributed.rank(), distributed.world_size()) if distributed.active() else None
+
+    def build() -> Problem:
+        try:
+            return make_problem(model, (inputs, targets), loss, params=spec.params,
+                                chunk_size=spec.chunk_size, dtype=dtype, device=device, shard=shard)
+        except InputError:
+            raise
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    # each rank validates its own shard; a bad example on one rank stops every rank alike
+    return LoadedProblem(distributed.everywhere(build), checkpoint, model)
 
 
 def _usage(check, *args):

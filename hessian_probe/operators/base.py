@@ -94,6 +94,7 @@ class SampleOperator(CurvatureOperator):
 
     A V = sum_b (|b| / N) A_b V: batches of unequal size are weighted by their size, so the
     operator is that of the loss the training loop minimised. Subclasses give the batch product.
+    A sharded problem (torchrun) sums its own batches and all-reduces: every rank gets A V.
 
     How the products run (never what they compute) is set by :class:`ProductSettings`:
     ``compile`` (torch.compile of the batch product), ``tf32`` (TF32 tensor cores for float32
@@ -127,7 +128,7 @@ class SampleOperator(CurvatureOperator):
         with float32_precision(tf32=self.settings.tf32):
             for x, y, weight in self.problem.weighted_batches():
                 out.add_(self._batch_product(x, y, tangents, len(V)), alpha=weight)
-        return out
+        return self.problem.reduce(out)  # under torchrun: + the other ranks' shares
 
     def _batch_product(self, x: Tensor, y: Tensor, tangents: dict[str, Tensor], k: int) -> Tensor:
         """A_b V^T as rows, the batch split into pieces of at most max_rows / k examples."""

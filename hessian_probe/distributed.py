@@ -1,0 +1,212 @@
+"""Data parallelism under torchrun: every rank holds a shard of the sample; products are summed.
+
+The mean-loss operator over N examples split into shards S_0, ..., S_{W-1} is
+
+    A = sum_r sum_{b in S_r} (|b| / N) A_b,
+
+so each rank computes the size-weighted product of its own batches (weights over the *global* N)
+and an all-reduce (sum) hands every rank the same A V. Krylov kernels then run identically on
+every rank, from the same seeds on the same products, without knowing about ranks. Work made of
+independent pieces (the batches of a batch-size scan, training runs) is spread instead: rank r
+takes pieces r, r + W, r + 2W, ... and every rank gathers all results. Rank 0 writes outputs and
+shows progress. The backend follows the device: NCCL for CUDA, Gloo for the CPU.
+
+Outside torchrun (or with one process) every function here is a no-op and costs nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .errors import UsageError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This rank's share of a sample of ``n_total`` examples spread over ``world_size`` ranks."""
+
+    rank: int
+    world_size: int
+    n_total: int
+
+
+# How long a rank waits at a collective for the others. Spread work (a batch-size scan's batches)
+# can leave one rank waiting for the slowest for a long time, far beyond torch's default of
+# 10 minutes for NCCL; a rank that fails makes torchrun stop the others, so this bounds only a hang.
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
+
+
+def launched() -> bool:
+    """Started by torchrun (or a like launcher) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    """A process group of more than one rank is up."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Rank 0 (or no process group): the process that writes outputs and shows progress."""
+    return rank() == 0
+
+
+def initialise(device: str = "auto") -> str:
+    """Join the process group torchrun describes (no-op outside torchrun); return this rank's device.
+
+    ``auto`` and ``cuda`` become ``cuda:LOCAL_RANK`` when CUDA is available (each process its own
+    GPU), else ``cpu``. The backend is NCCL for CUDA devices and Gloo for the CPU.
+    """
+    if not launched():
+        return device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    if device in ("auto", "cuda"):
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    elif device.startswith("cuda:") and local_world > 1:
+        raise UsageError(f"--device {device} under torchrun: use --device cuda (or auto), and each of the "
+                         f"{local_world} processes on this node takes cuda:LOCAL_RANK")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if local_rank >= torch.cuda.device_count():
+            raise UsageError(f"torchrun started {local_world} processes on this node but it has "
+                             f"{torch.cuda.device_count()} CUDA device(s): use --nproc-per-node "
+                             f"{torch.cuda.device_count()} or fewer")
+        torch.cuda.set_device(torch.device(device))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", timeout=COLLECTIVE_TIMEOUT)
+        atexit.register(shutdown)
+    return device
+
+
+def describe() -> dict[str, Any]:
+    """For provenance: how many processes shared the work, and over which backend."""
+    if not active():
+        return {"world_size": 1, "backend": None}
+    return {"world_size": world_size(), "backend": str(dist.get_backend())}
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over the ranks, in place (every rank gets the same sum); returns it."""
+    if active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank."""
+    if not active():
+        return [value]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+class RankFailure(RuntimeError):
+    """An error raised on another rank, re-raised on this one so that every rank stops alike."""
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling (to travel to the other ranks), else a RankFailure naming it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RankFailure(f"{type(exc).__name__}: {exc}")
+
+
+def _raise_first_failure(outcomes: Sequence[tuple[bool, Any]]) -> None:
+    """Raise the first error among gathered outcomes, marked as raised on every rank alike (so
+    that only rank 0 needs to print it)."""
+    for ok, value in outcomes:
+        if not ok:
+            value.on_every_rank = True
+            raise value
+
+
+def everywhere(work: Callable[[], R]) -> R:
+    """``work()`` on every rank; if it fails on any rank, every rank raises that rank's error
+    (the lowest failing rank's), instead of the others waiting forever at the next collective."""
+    if not active():
+        return work()
+    try:
+        outcome = (True, work())
+    except Exception as exc:
+        outcome = (False, _portable(exc))
+    outcomes = all_gather_objects((outcome[0], outcome[1] if not outcome[0] else None))
+    _raise_first_failure(outcomes)
+    return outcome[1]
+
+
+def on_main(work: Callable[[], R]) -> R:
+    """``work()`` run on rank 0 only (e.g. reading a file), its result (or error) on every rank."""
+    if not active():
+        return work()
+    outcome: list[Any] = [None]
+    if is_main():
+        try:
+            outcome[0] = (True, work())
+        except Exception as exc:
+            outcome[0] = (False, _portable(exc))
+    dist.broadcast_object_list(outcome, src=0)
+    _raise_first_failure(outcome)
+    return outcome[0][1]
+
+
+def spread(tasks: Sequence[T], work: Callable[[T], R]) -> list[R]:
+    """``[work(t) for t in tasks]`` with rank r doing tasks r, r + W, ...; every rank gets all
+    results, in task order. An error on any rank is raised on every rank."""
+    if not active():
+        return [work(t) for t in tasks]
+    mine: dict[int, tuple[bool, Any]] = {}
+    for i in range(rank(), len(tasks), world_size()):
+        try:
+            mine[i] = (True, work(tasks[i]))
+        except Exception as exc:
+            mine[i] = (False, _portable(exc))
+            break  # the run fails anyway; the other ranks learn why at the gather
+    merged: dict[int, tuple[bool, Any]] = {}
+    for part in all_gather_objects(mine):
+        merged.update(part)
+    _raise_first_failure([merged[i] for i in sorted(merged)])
+    return [merged[i][1] for i in range(len(tasks))]
+
+
+def my_share(n_tasks: int) -> int:
+    """How many of ``n_tasks`` spread tasks this rank does."""
+    return len(range(rank(), n_tasks, world_size()))
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of rank's contiguous share of n examples; shares differ by at most one."""
+    if n < world_size:
+        raise ValueError(f"the sample has {n} examples, too few for {world_size} processes: "
+                         f"run with at most {n} processes")
+    return n * rank // world_size, n * (rank + 1) // world_size
