@@ -141,6 +141,10 @@ def problem_options(command: Callable, one_batch: bool = True) -> Callable:
                      help="Allow TF32 tensor cores in float32 products on CUDA (faster, ~1e-3 relative rounding)."),
         click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Output folder [default: hessian-probe-<command>]."),
+        click.option("--resume", is_flag=True,
+                     help="Continue an interrupted run in --out: finished pieces (SLQ probe blocks, batches, "
+                          "thresholds) are read back, not recomputed; the numbers are those of an uninterrupted run."),
+        click.option("--overwrite", is_flag=True, help="Write into a non-empty --out, replacing what is there."),
         click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout instead of the summary."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
         DEBUG_OPTION,
@@ -156,33 +160,89 @@ PROBLEM_KEYS = ("checkpoint", "model", "model_args", "trust_checkpoint", "data",
                 "chunk_size", "loss", "params", "device", "dtype", "seed")
 
 
-def analysis_command(name: str, *, one_batch: bool = True, writer: Callable | None = None) -> Callable:
-    """Register an analysis command: ``body(op, *, seed, progress, out_dir, loaded, **command_options)
-    -> (record, extra_files)``; ``writer(record, out_dir) -> files`` saves the record (default:
-    result.json, eigenvalues.csv and density plots)."""
+def analysis_command(name: str, *, one_batch: bool = True, writer: Callable | None = None,
+                     may_hold: frozenset[str] = frozenset()) -> Callable:
+    """Register an analysis command: ``body(op, *, seed, progress, out_dir, loaded, journal,
+    **command_options) -> (record, extra_files)``; ``writer(record, out_dir) -> files`` saves the
+    record (default: result.json, eigenvalues.csv and density plots). ``may_hold``: files that
+    --out may already hold without --overwrite (validate-lr reads lr's outputs there)."""
 
     def register(body: Callable) -> Callable:
         @functools.partial(problem_options, one_batch=one_batch)
         @click.pass_context
         @functools.wraps(body)
         def command(ctx: click.Context, operator: str, out_dir: Path | None, as_json: bool, quiet: bool,
-                    **options: Any) -> dict[str, Any]:
+                    resume: bool, overwrite: bool, **options: Any) -> dict[str, Any]:
             spec_options = {k: options.pop(k, None) for k in PROBLEM_KEYS}
             products = {"compile": options.pop("compile_products"), "tf32": options.pop("tf32")}
-            return _run(ctx, name, operator, out_dir or Path(f"hessian-probe-{name}"), as_json, quiet, spec_options,
-                        functools.partial(body, **options), writer, products)
+            run = RunOptions(name=name, operator=operator, out_dir=out_dir or Path(f"hessian-probe-{name}"),
+                             as_json=as_json, quiet=quiet, resume=resume, overwrite=overwrite, may_hold=may_hold,
+                             settings={"operator": operator, **options, "products": products})
+            return _run(ctx, run, spec_options, functools.partial(body, **options), writer, products)
 
         return main.command(name)(command)
 
     return register
 
 
-def _run(ctx: click.Context, name: str, operator: str, out_dir: Path, as_json: bool, quiet: bool,
-         spec_options: dict[str, Any], compute: Callable, writer: Callable | None = None,
-         products: dict[str, bool] | None = None) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How one analysis command runs and where it writes (not what it computes, except ``settings``:
+    the command's own options, part of the fingerprint a resumed run must match)."""
+
+    name: str
+    operator: str
+    out_dir: Path
+    as_json: bool = False
+    quiet: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    may_hold: frozenset[str] = frozenset()
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interruption like Ctrl-C so that the run stops the same clean way."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], compute: Callable,
+         writer: Callable | None = None, products: dict[str, bool] | None = None) -> dict[str, Any]:
+    """Load, compute, write; Ctrl-C or SIGTERM stop cleanly, keeping the finished pieces for --resume."""
+    import signal
+
+    from .journal import Journal
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        return _load_compute_write(ctx, run, spec_options, compute, writer, products,
+                                   lambda fingerprint: Journal.start(run.out_dir, fingerprint, resume=run.resume))
+    except KeyboardInterrupt as exc:
+        how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+        folder = run.out_dir / "partial"
+        saved = len(list(folder.glob("*.pt"))) if folder.is_dir() else 0
+        if saved:
+            raise CommandError(f"interrupted ({how}): {saved} finished piece(s) saved in {folder}; run the same "
+                               "command with --resume to continue", 143 if isinstance(exc, Terminated) else 130) from None
+        raise CommandError(f"interrupted ({how}) before any piece finished; nothing to resume",
+                           143 if isinstance(exc, Terminated) else 130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], compute: Callable,
+                        writer: Callable | None, products: dict[str, bool] | None,
+                        start_journal: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
     from .loading import ProblemSpec, load_problem, parse_model_args
     from .operators import curvature_operator
-    from .outputs import environment, plot_title, provenance, summary, write_record
+    from .outputs import environment, file_digest, plot_title, provenance, summary, write_record
     from .progress import ProductProgress
 
     started = time.perf_counter()
@@ -190,17 +250,26 @@ def _run(ctx: click.Context, name: str, operator: str, out_dir: Path, as_json: b
     device = distributed.initialise(spec_options["device"])  # under torchrun: join the group, cuda:LOCAL_RANK
     spec = ProblemSpec(**{**spec_options, "checkpoint": str(spec_options["checkpoint"]), "device": device,
                           "model_args": parse_model_args(spec_options["model_args"])})
-    # before any work: a run must not be lost to an unwritable folder (rank 0 writes)
-    distributed.on_main(lambda: _prepare_output(out_dir))
-    loaded = load_problem(spec)
-    op = curvature_operator(loaded.problem, operator, **(products or {}))
+    out_dir = run.out_dir
+    # before any work: a run must not be lost to an unwritable folder, nor overwrite one (rank 0 writes)
+    distributed.on_main(lambda: _prepare_output(out_dir, run))
+    loaded = distributed.everywhere(lambda: load_problem(spec))  # a file error stops every rank alike
+    op = curvature_operator(loaded.problem, run.operator, **(products or {}))
+    data_file = Path(spec.data.removeprefix("tensors:"))
+    journal = start_journal({
+        "command": run.name, **to_jsonable(dataclasses.asdict(spec)), **to_jsonable(run.settings),
+        "checkpoint_sha256": file_digest(spec.checkpoint),
+        "data_sha256": file_digest(data_file) if data_file.is_file() else None,
+        "processes": distributed.world_size(), "version": __version__})
     loaded_at = time.perf_counter()
-    with ProductProgress(quiet=quiet or not distributed.is_main(), label=f"{operator} ").attach(op) as progress:
-        record, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir, loaded=loaded)
+    with ProductProgress(quiet=run.quiet or not distributed.is_main(), label=f"{run.operator} ").attach(op) as progress:
+        record, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir, loaded=loaded,
+                                      journal=journal)
     finished = time.perf_counter()
     timings = {"load_s": loaded_at - started, "analysis_s": finished - loaded_at, "total_s": finished - started}
-    record["provenance"] = provenance(env, name, (ctx.obj or {}).get("config"), spec, loaded, timings)
+    record["provenance"] = provenance(env, run.name, (ctx.obj or {}).get("config"), spec, loaded, timings)
     record["provenance"]["products"] = dataclasses.asdict(op.settings)
+    record["provenance"]["resumed_pieces"] = journal.resumed
     record = to_jsonable(record)
     if not distributed.is_main():  # every rank holds the same record; rank 0 writes and reports it
         return record
@@ -208,13 +277,30 @@ def _run(ctx: click.Context, name: str, operator: str, out_dir: Path, as_json: b
         written = write_record(record, out_dir, title=plot_title(record)) + extra_files
     else:
         written = writer(record, out_dir) + extra_files
+    journal.finish()
     if ctx.find_root().obj.get("echo", True):
-        click.echo(json.dumps(record, allow_nan=False) if as_json else
-                   f"{summary(record)}\n  wrote {', '.join(written)} to {out_dir}/ in {timings['total_s']:.1f} s")
+        resumed = f" ({journal.resumed} finished piece(s) read back)" if journal.resumed else ""
+        click.echo(json.dumps(record, allow_nan=False) if run.as_json else
+                   f"{summary(record)}\n  wrote {', '.join(written)} to {out_dir}/ in {timings['total_s']:.1f} s{resumed}")
     return record
 
 
-def _prepare_output(out_dir: Path) -> None:
+def _prepare_output(out_dir: Path, run: RunOptions) -> None:
+    """A writable output folder that holds nothing this run would overwrite, unless --overwrite or
+    --resume (which needs an interrupted run there, not a finished one)."""
+    if run.resume and run.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: choose one")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; choose a folder")
+    held = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    foreign = [name for name in held if name not in run.may_hold]
+    if run.resume and foreign and "partial" not in held:
+        raise UsageError(f"--resume: {out_dir} holds no interrupted run (no partial/ folder); "
+                         "pass --overwrite to run again there, or choose another --out")
+    if foreign and not (run.resume or run.overwrite):
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UsageError(f"the output folder {out_dir} is not empty (it holds {shown}): pass --overwrite to replace "
+                         "its results, --resume to continue an interrupted run there, or choose another --out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -260,8 +346,11 @@ def _operator_header(op: Any) -> dict[str, Any]:
                    "trace stay right (ghost copies of outliers share their weight); eigenvalues still come from "
                    "their own reorthogonalised run.")
 @BASIS_OPTION
-def spectrum(op, *, seed, progress, out_dir, loaded, steps, probes, top_k, bottom_k, tol, max_steps, trace_products,
-             trace_method, reorth, basis):
+@click.option("--probe-block", type=click.IntRange(min=1), default=None,
+              help="Run the SLQ probes in blocks of this many [default: all at once]: less memory, and each "
+                   "finished block is saved for --resume.")
+def spectrum(op, *, seed, progress, out_dir, loaded, journal, steps, probes, top_k, bottom_k, tol, max_steps,
+             trace_products, trace_method, reorth, basis, probe_block):
     """Spectral density (SLQ), extremal eigenvalues and trace.
 
     Writes result.json, eigenvalues.csv, density.png and density.pdf.
@@ -275,7 +364,8 @@ def spectrum(op, *, seed, progress, out_dir, loaded, steps, probes, top_k, botto
     _check_counts(op, top_k, bottom_k)
     result = run_spectrum(op, n_steps=steps, n_probes=probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
                           max_steps=max_steps, trace_products=trace_products, trace_method=trace_method,
-                          seed=seed, progress=progress, reorth=reorth, basis=basis)
+                          seed=seed, progress=progress, reorth=reorth, basis=basis, probe_block=probe_block,
+                          journal=journal)
     return result.to_dict(), []
 
 
@@ -291,7 +381,7 @@ def spectrum(op, *, seed, progress, out_dir, loaded, steps, probes, top_k, botto
 @click.option("--eigenvectors", "save_vectors", is_flag=True,
               help="Also save the eigenvectors (rows, per-parameter layout in the file) to eigenvectors.pt.")
 @BASIS_OPTION
-def eigs(op, *, seed, progress, out_dir, loaded, top_k, bottom_k, tol, max_steps, method, save_vectors, basis):
+def eigs(op, *, seed, progress, out_dir, loaded, journal, top_k, bottom_k, tol, max_steps, method, save_vectors, basis):
     """Extremal eigenvalues with Ritz residuals and converged flags.
 
     Writes result.json and eigenvalues.csv (and eigenvectors.pt with --eigenvectors).
@@ -306,8 +396,8 @@ def eigs(op, *, seed, progress, out_dir, loaded, top_k, bottom_k, tol, max_steps
     _check_counts(op, top_k, bottom_k)
     limit = {"max_steps": max_steps, "basis": basis} if method == "lanczos" else {"max_iter": max_steps or 1000}
     progress.stage("eigenvalues", default_max_steps(op.size, top_k + bottom_k, max_steps) if method == "lanczos" else None)
-    result = extremal_eigs(op, top_k, bottom_k, tol=tol, method=method, seed=seed,
-                           return_eigenvectors=save_vectors, **limit)
+    result = journal.shared("eigs", lambda: extremal_eigs(op, top_k, bottom_k, tol=tol, method=method, seed=seed,
+                                                          return_eigenvectors=save_vectors, **limit))
     record = {**_operator_header(op), "top_eigenvalues": result.top_eigenvalues,
               "bottom_eigenvalues": result.bottom_eigenvalues, "eigs": result, "converged": result.converged,
               "warnings": result.notes,
@@ -326,7 +416,7 @@ def eigs(op, *, seed, progress, out_dir, loaded, top_k, bottom_k, tol, max_steps
               help="Operator products to spend (Hutch++ splits them in three).")
 @click.option("--method", type=click.Choice(["hutchpp", "hutchinson"]), default="hutchpp", show_default=True,
               help="Hutch++ (lower variance for PSD operators) or plain Hutchinson.")
-def trace(op, *, seed, progress, out_dir, loaded, products, method):
+def trace(op, *, seed, progress, out_dir, loaded, journal, products, method):
     """Trace by Hutch++ or Hutchinson, with its standard error.
 
     \b
@@ -336,7 +426,7 @@ def trace(op, *, seed, progress, out_dir, loaded, products, method):
     from .linalg import trace as estimate_trace
 
     progress.stage("trace", products)
-    result = estimate_trace(op, products, method=method, seed=seed)
+    result = journal.shared("trace", lambda: estimate_trace(op, products, method=method, seed=seed))
     return {**_operator_header(op), "trace": result, "warnings": list(result.warnings),
             "settings": dict(products=products, method=method, seed=seed)}, []
 
@@ -429,7 +519,7 @@ def demo(ctx: click.Context, out_dir: Path, seed: int, as_json: bool, quiet: boo
         click.echo(f"trained a 64-32-10 tanh MLP on the 1,797 bundled digits; saved {checkpoint}")
     ctx.find_root().obj["echo"] = not as_json
     records = [ctx.invoke(spectrum, checkpoint=checkpoint, model="mlp", data="digits", operator=kind,
-                          out_dir=out_dir / kind, seed=seed, quiet=quiet) for kind in ("hessian", "ggn")]
+                          out_dir=out_dir / kind, seed=seed, quiet=quiet, overwrite=True) for kind in ("hessian", "ggn")]
     ctx.find_root().obj["echo"] = True
     plot_densities(records, [out_dir / "density.png", out_dir / "density.pdf"],
                    title=f"digits MLP: Hessian and GGN, P = {records[0]['n_params']:,}, N = {records[0]['n_samples']:,}")
@@ -495,7 +585,7 @@ def _batch_sizes(text: str | None) -> list[int] | None:
               help="Multiply every threshold by this factor (1: the divergence threshold itself).")
 @click.option("--density-steps", type=click.IntRange(min=0), default=40, show_default=True,
               help="Lanczos steps of one SLQ density per batch size, for spectra_by_batch.png (0: none).")
-def lr(op, *, seed, progress, out_dir, loaded, batch_sizes, smallest_batch, n_batches, tol, momentum, nesterov,
+def lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, smallest_batch, n_batches, tol, momentum, nesterov,
        weight_decay, beta1, beta2, eps, safety, density_steps):
     """Maximal stable learning rate per batch size for SGD, momentum, Nesterov and Adam.
 
@@ -508,14 +598,14 @@ def lr(op, *, seed, progress, out_dir, loaded, batch_sizes, smallest_batch, n_ba
     Example (the demo's checkpoint, which carries Adam's state):
       hessian-probe lr --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits
     """
-    record = _learning_rate_record(op, loaded, seed, progress, batch_sizes=batch_sizes, smallest_batch=smallest_batch,
+    record = _learning_rate_record(op, loaded, seed, progress, journal, batch_sizes=batch_sizes, smallest_batch=smallest_batch,
                                    n_batches=n_batches, tol=tol, density_steps=density_steps, safety=safety,
                                    given=dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                                               beta1=beta1, beta2=beta2, eps=eps))
     return record, []
 
 
-def _learning_rate_record(op, loaded, seed, progress, *, batch_sizes, smallest_batch, n_batches, tol, density_steps,
+def _learning_rate_record(op, loaded, seed, progress, journal, *, batch_sizes, smallest_batch, n_batches, tol, density_steps,
                           safety, given) -> dict[str, Any]:
     """The `lr` command's record: scan, fit and thresholds, hyperparameters from checkpoint or options."""
     from .analysis.batch_scan import batch_scan, default_batch_sizes
@@ -536,7 +626,7 @@ def _learning_rate_record(op, loaded, seed, progress, *, batch_sizes, smallest_b
     moments = flat_second_moments(info, problem.space)
     if moments is not None and info.step:
         preconditioner = adam_preconditioner(moments, info.step, hp.beta2, hp.eps)
-    scan = batch_scan(problem, op.name, batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed,
+    scan = batch_scan(problem, op.name, batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed, journal=journal,
                       settings=dataclasses.replace(op.settings, compile=False),
                       preconditioner=preconditioner, density_steps=density_steps, progress=progress)
     record = learning_rate_scan(scan, hp).to_dict()
@@ -556,7 +646,8 @@ def _write_validation(record: dict[str, Any], out_dir: Path) -> list[str]:
 VALIDATION_COLUMNS = ["optimizer", "batch_size", "predicted_lr", "measured_lr", "ratio", "diverging_lr", "runs", "note"]
 
 
-@analysis_command("validate-lr", one_batch=False, writer=_write_validation)
+@analysis_command("validate-lr", one_batch=False, writer=_write_validation,
+                  may_hold=frozenset({"lr.json", "lr.csv", "lr.png", "spectra_by_batch.png"}))
 @click.option("--batch-sizes", default=None, metavar="B1,B2,...",
               help="Batch sizes to train at [default: every other batch size of the lr scan below N, at most 4].")
 @click.option("--optimizers", default="sgd,adam", show_default=True, help="Comma-separated: sgd, adam.")
@@ -565,7 +656,7 @@ VALIDATION_COLUMNS = ["optimizer", "batch_size", "predicted_lr", "measured_lr", 
               help="A run diverges when its loss is not finite or exceeds this multiple of its start.")
 @click.option("--precision", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True,
               help="Relative width at which the bisection stops.")
-def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers, steps, blowup, precision):
+def validate_lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, optimizers, steps, blowup, precision):
     """Measure the divergence threshold by short training runs and compare it with `lr`'s prediction.
 
     Reads lr.json from --out (run `hessian-probe lr` with the same --out first; if it is missing the
@@ -588,7 +679,7 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers,
     lr_file = out_dir / "lr.json"
     lr_record = distributed.on_main(lambda: _matching_lr_record(lr_file, op, loaded) if lr_file.is_file() else None)
     if lr_record is None:
-        lr_record = _learning_rate_record(op, loaded, seed, progress, batch_sizes=None, smallest_batch=16, n_batches=5,
+        lr_record = _learning_rate_record(op, loaded, seed, progress, journal, batch_sizes=None, smallest_batch=16, n_batches=5,
                                           tol=1e-6, density_steps=40, safety=1.0, given={})
     rows = {r["batch_size"]: r for r in lr_record["rows"]}
     below = [b for b in sorted(rows) if b < op.problem.n_samples]
@@ -600,6 +691,8 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers,
     safety = hp["safety"]  # predictions are compared unscaled: the measured rate is a divergence threshold
     fit = lr_record["fit"]
     n = op.problem.n_samples
+    if not sizes:
+        raise UsageError(f"no batch size below the sample ({n} examples) to train at: pass --batch-sizes")
     if sizes[-1] > n:
         raise UsageError(f"--batch-sizes: {sizes[-1]} is larger than the sample ({n} examples)")
 
@@ -615,9 +708,9 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, batch_sizes, optimizers,
     problem = op.problem.gathered()  # training runs need every example; under torchrun each rank runs its own
     progress.stage("training runs", None, unit="run")
     runs = [(b, name) for b in sizes for name in names]
-    results = distributed.spread(runs, lambda run: measure_threshold(
+    results = distributed.spread(runs, lambda run: journal.own(f"threshold-{run[0]}-{run[1]}", lambda: measure_threshold(
         problem, run[1], run[0], predicted_lr(*run), recipe=recipe, seed=seed + run[0], info=info,
-        on_run=lambda: progress.advance(1)).to_dict())
+        on_run=lambda: progress.advance(1))).to_dict())
     lr_record["validation"] = results
     definition = (f"diverged: a non-finite batch loss, or the full-sample loss above {blowup:g}x its start, within "
                   f"{steps} steps from the checkpoint (checked every 10 steps and at the end)")

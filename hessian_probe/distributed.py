@@ -98,7 +98,13 @@ def initialise(device: str = "auto") -> str:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", timeout=COLLECTIVE_TIMEOUT)
         atexit.register(shutdown)
+    global _OBJECT_GROUP
+    if _OBJECT_GROUP is None and dist.get_backend() != "gloo":  # objects travel through host memory, not the GPU
+        _OBJECT_GROUP = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
     return device
+
+
+_OBJECT_GROUP: Any = None  # a Gloo group for pickled objects when the main group is NCCL
 
 
 def describe() -> dict[str, Any]:
@@ -125,8 +131,22 @@ def all_gather_objects(value: Any) -> list[Any]:
     if not active():
         return [value]
     gathered: list[Any] = [None] * world_size()
-    dist.all_gather_object(gathered, value)
+    dist.all_gather_object(gathered, value, group=_OBJECT_GROUP)
     return gathered
+
+
+def broadcast_from_main(value: T) -> T:
+    """Rank 0's ``value`` (picklable) on every rank."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=_OBJECT_GROUP)
+    return box[0]
+
+
+def smallest(value: float) -> float:
+    """The smallest of every rank's ``value``."""
+    return min(all_gather_objects(float(value)))
 
 
 class RankFailure(RuntimeError):
@@ -175,7 +195,7 @@ def on_main(work: Callable[[], R]) -> R:
             outcome[0] = (True, work())
         except Exception as exc:
             outcome[0] = (False, _portable(exc))
-    dist.broadcast_object_list(outcome, src=0)
+    dist.broadcast_object_list(outcome, src=0, group=_OBJECT_GROUP)
     _raise_first_failure(outcome)
     return outcome[0][1]
 

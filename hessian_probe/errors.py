@@ -15,6 +15,15 @@ class UsageError(InputError):
     exit_code = 2
 
 
+class NonFiniteError(InputError):
+    """A loss, gradient or curvature product that is not finite, with where it happened."""
+
+    def __init__(self, what: str, where: str, rows: list[int] | None = None) -> None:
+        self.what, self.where, self.rows = what, where, rows or []
+        super().__init__(f"{what} is not finite {where}: check the weights and data there (--dtype float64 "
+                         "rules out float32 overflow)")
+
+
 def first_line(exc: BaseException) -> str:
     """``Type: first line of the message`` — enough to recognise a foreign exception in one line."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]

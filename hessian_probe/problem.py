@@ -19,7 +19,7 @@ from torch.func import functional_call
 from . import distributed
 from .distributed import Shard
 from .dtypes import SUPPORTED_DTYPES
-from .errors import first_line
+from .errors import NonFiniteError, first_line
 from .losses import Loss, get_loss
 from .parameters import ParameterSpace, select_names
 
@@ -74,13 +74,13 @@ class Problem:
 
     def examples(self) -> tuple[Tensor, Tensor]:
         """All inputs and all targets, the batches concatenated in order (a sharded problem
-        gathers the shards from every rank: a collective call)."""
+        gathers the shards from every rank, a collective call, and returns them in host memory)."""
         inputs, targets = torch.cat([x for x, _ in self.batches]), torch.cat([y for _, y in self.batches])
         if self.shard is None:
             return inputs, targets
         self._check_group()
         parts = distributed.all_gather_objects((inputs.cpu(), targets.cpu()))
-        return torch.cat([x for x, _ in parts]).to(inputs.device), torch.cat([y for _, y in parts]).to(targets.device)
+        return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])  # host memory: may not fit a GPU
 
     def reduce(self, partial: Tensor) -> Tensor:
         """A sum over this rank's batches completed to the sum over the whole sample (in place)."""
@@ -90,9 +90,10 @@ class Problem:
         return distributed.all_reduce_sum(partial)
 
     def _check_group(self) -> None:
-        if distributed.world_size() != self.shard.world_size:
-            raise RuntimeError(f"this problem is one of {self.shard.world_size} shards: it needs their process "
-                               f"group (torchrun) to complete its sums, but {distributed.world_size()} process(es) run")
+        if distributed.world_size() != self.shard.world_size or distributed.rank() != self.shard.rank:
+            raise RuntimeError(f"this problem is shard {self.shard.rank} of {self.shard.world_size}: it needs the "
+                               f"process of that rank in a group of that size (torchrun) to complete its sums, but "
+                               f"this is rank {distributed.rank()} of {distributed.world_size()}")
 
     def weighted_batches(self) -> Iterator[tuple[Tensor, Tensor, float]]:
         """(x, y, |b|/N) for every batch, on the parameters' device: sum_b weight * batch mean =
@@ -104,16 +105,21 @@ class Problem:
     @torch.no_grad()
     def loss_value(self) -> float:
         total = torch.zeros((), dtype=self.dtype, device=self.device)
-        for x, y, w in self.weighted_batches():
-            total += w * self.batch_loss(self.params, x, y)
+        for i, (x, y, w) in enumerate(self.weighted_batches()):
+            value = self.batch_loss(self.params, x, y)
+            if not torch.isfinite(value):
+                raise NonFiniteError("the loss", f"on batch {i} ({len(x)} examples)")
+            total += w * value
         return float(self.reduce(total))
 
     def gradient(self) -> Tensor:
         """Flat gradient of the mean loss."""
         total = torch.zeros(self.n_params, dtype=self.dtype, device=self.device)
-        for x, y, w in self.weighted_batches():
-            g = torch.func.grad(lambda p: self.batch_loss(p, x, y))(self.params)
-            total += w * self.space.flatten(g)
+        for i, (x, y, w) in enumerate(self.weighted_batches()):
+            g = self.space.flatten(torch.func.grad(lambda p: self.batch_loss(p, x, y))(self.params))
+            if not bool(torch.isfinite(g).all()):
+                raise NonFiniteError("the gradient", f"on batch {i} ({len(x)} examples)")
+            total += w * g
         return self.reduce(total)
 
     def with_batches(self, batches: Sequence[Batch]) -> Problem:

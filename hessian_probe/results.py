@@ -64,3 +64,64 @@ class KernelResult:
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
+
+
+# --- safe saved state: results as plain containers and tensors, never pickled objects ----------
+
+RESULT_TYPES: dict[str, type] = {}
+
+
+def saveable(cls: type) -> type:
+    """Class decorator: instances may be saved by :func:`to_state` and rebuilt by :func:`from_state`."""
+    RESULT_TYPES[cls.__name__] = cls
+    return cls
+
+
+def to_state(value: Any) -> Any:
+    """``value`` as dicts, lists, strings, numbers and tensors only, which ``torch.load(weights_only=True)``
+    reads back without running any code. Registered dataclasses, numpy arrays and tuples are tagged
+    so that :func:`from_state` rebuilds them exactly (float64 arrays bit for bit)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        name = type(value).__name__
+        if RESULT_TYPES.get(name) is not type(value):
+            raise TypeError(f"{name} is not a saveable result type")
+        return {"__result__": name, "fields": {f.name: to_state(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, np.ndarray):
+        return {"__array__": torch.from_numpy(np.ascontiguousarray(value).copy())}
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {"__dict__": [[to_state(k), to_state(v)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [to_state(v) for v in value]}
+    if isinstance(value, list):
+        return [to_state(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"cannot save a {type(value).__name__}")
+
+
+def from_state(state: Any) -> Any:
+    """The value :func:`to_state` saved; only registered result types are ever constructed."""
+    if isinstance(state, list):
+        return [from_state(v) for v in state]
+    if not isinstance(state, dict):
+        return state
+    if "__array__" in state:
+        return state["__array__"].numpy()
+    if "__tuple__" in state:
+        return tuple(from_state(v) for v in state["__tuple__"])
+    if "__dict__" in state:
+        return {from_state(k): from_state(v) for k, v in state["__dict__"]}
+    if "__result__" in state:
+        cls = RESULT_TYPES.get(state["__result__"])
+        if cls is None:
+            raise ValueError(f"unknown result type {state['__result__']!r} in saved state")
+        return cls(**{k: from_state(v) for k, v in state["fields"].items()})
+    raise ValueError("malformed saved state")

@@ -12,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import train_briefly  # noqa: E402
 
+from hessian_probe.demo import train_digits_mlp  # noqa: E402
+
 from hessian_probe.loading.builtin_models import mlp, small_cnn  # noqa: E402
 from hessian_probe.loading.datasets import load_digits  # noqa: E402
 
@@ -31,3 +33,11 @@ def trained_digits(kind: str, n_samples: int = 237):
 @pytest.fixture(params=["mlp", "cnn"])
 def digits_network(request):
     return (request.param, *trained_digits(request.param))
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """The demo's digits MLP, briefly trained (30 steps), saved as a user's checkpoint with Adam's state."""
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
+    train_digits_mlp(path, seed=0, steps=30)
+    return path

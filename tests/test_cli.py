@@ -16,7 +16,6 @@ from click.testing import CliRunner
 
 from hessian_probe.analysis import spectrum
 from hessian_probe.cli import main
-from hessian_probe.demo import train_digits_mlp
 from hessian_probe.linalg import extremal_eigs, trace
 from hessian_probe.linalg.quadrature import pool_probes
 from hessian_probe.loading import ProblemSpec, load_model
@@ -26,13 +25,6 @@ from hessian_probe.operators import curvature_operator
 from hessian_probe.problem import make_problem
 
 CONFIGS = Path(__file__).parent.parent / "configs"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    train_digits_mlp(path, seed=0, steps=30)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +219,8 @@ def test_data_specs_and_user_model_file(tmp_path, trained):
     for model, data in [("mlp", "tensors:d.pt"), ("mynet:make_net", "d.npz"), ("mynet.py:make_net", "mynet:pairs"),
                         ("mynet:make_net", "mynet:dataset")]:
         result = invoke("eigs", "--checkpoint", tmp_path / "w.pt", "--model", model, "--model-arg", "hidden=32",
-                        "--data", data, "--top-k", 1, "--json", "--quiet", "--out", tmp_path / "o", cwd=tmp_path)
+                        "--data", data, "--top-k", 1, "--json", "--quiet", "--out", tmp_path / "o", "--overwrite",
+                        cwd=tmp_path)
         record = ok(result)
         assert record["n_samples"] == 200
         values.append(record["top_eigenvalues"][0])
@@ -425,6 +418,17 @@ BAD_INPUTS = [
     ("cpu index", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--device", "cpu:1"], 2, "one CPU device"),
     ("output folder not creatable", ["trace", "--checkpoint", "{ckpt}", *GOOD, "--out", "{d}/user.py/sub"], 2,
      "cannot create the output folder"),
+    ("output folder not empty", ["trace", "--checkpoint", "{ckpt}", *GOOD, "--out", "{d}"], 2,
+     "is not empty (it holds"),
+    ("output folder is a file", ["trace", "--checkpoint", "{ckpt}", *GOOD, "--out", "{d}/user.py"], 2, "is a file"),
+    ("resume a finished run", ["trace", "--checkpoint", "{ckpt}", *GOOD, "--resume", "--out", "{d}"], 2,
+     "no interrupted run"),
+    ("resume and overwrite", ["trace", "--checkpoint", "{ckpt}", *GOOD, "--resume", "--overwrite", "--out", "{d}/new"],
+     2, "choose one"),
+    ("probe block of zero", ["spectrum", "--checkpoint", "{ckpt}", *GOOD, "--probe-block", "0"], 2, "--probe-block"),
+    ("unknown basis place", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--basis", "gpu"], 2, "--basis"),
+    ("unknown reorthogonalisation", ["spectrum", "--checkpoint", "{ckpt}", *GOOD, "--reorth", "partial"], 2,
+     "--reorth"),
 ]
 
 

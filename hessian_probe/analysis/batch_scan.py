@@ -23,11 +23,12 @@ import torch
 from torch import Tensor
 
 from .. import distributed
+from ..journal import NO_JOURNAL, Journal
 from ..linalg import EigenResult, SLQResult, extremal_eigs, slq
 from ..operators import ProductSettings, curvature_operator
 from ..operators.preconditioned import PreconditionedOperator
 from ..problem import Problem, split_batches
-from ..results import to_jsonable
+from ..results import saveable, to_jsonable
 
 
 def effective_noise(batch_size: int, n_samples: int) -> float:
@@ -50,6 +51,7 @@ def batch_indices(n_samples: int, batch_size: int, seed: int, index: int) -> Ten
     return torch.randperm(n_samples, generator=torch.Generator().manual_seed(state))[:batch_size]
 
 
+@saveable
 @dataclass(frozen=True, kw_only=True)
 class BatchMeasurement:
     """One batch: its extremal eigenvalues (with residuals) and, if asked, Adam's sharpness."""
@@ -151,10 +153,12 @@ def batch_scan(
     chunk_size: int | None = 1024,
     progress: Any = None,
     settings: ProductSettings | None = None,
+    journal: Journal = NO_JOURNAL,
 ) -> BatchScanResult:
     """Measure ``n_batches`` random batches per size (one for B = N) and the full sample.
     ``progress`` (optional) has ``stage(name, total, unit)`` and ``advance(k)``, like the CLI's bars;
-    ``settings`` say how every batch operator's products run (operators.ProductSettings)."""
+    ``settings`` say how every batch operator's products run (operators.ProductSettings); each
+    batch and the full sample are pieces of ``journal`` (saved as they finish; journal.py)."""
     t0 = time.perf_counter()
     inputs, targets = problem.examples()
     n = len(inputs)
@@ -177,8 +181,10 @@ def batch_scan(
             progress.advance(1)
         return measured
 
-    measurements = distributed.spread(plan, measure)  # under torchrun: each rank its own batches
-    full = measure_batch(problem, kind, batch_size=n, index=0, seed=seed, **common)  # all ranks together
+    # under torchrun each rank measures its own batches; the full sample all ranks together
+    measurements = distributed.spread(plan, lambda task: journal.own(f"batch-{task[0]}-{task[1]}",
+                                                                     lambda: measure(task)))
+    full = journal.shared("full", lambda: measure_batch(problem, kind, batch_size=n, index=0, seed=seed, **common))
     if progress is not None:
         progress.advance(1)
     record = dict(batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed, density_steps=density_steps,

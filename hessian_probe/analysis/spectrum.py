@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..journal import NO_JOURNAL, Journal
 from ..linalg import EigenResult, SLQResult, SpectralDensity, TraceResult, extremal_eigs, slq, trace
 from ..linalg.eigs import default_max_steps
 from ..operators import SampleOperator
@@ -33,7 +34,7 @@ class SpectrumResult:
 
     @property
     def warnings(self) -> list[str]:
-        notes = list(self.trace.warnings) + self.eigs.notes
+        notes = list(self.slq.warnings) + list(self.trace.warnings) + self.eigs.notes
         if self.slq.reorth == "none":
             notes.append(GHOST_NOTE)
         return notes
@@ -73,6 +74,8 @@ def spectrum(
     progress: Any = None,
     reorth: str = "full",
     basis: str = "auto",
+    probe_block: int | None = None,
+    journal: Journal = NO_JOURNAL,
 ) -> SpectrumResult:
     """SLQ (``n_steps`` x ``n_probes``), top/bottom eigenvalues to ``tol`` (at most ``max_steps``
     Lanczos steps), and the trace from ``trace_products`` products.
@@ -82,24 +85,30 @@ def spectrum(
     is called as each part starts (the CLI's progress bars; see ``hessian_probe.progress``).
     ``reorth='none'`` runs SLQ without a basis (densities and traces for models whose basis would
     not fit); the eigenvalues still come from their own reorthogonalised run, whose basis
-    ``basis`` places ('auto', 'device' or 'host').
+    ``basis`` places ('auto', 'device' or 'host'). SLQ runs its probes in blocks of ``probe_block``
+    (default: all at once); each block, the eigenvalues and the trace are pieces of ``journal``
+    (saved as they finish, read back on a resume; see journal.py).
     """
     settings = dict(n_steps=n_steps, n_probes=n_probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
                     max_steps=default_max_steps(op.size, top_k + bottom_k, max_steps),
-                    trace_products=trace_products, trace_method=trace_method, seed=seed, reorth=reorth, basis=basis)
+                    trace_products=trace_products, trace_method=trace_method, seed=seed, reorth=reorth, basis=basis,
+                    probe_block=probe_block or n_probes)
     announce = progress.stage if progress is not None else (lambda stage, total: None)
     announce("SLQ", n_steps * n_probes)
-    density_run = slq(op, n_steps, n_probes, seed=seed, reorth=reorth, basis=basis)
+    density_run = slq(op, n_steps, n_probes, seed=seed, reorth=reorth, basis=basis, probe_block=probe_block,
+                      run_block=lambda i, run: journal.shared(f"slq-{i}", run))
     announce("eigenvalues", settings["max_steps"])
-    eigs = extremal_eigs(op, top_k, bottom_k, tol=tol, max_steps=max_steps, seed=seed + 1000, basis=basis)
+    eigs = journal.shared("eigs", lambda: extremal_eigs(op, top_k, bottom_k, tol=tol, max_steps=max_steps,
+                                                        seed=seed + 1000, basis=basis))
     announce("trace", trace_products)
+    trace_result = journal.shared("trace", lambda: trace(op, trace_products, method=trace_method, seed=seed + 2000))
     return SpectrumResult(
         operator=op.name,
         n_params=op.size,
         n_samples=op.problem.n_samples,
         slq=density_run,
         eigs=eigs,
-        trace=trace(op, trace_products, method=trace_method, seed=seed + 2000),
+        trace=trace_result,
         density=density_run.density(),
         settings=settings,
     )

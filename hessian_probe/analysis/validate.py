@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..problem import Problem
-from ..results import to_jsonable
+from ..results import saveable, to_jsonable
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +35,7 @@ class TrainingRecipe:
     weight_decay: float = 0.0  # coupled L2 for SGD, as in the SGD threshold 2/(lambda' + wd)
 
 
+@saveable
 @dataclass(frozen=True, kw_only=True)
 class MeasuredThreshold:
     optimizer: str
@@ -60,6 +61,8 @@ def diverges(problem: Problem, optimizer: str, lr: float, batch_size: int, recip
              info: Any = None) -> bool:
     """One short training run from the problem's parameters: does it diverge? ``info`` (optional)
     carries Adam's saved state: ``exp_avg`` and ``exp_avg_sq`` by parameter name, and ``step``."""
+    if problem.shard is not None:
+        raise ValueError("training runs need the whole sample in one process: pass problem.gathered()")
     inputs, targets = problem.examples()
     params = {n: p.detach().clone().requires_grad_(True) for n, p in problem.params.items()}
     if optimizer == "sgd":

@@ -31,11 +31,12 @@ from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from ..operators.base import CurvatureOperator, ShiftedOperator
-from ..results import KernelResult, not_serialised
+from ..results import KernelResult, not_serialised, saveable
 from .lanczos import LanczosProcess
 from .probes import random_probes
 
 
+@saveable
 @dataclass(frozen=True, kw_only=True)
 class EigenResult(KernelResult):
     """Top (descending) and bottom (ascending, algebraic) eigenvalues, residuals, converged flags.
@@ -157,6 +158,7 @@ def lanczos_eigs(
     if not complete and not process.done and process.restarts[0]:
         warnings = (f"stopped at max_steps={max_steps} after {process.restarts[0]} breakdown(s): "
                     "further copies of repeated eigenvalues may exist",)
+    warnings += tuple(process.health_warnings(breakdowns=False))  # breakdowns restart here: expected
 
     def vectors(idx: np.ndarray) -> Tensor | None:
         return process.ritz_vectors(0, U[:, idx]) if return_eigenvectors and len(idx) else None

@@ -29,8 +29,10 @@ import torch
 from torch import Tensor
 
 from ..operators.base import CurvatureOperator
+from .. import distributed
 from ..dtypes import SUPPORTED_DTYPES
-from ..results import KernelResult, not_serialised
+from ..errors import NonFiniteError
+from ..results import KernelResult, not_serialised, saveable
 from .probes import random_probes
 
 REORTHOGONALISATION = ("full", "none")
@@ -44,16 +46,21 @@ DEVICE_BASIS_FRACTION = 0.5  # the largest share of free device memory a basis m
 BASIS_PLACES = ("auto", "device", "host")
 
 
-def allocate_basis(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, place: str = "auto") -> Tensor:
+def allocate_basis(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, place: str = "auto",
+                   collective: bool = False) -> Tensor:
     """Zeros for the basis: ``place='auto'`` puts them on ``device`` if they take at most
     DEVICE_BASIS_FRACTION of its free memory (always on a CPU), else in pinned host memory;
-    'device' and 'host' force either (host memory is pinned when ``device`` is a GPU)."""
+    'device' and 'host' force either (host memory is pinned when ``device`` is a GPU).
+    ``collective``: every torchrun rank decides alike, by the smallest free memory of all."""
     if place not in BASIS_PLACES:
         raise ValueError(f"basis place must be one of {BASIS_PLACES}, got {place!r}")
     device = torch.device(device)
     if device.type == "cuda" and place != "device":
         nbytes = math.prod(shape) * dtype.itemsize
-        if place == "host" or nbytes > torch.cuda.mem_get_info(device)[0] * DEVICE_BASIS_FRACTION:
+        free = torch.cuda.mem_get_info(device)[0]
+        if collective:
+            free = distributed.smallest(free)
+        if place == "host" or nbytes > free * DEVICE_BASIS_FRACTION:
             return torch.zeros(shape, dtype=dtype, pin_memory=True)
     return torch.zeros(shape, dtype=dtype, device=device)
 
@@ -88,6 +95,7 @@ class LanczosProcess:
         restart: bool = False,
         seed: int = 0,
         basis: str = "auto",
+        first_probe: int = 0,
     ) -> None:
         if op.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"Lanczos needs float32 or float64 products, got {op.dtype}: half precision is too coarse")
@@ -102,7 +110,7 @@ class LanczosProcess:
         self.op, self.reorth = op, reorth
         self.breakdown_tol = breakdown_tol if breakdown_tol is not None else default_breakdown_tol(op.dtype)
         self.k = start.shape[0]
-        self.restart, self.seed = restart, seed
+        self.restart, self.seed, self.first_probe = restart, seed, first_probe
         self.restarts = np.zeros(self.k, dtype=int)
         self.block_start = np.zeros(self.k, dtype=int)  # first step of the block since the last restart
         self.alphas: list[list[float]] = [[] for _ in range(self.k)]
@@ -117,7 +125,7 @@ class LanczosProcess:
         self.basis: Tensor | None = None
         if reorth == "full":
             self.place = basis
-            self.basis = allocate_basis((max(capacity, 2), self.k, op.size), op.dtype, op.device, basis)
+            self.basis = allocate_basis((max(capacity, 2), self.k, op.size), op.dtype, op.device, basis, op.collective)
             self.basis[0] = self.current
 
     @property
@@ -131,7 +139,12 @@ class LanczosProcess:
         index = slice(None) if every else torch.as_tensor(rows, device=self.op.device)
         j = self.steps
         q = self.current[index]
-        w = self.op.matmat(q)
+        try:
+            w = self.op.matmat(q)
+        except NonFiniteError as exc:
+            probes = [int(rows[r]) + self.first_probe for r in exc.rows]
+            raise NonFiniteError(exc.what, f"{exc.where.split(' for vector')[0]} for probe(s) {probes} at Lanczos step "
+                                 f"{j + 1}", probes) from None
         self.n_products += len(rows)
         beta_prev = torch.tensor(
             [self.betas[r][j - 1] if j else 0.0 for r in rows], dtype=w.dtype, device=w.device
@@ -147,8 +160,11 @@ class LanczosProcess:
 
         alpha64 = alpha.double().cpu().numpy()
         beta64 = beta.double().cpu().numpy()
+        if self.op.collective:  # every rank takes rank 0's coefficients: the same stops, restarts, steps
+            alpha64, beta64 = distributed.broadcast_from_main((alpha64, beta64))
         if not (np.isfinite(alpha64).all() and np.isfinite(beta64).all()):
-            raise FloatingPointError(f"non-finite operator product at Lanczos step {j + 1}")
+            bad = [int(rows[i]) + self.first_probe for i in np.flatnonzero(~(np.isfinite(alpha64) & np.isfinite(beta64)))]
+            raise NonFiniteError("a Lanczos coefficient", f"for probe(s) {bad} at step {j + 1} (overflow)", bad)
         self.scale[rows] = np.maximum(self.scale[rows], np.maximum(np.abs(alpha64), beta64))
         stopped = beta64 <= self.breakdown_tol * self.scale[rows]
         safe_beta = torch.where(beta > 0, beta, torch.ones_like(beta))
@@ -189,12 +205,41 @@ class LanczosProcess:
     def _store(self, j: int, index: slice | Tensor, vectors: Tensor) -> None:
         if j >= self.basis.shape[0]:
             grown = allocate_basis((2 * self.basis.shape[0], *self.basis.shape[1:]), self.basis.dtype, self.op.device,
-                                   self.place)
+                                   self.place, self.op.collective)
             grown[: self.basis.shape[0]] = self.basis.to(grown.device)
             self.basis = grown
         if self.basis.device != vectors.device and not isinstance(index, slice):
             index = index.cpu()
         self.basis[j, index] = vectors.to(self.basis.device)
+
+    def orthogonality_error(self, probe: int, columns: int = 1 << 20) -> float:
+        """max |Q^T Q - I| over the probe's stored basis vectors (0 without a basis), by the
+        Gram matrix accumulated over slices of ``columns`` coordinates (a host basis streams)."""
+        m = len(self.alphas[probe]) if self.broke_down[probe] else len(self.alphas[probe]) + 1
+        if self.basis is None or m < 2:
+            return 0.0
+        m = min(m, self.steps + 1)
+        gram = torch.zeros(m, m, dtype=torch.float64, device=self.op.device)
+        for a in range(0, self.op.size, columns):
+            q = self.basis[:m, probe, a : a + columns].to(self.op.device, torch.float64)
+            gram += q @ q.T
+        return float((gram - torch.eye(m, dtype=torch.float64, device=gram.device)).abs().max())
+
+    def health_warnings(self, first_probe: int = 0, *, breakdowns: bool = True) -> list[str]:
+        """Breakdowns (the Krylov space is invariant: harmless, the tridiagonal is exact) and loss of
+        orthogonality beyond sqrt(eps) (Ritz values may then repeat or drift: a warning that matters)."""
+        notes = []
+        tol = math.sqrt(torch.finfo(self.op.dtype).eps)
+        for probe in range(self.k):
+            label = f"probe {first_probe + probe}"
+            if breakdowns and self.broke_down[probe]:
+                notes.append(f"{label}: Lanczos broke down at step {len(self.alphas[probe])} (its Krylov space is "
+                             "invariant; its tridiagonal is exact)")
+            error = self.orthogonality_error(probe)
+            if error > tol:
+                notes.append(f"{label}: the Lanczos basis lost orthogonality (max |Q^T Q - I| = {error:.1e} > "
+                             f"{tol:.1e}); its Ritz values may repeat or drift: use float64")
+        return notes
 
     @property
     def basis_memory(self) -> dict[str, object] | None:
@@ -222,6 +267,7 @@ class LanczosProcess:
         return (c.T @ self.basis[:m, probe]).to(self.op.device)
 
 
+@saveable
 @dataclass(frozen=True, kw_only=True)
 class LanczosResult(KernelResult):
     """Per-probe tridiagonals: ``alphas[l]`` (m_l), ``betas[l]`` (m_l; the last is the residual norm)."""
@@ -232,6 +278,7 @@ class LanczosResult(KernelResult):
     reorth: str
     size: int
     basis_memory: dict[str, object] | None = None
+    warnings: tuple[str, ...] = ()
     basis: Tensor | None = not_serialised()
 
     @property
@@ -250,12 +297,14 @@ def lanczos(
     breakdown_tol: float | None = None,
     keep_basis: bool = False,
     basis: str = "auto",
+    first_probe: int = 0,
 ) -> LanczosResult:
     """Run ``n_steps`` Lanczos steps on ``n_probes`` seeded Rademacher probes (or ``start``, k x P).
 
     Returns the float64 tridiagonals; ``keep_basis`` also returns the basis (m+1, k, P), whose
     row j holds q_{j+1} of each probe (full reorthogonalisation only). ``basis`` places it:
-    'auto' (device when it fits), 'device' or 'host'.
+    'auto' (device when it fits), 'device' or 'host'. ``warnings`` name breakdowns and any loss
+    of orthogonality, numbering probes from ``first_probe``.
     """
     if n_steps < 1:
         raise ValueError(f"n_steps must be at least 1, got {n_steps}")
@@ -263,7 +312,8 @@ def lanczos(
     if start is None:
         start = random_probes(n_probes, op.size, seed=seed, dtype=op.dtype, device=op.device)
     n_steps = min(n_steps, op.size)
-    process = LanczosProcess(op, start, reorth=reorth, breakdown_tol=breakdown_tol, capacity=n_steps + 1, basis=basis)
+    process = LanczosProcess(op, start, reorth=reorth, breakdown_tol=breakdown_tol, capacity=n_steps + 1, basis=basis,
+                             first_probe=first_probe)
     while process.steps < n_steps and not process.done:
         process.step()
     return LanczosResult(
@@ -273,6 +323,7 @@ def lanczos(
         reorth=reorth,
         size=op.size,
         basis_memory=process.basis_memory,
+        warnings=tuple(process.health_warnings(first_probe)),
         basis=process.basis[: process.steps + 1] if keep_basis and process.basis is not None else None,
         n_products=process.n_products,
         wall_time_s=time.perf_counter() - t0,

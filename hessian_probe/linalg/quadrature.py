@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
+from torch import Tensor
 
 from ..operators.base import CurvatureOperator
-from ..results import KernelResult
-from .lanczos import lanczos
+from ..results import KernelResult, saveable
+from .lanczos import LanczosResult, lanczos
+from .probes import random_probes
 
 
 def gauss_quadrature(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +70,7 @@ def smoothed_density(
     return SpectralDensity(grid=grid, values=values, variance=variance)
 
 
+@saveable
 @dataclass(frozen=True, kw_only=True)
 class SLQResult(KernelResult):
     """Per-probe Gauss rules of A's spectral measure and the trace they imply.
@@ -84,6 +87,7 @@ class SLQResult(KernelResult):
     trace_estimate: float
     trace_stderr: float | None
     basis_memory: dict[str, object] | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def n_probes(self) -> int:
@@ -119,28 +123,42 @@ def slq(
     seed: int = 0,
     reorth: str = "full",
     basis: str = "auto",
+    probe_block: int | None = None,
+    run_block: Callable[[int, Callable[[], LanczosResult]], LanczosResult] | None = None,
 ) -> SLQResult:
     """Stochastic Lanczos quadrature with ``n_probes`` Rademacher probes run in lockstep.
 
     ``reorth='none'`` keeps no Lanczos basis (for models whose basis would not fit): the density
     and the trace stay right, since ghost copies of a converged outlier share its true weight, but
     the nodes are not an eigenvalue list. ``basis`` places the basis ('auto', 'device', 'host').
+    ``probe_block`` runs the probes in blocks of that many (default: all at once), each block
+    its own Lanczos run on its rows of the same seeded probes; ``run_block(i, run)`` (optional)
+    is called to run block i, e.g. to save it or read it back (journal.py).
     """
     t0 = time.perf_counter()
-    run = lanczos(op, n_steps, n_probes=n_probes, seed=seed, reorth=reorth, basis=basis)
-    rules = [gauss_quadrature(a, b) for a, b in zip(run.alphas, run.betas)]
+    probes = random_probes(n_probes, op.size, seed=seed, dtype=op.dtype, device=op.device)
+    block = probe_block or n_probes
+    runs = []
+    for i, start in enumerate(range(0, n_probes, block)):
+        def run(rows: Tensor = probes[start : start + block]) -> LanczosResult:
+            return lanczos(op, n_steps, start=rows, reorth=reorth, basis=basis, first_probe=start)
+        runs.append(run_block(i, run) if run_block is not None else run())
+    alphas = [a for r in runs for a in r.alphas]
+    betas = [b for r in runs for b in r.betas]
+    rules = [gauss_quadrature(a, b) for a, b in zip(alphas, betas)]
     per_probe = np.array([float(w @ t) for t, w in rules]) * op.size
     stderr = float(per_probe.std(ddof=1) / math.sqrt(n_probes)) if n_probes > 1 else None
     return SLQResult(
         size=op.size,
         nodes=tuple(t for t, _ in rules),
         weights=tuple(w for _, w in rules),
-        n_steps=run.n_steps,
+        n_steps=tuple(len(a) for a in alphas),
         reorth=reorth,
         seed=seed,
         trace_estimate=float(per_probe.mean()),
         trace_stderr=stderr,
-        basis_memory=run.basis_memory,
-        n_products=run.n_products,
+        basis_memory=runs[0].basis_memory,
+        warnings=tuple(w for r in runs for w in r.warnings),
+        n_products=sum(r.n_products for r in runs),
         wall_time_s=time.perf_counter() - t0,
     )

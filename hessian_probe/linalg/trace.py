@@ -19,10 +19,11 @@ import torch
 from torch import Tensor
 
 from ..operators.base import CurvatureOperator
-from ..results import KernelResult
+from ..results import KernelResult, saveable
 from .probes import random_probes
 
 
+@saveable
 @dataclass(frozen=True, kw_only=True)
 class TraceResult(KernelResult):
     method: str

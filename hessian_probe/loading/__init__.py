@@ -100,7 +100,8 @@ def load_model(spec: ProblemSpec) -> tuple[nn.Module, Checkpoint]:
 
 
 def load_problem(spec: ProblemSpec) -> LoadedProblem:
-    """Load and validate everything; under torchrun the problem holds this rank's shard."""
+    """Load and validate everything; under torchrun the problem holds this rank's shard (each rank
+    validates its own: call it through distributed.everywhere so that one bad shard stops all)."""
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     loss = _usage(get_loss, spec.loss)
@@ -125,8 +126,7 @@ def load_problem(spec: ProblemSpec) -> LoadedProblem:
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
-    # each rank validates its own shard; a bad example on one rank stops every rank alike
-    return LoadedProblem(distributed.everywhere(build), checkpoint, model)
+    return LoadedProblem(build(), checkpoint, model)
 
 
 def _usage(check, *args):

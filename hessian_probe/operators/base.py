@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..errors import NonFiniteError
 from ..problem import Problem
 from .settings import ProductSettings, float32_precision
 
@@ -33,6 +34,12 @@ class CurvatureOperator(ABC):
 
     @abstractmethod
     def _matmat(self, V: Tensor) -> Tensor: ...
+
+    @property
+    def collective(self) -> bool:
+        """Products are all-reduced over torchrun's ranks (every rank must take every product)."""
+        base = getattr(self, "base", None)
+        return base.collective if isinstance(base, CurvatureOperator) else False
 
     def matmat(self, V: Tensor) -> Tensor:
         """A V^T, returned as rows: (k, P) -> (k, P)."""
@@ -117,6 +124,7 @@ class SampleOperator(CurvatureOperator):
     size = property(lambda self: self.space.size)
     dtype = property(lambda self: self.problem.dtype)
     device = property(lambda self: self.problem.device)
+    collective = property(lambda self: self.problem.shard is not None)
 
     @abstractmethod
     def batch_matmat(self, x: Tensor, y: Tensor, tangents: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -128,7 +136,22 @@ class SampleOperator(CurvatureOperator):
         with float32_precision(tf32=self.settings.tf32):
             for x, y, weight in self.problem.weighted_batches():
                 out.add_(self._batch_product(x, y, tangents, len(V)), alpha=weight)
-        return self.problem.reduce(out)  # under torchrun: + the other ranks' shares
+        out = self.problem.reduce(out)  # under torchrun: + the other ranks' shares
+        if not bool(torch.isfinite(out).all()):
+            raise self._locate_non_finite(V)
+        return out
+
+    def _locate_non_finite(self, V: Tensor) -> NonFiniteError:
+        """Which batch (of this process's share) and which rows of V gave a non-finite product."""
+        tangents = self.space.unflatten(V)
+        with float32_precision(tf32=self.settings.tf32):
+            for i, (x, y, _) in enumerate(self.problem.weighted_batches()):
+                bad = (~torch.isfinite(self._batch_product(x, y, tangents, len(V)))).any(dim=1)
+                if bool(bad.any()):
+                    rows = bad.nonzero().flatten().tolist()
+                    return NonFiniteError(f"the {self.name or 'operator'} product", f"on batch {i} ({len(x)} examples) "
+                                          f"for vector(s) {rows}", rows)
+        return NonFiniteError(f"the {self.name or 'operator'} product", "on another process's shard of the sample")
 
     def _batch_product(self, x: Tensor, y: Tensor, tangents: dict[str, Tensor], k: int) -> Tensor:
         """A_b V^T as rows, the batch split into pieces of at most max_rows / k examples."""

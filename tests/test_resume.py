@@ -1,0 +1,121 @@
+"""Nothing lost: a run killed (SIGKILL), interrupted (SIGINT) or terminated (SIGTERM) mid-way
+resumes with --resume and gives exactly the numbers of an uninterrupted run; the output folder is
+never overwritten by accident, and a resume with other inputs or settings is refused.
+
+Every test drives a real ``python -m hessian_probe`` process and signals it while it works.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+SPECTRUM = ["spectrum", "--model", "mlp", "--data", "digits", "--probes", "12", "--probe-block", "2", "--steps", "40",
+            "--top-k", "2", "--bottom-k", "1", "--quiet"]
+LR = ["lr", "--model", "mlp", "--data", "digits", "--samples", "600", "--batch-sizes", "16,32,64,128", "--batches", "3",
+      "--density-steps", "0", "--quiet"]
+
+
+def numbers(record: object) -> object:
+    """A record without what may differ between runs: provenance, timings."""
+    if isinstance(record, dict):
+        return {k: numbers(v) for k, v in record.items()
+                if k != "provenance" and "time" not in k and not k.endswith("_s")}
+    if isinstance(record, list):
+        return [numbers(v) for v in record]
+    return record
+
+
+def command(args: list[str], checkpoint: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "hessian_probe", *args, "--checkpoint", str(checkpoint), "--out", str(out), *extra]
+
+
+def run(args: list[str], checkpoint: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command(args, checkpoint, out, *extra), capture_output=True, text=True, timeout=600)
+
+
+def interrupt(args: list[str], checkpoint: Path, out: Path, how: signal.Signals,
+              pieces: int = 2) -> subprocess.CompletedProcess:
+    """Start a run, wait until ``pieces`` pieces are saved, then send it ``how``; what it returned."""
+    process = subprocess.Popen(command(args, checkpoint, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list((out / "partial").glob("*.pt"))) < pieces:
+        assert process.poll() is None, f"the run ended before it could be interrupted: {process.stderr.read()}"
+        assert time.monotonic() < deadline, "no pieces saved in 300 s"
+        time.sleep(0.05)
+    process.send_signal(how)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, checkpoint) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("whole")
+    records = {}
+    for name, args, result in (("spectrum", SPECTRUM, "result.json"), ("lr", LR, "lr.json")):
+        done = run(args, checkpoint, out / name)
+        assert done.returncode == 0, done.stderr
+        records[name] = json.loads((out / name / result).read_text())
+        assert not (out / name / "partial").exists(), "a finished run leaves no pieces behind"
+    return records
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"])
+def test_an_interrupted_spectrum_resumes_to_the_same_numbers(tmp_path, checkpoint, uninterrupted, how):
+    out = tmp_path / "out"
+    stopped = interrupt(SPECTRUM, checkpoint, out, how)
+    if how == signal.SIGKILL:
+        assert stopped.returncode == -signal.SIGKILL
+    else:  # a clean stop: one line saying how to go on
+        assert stopped.returncode == (130 if how == signal.SIGINT else 143), stopped.stderr
+        assert "--resume" in stopped.stderr and "Traceback" not in stopped.stderr
+    saved = len(list((out / "partial").glob("*.pt")))
+    assert saved >= 2 and not (out / "result.json").exists()
+    resumed = run(SPECTRUM, checkpoint, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads((out / "result.json").read_text())
+    assert record["provenance"]["resumed_pieces"] >= 2
+    assert numbers(record) == numbers(uninterrupted["spectrum"])
+    assert not (out / "partial").exists()
+
+
+def test_an_interrupted_batch_size_scan_resumes_to_the_same_numbers(tmp_path, checkpoint, uninterrupted):
+    out = tmp_path / "out"
+    interrupt(LR, checkpoint, out, signal.SIGKILL, pieces=3)
+    resumed = run(LR, checkpoint, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads((out / "lr.json").read_text())
+    assert record["provenance"]["resumed_pieces"] >= 3
+    assert numbers(record) == numbers(uninterrupted["lr"])
+
+
+def test_a_resume_with_other_settings_is_refused(tmp_path, checkpoint):
+    out = tmp_path / "out"
+    interrupt(SPECTRUM, checkpoint, out, signal.SIGKILL)
+    other = [*SPECTRUM[:-1], "--seed", "5", "--quiet"]
+    refused = run(other, checkpoint, out, "--resume")
+    assert refused.returncode == 2
+    assert "other inputs or settings" in refused.stderr and "seed" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_the_output_folder_is_never_overwritten_by_accident(tmp_path, checkpoint):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = ["trace", "--model", "mlp", "--data", "digits", "--samples", "100", "--products", "6", "--quiet"]
+    refused = run(args, checkpoint, out)
+    assert refused.returncode == 2 and "not empty" in refused.stderr and "--overwrite" in refused.stderr
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "result.json").exists()
+    assert run(args, checkpoint, out, "--overwrite").returncode == 0 and (out / "result.json").exists()
+    finished = run(args, checkpoint, out, "--resume")
+    assert finished.returncode == 2 and "no interrupted run" in finished.stderr
+    both = run(args, checkpoint, out, "--resume", "--overwrite")
+    assert both.returncode == 2 and "choose one" in both.stderr
