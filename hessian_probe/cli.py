@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from . import __version__, distributed
 from .errors import InputError, UsageError, first_line, one_line
@@ -144,7 +145,9 @@ def problem_options(command: Callable, one_batch: bool = True) -> Callable:
         click.option("--resume", is_flag=True,
                      help="Continue an interrupted run in --out: finished pieces (SLQ probe blocks, batches, "
                           "thresholds) are read back, not recomputed; the numbers are those of an uninterrupted run."),
-        click.option("--overwrite", is_flag=True, help="Write into a non-empty --out, replacing what is there."),
+        click.option("--overwrite", is_flag=True,
+                     help="Write into a non-empty --out: this run's files replace their namesakes (other files stay) "
+                          "and an interrupted run's saved pieces there are dropped."),
         click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout instead of the summary."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
         DEBUG_OPTION,
@@ -229,7 +232,8 @@ def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], comp
         saved = len(list(folder.glob("*.pt"))) if folder.is_dir() else 0
         if saved:
             raise CommandError(f"interrupted ({how}): {saved} finished piece(s) saved in {folder}; run the same "
-                               "command with --resume to continue", 143 if isinstance(exc, Terminated) else 130) from None
+                               "command with --resume to continue (in a config file: resume = true)",
+                               143 if isinstance(exc, Terminated) else 130) from None
         raise CommandError(f"interrupted ({how}) before any piece finished; nothing to resume",
                            143 if isinstance(exc, Terminated) else 130) from None
     finally:
@@ -242,7 +246,7 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
                         start_journal: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
     from .loading import ProblemSpec, load_problem, parse_model_args
     from .operators import curvature_operator
-    from .outputs import environment, file_digest, plot_title, provenance, summary, write_record
+    from .outputs import environment, file_digest, input_digests, plot_title, provenance, summary, write_record
     from .progress import ProductProgress
 
     started = time.perf_counter()
@@ -255,19 +259,24 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     distributed.on_main(lambda: _prepare_output(out_dir, run))
     loaded = distributed.everywhere(lambda: load_problem(spec))  # a file error stops every rank alike
     op = curvature_operator(loaded.problem, run.operator, **(products or {}))
-    data_file = Path(spec.data.removeprefix("tensors:"))
+    digests = input_digests(spec)
+    # what fixes the numbers: files by content (not by how their paths are spelled), every option,
+    # the device and dtype actually used, the process count and the versions
+    inputs = {k: v for k, v in to_jsonable(dataclasses.asdict(spec)).items() if k != "checkpoint"}
+    if digests["data_sha256"]:
+        inputs.pop("data")
     journal = start_journal({
-        "command": run.name, **to_jsonable(dataclasses.asdict(spec)), **to_jsonable(run.settings),
-        "checkpoint_sha256": file_digest(spec.checkpoint),
-        "data_sha256": file_digest(data_file) if data_file.is_file() else None,
-        "processes": distributed.world_size(), "version": __version__})
+        "command": run.name, **inputs, **to_jsonable(run.settings), **digests,
+        "device_used": str(op.device.type), "dtype_used": str(op.dtype), "processes": distributed.world_size(),
+        "version": __version__, "torch": torch.__version__,
+        **{f"{name}_sha256": file_digest(out_dir / name) for name in sorted(run.may_hold) if (out_dir / name).is_file()}})
     loaded_at = time.perf_counter()
     with ProductProgress(quiet=run.quiet or not distributed.is_main(), label=f"{run.operator} ").attach(op) as progress:
         record, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir, loaded=loaded,
                                       journal=journal)
     finished = time.perf_counter()
     timings = {"load_s": loaded_at - started, "analysis_s": finished - loaded_at, "total_s": finished - started}
-    record["provenance"] = provenance(env, run.name, (ctx.obj or {}).get("config"), spec, loaded, timings)
+    record["provenance"] = provenance(env, run.name, (ctx.obj or {}).get("config"), spec, loaded, timings, digests)
     record["provenance"]["products"] = dataclasses.asdict(op.settings)
     record["provenance"]["resumed_pieces"] = journal.resumed
     record = to_jsonable(record)

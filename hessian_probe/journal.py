@@ -20,7 +20,6 @@ rank computes alone (``own``: spread work) is looked up and saved by that rank.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import torch
 
 from . import distributed
 from .errors import UsageError
+from .files import write_atomically, write_text_atomically
 from .results import from_state, to_state
 
 R = TypeVar("R")
@@ -55,11 +55,16 @@ class Journal:
         def prepare() -> None:  # rank 0; the others wait for it (and stop alike if it refuses)
             saved = folder / "run.json"
             if resume and saved.is_file():
-                _check_same_run(json.loads(saved.read_text()), fingerprint, out_dir)
+                try:
+                    before = json.loads(saved.read_text())
+                except (ValueError, OSError):
+                    raise UsageError(f"--resume: {saved} is damaged, so the saved pieces cannot be trusted to "
+                                     "belong to this run; pass --overwrite to start afresh") from None
+                _check_same_run(before, fingerprint, out_dir)
             else:
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.mkdir(parents=True)
-                saved.write_text(json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
+                write_text_atomically(saved, json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
 
         distributed.on_main(prepare)
         return cls(folder)
@@ -82,9 +87,8 @@ class Journal:
             return
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(to_state(value), temporary)
-        os.replace(temporary, path)  # atomic: the piece is whole or absent
+        state = to_state(value)
+        write_atomically(path, lambda temporary: torch.save(state, temporary))  # the piece is whole or absent
         self.saved += 1
 
     def own(self, key: str, compute: Callable[[], R]) -> R:

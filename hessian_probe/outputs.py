@@ -22,6 +22,7 @@ import torch
 
 from . import __version__, distributed
 from .errors import InputError
+from .files import write_text_atomically
 from .plots import plot_densities
 from .results import to_jsonable
 
@@ -48,20 +49,25 @@ def environment() -> dict[str, Any]:
     }
 
 
+def input_digests(spec: Any) -> dict[str, str | None]:
+    """sha256 of the checkpoint and of the data file (None for built-in or factory data)."""
+    data_file = Path(spec.data.removeprefix("tensors:"))
+    return {"checkpoint_sha256": file_digest(spec.checkpoint),
+            "data_sha256": file_digest(data_file) if data_file.is_file() else None}
+
+
 def provenance(env: dict[str, Any], command: str, config: Any, spec: Any, loaded: Any,
-               timings: dict[str, float]) -> dict[str, Any]:
+               timings: dict[str, float], digests: dict[str, str | None] | None = None) -> dict[str, Any]:
     """How a record was made: environment, command or config, every input (with file digests),
     device, dtype, seed, the parameters measured, and timings."""
     problem = loaded.problem
-    data_file = spec.data.removeprefix("tensors:")
     return {
         **env,
         "command": command,
         "config": config,
         "inputs": {
             **dataclasses.asdict(spec),
-            "checkpoint_sha256": file_digest(spec.checkpoint),
-            "data_sha256": file_digest(data_file) if Path(data_file).is_file() else None,
+            **(digests or input_digests(spec)),
             "weights_found_under": loaded.checkpoint.found_under,
             "optimizer_state": loaded.checkpoint.optimizer_state is not None,
             "loss_value": problem.loss_value(),
@@ -76,7 +82,7 @@ def provenance(env: dict[str, Any], command: str, config: Any, spec: Any, loaded
 
 
 def write_json(record: Mapping[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(to_jsonable(record), indent=1, allow_nan=False) + "\n")
+    write_text_atomically(path, json.dumps(to_jsonable(record), indent=1, allow_nan=False) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -104,23 +104,38 @@ class Problem:
 
     @torch.no_grad()
     def loss_value(self) -> float:
-        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        total, bad = torch.zeros((), dtype=self.dtype, device=self.device), None
         for i, (x, y, w) in enumerate(self.weighted_batches()):
             value = self.batch_loss(self.params, x, y)
-            if not torch.isfinite(value):
-                raise NonFiniteError("the loss", f"on batch {i} ({len(x)} examples)")
+            if bad is None and not torch.isfinite(value):
+                bad = (i, len(x))
             total += w * value
-        return float(self.reduce(total))
+        total = self.reduce(total)  # every rank learns of a non-finite value anywhere, and stops
+        if not torch.isfinite(total):
+            raise NonFiniteError("the loss", self.where(bad))
+        return float(total)
+
+    def where(self, batch: tuple[int, int] | None) -> str:
+        """'on batch i (n examples)' of this process's batches (naming the rank under torchrun), for
+        error messages; ``None``: the fault lies in another rank's shard."""
+        if batch is None:
+            return "on another process's shard of the sample"
+        rank = f" of rank {self.shard.rank}'s shard" if self.shard is not None else ""
+        return f"on batch {batch[0]} ({batch[1]} examples){rank}"
 
     def gradient(self) -> Tensor:
         """Flat gradient of the mean loss."""
         total = torch.zeros(self.n_params, dtype=self.dtype, device=self.device)
+        bad = None
         for i, (x, y, w) in enumerate(self.weighted_batches()):
             g = self.space.flatten(torch.func.grad(lambda p: self.batch_loss(p, x, y))(self.params))
-            if not bool(torch.isfinite(g).all()):
-                raise NonFiniteError("the gradient", f"on batch {i} ({len(x)} examples)")
+            if bad is None and not bool(torch.isfinite(g).all()):
+                bad = (i, len(x))
             total += w * g
-        return self.reduce(total)
+        total = self.reduce(total)
+        if not bool(torch.isfinite(total).all()):
+            raise NonFiniteError("the gradient", self.where(bad))
+        return total
 
     def with_batches(self, batches: Sequence[Batch]) -> Problem:
         """The same model and loss on other examples (e.g. one random batch of a scan), held

@@ -143,8 +143,9 @@ class LanczosProcess:
             w = self.op.matmat(q)
         except NonFiniteError as exc:
             probes = [int(rows[r]) + self.first_probe for r in exc.rows]
-            raise NonFiniteError(exc.what, f"{exc.where.split(' for vector')[0]} for probe(s) {probes} at Lanczos step "
-                                 f"{j + 1}", probes) from None
+            which = f" for probe(s) {probes}" if probes else ""
+            raise NonFiniteError(exc.what, f"{exc.where.split(' for vector')[0]}{which} at Lanczos step {j + 1}",
+                                 probes) from None
         self.n_products += len(rows)
         beta_prev = torch.tensor(
             [self.betas[r][j - 1] if j else 0.0 for r in rows], dtype=w.dtype, device=w.device
@@ -212,18 +213,20 @@ class LanczosProcess:
             index = index.cpu()
         self.basis[j, index] = vectors.to(self.basis.device)
 
-    def orthogonality_error(self, probe: int, columns: int = 1 << 20) -> float:
-        """max |Q^T Q - I| over the probe's stored basis vectors (0 without a basis), by the
-        Gram matrix accumulated over slices of ``columns`` coordinates (a host basis streams)."""
+    def orthogonality_error(self, probe: int, slice_bytes: int = 1 << 27) -> float:
+        """max |Q^T Q - I| over the probe's stored basis vectors (0 without a basis): the Gram matrix
+        in the basis's dtype (exact enough against sqrt(eps)), accumulated over column slices of at
+        most ``slice_bytes`` (128 MiB), so a host basis streams and a device one needs no copy."""
         m = len(self.alphas[probe]) if self.broke_down[probe] else len(self.alphas[probe]) + 1
         if self.basis is None or m < 2:
             return 0.0
         m = min(m, self.steps + 1)
-        gram = torch.zeros(m, m, dtype=torch.float64, device=self.op.device)
+        columns = max(1, slice_bytes // (m * self.basis.element_size()))
+        gram = torch.zeros(m, m, dtype=self.basis.dtype, device=self.op.device)
         for a in range(0, self.op.size, columns):
-            q = self.basis[:m, probe, a : a + columns].to(self.op.device, torch.float64)
+            q = self.basis[:m, probe, a : a + columns].to(self.op.device, non_blocking=True)
             gram += q @ q.T
-        return float((gram - torch.eye(m, dtype=torch.float64, device=gram.device)).abs().max())
+        return float((gram - torch.eye(m, dtype=gram.dtype, device=gram.device)).abs().max())
 
     def health_warnings(self, first_probe: int = 0, *, breakdowns: bool = True) -> list[str]:
         """Breakdowns (the Krylov space is invariant: harmless, the tridiagonal is exact) and loss of

@@ -149,9 +149,9 @@ class SampleOperator(CurvatureOperator):
                 bad = (~torch.isfinite(self._batch_product(x, y, tangents, len(V)))).any(dim=1)
                 if bool(bad.any()):
                     rows = bad.nonzero().flatten().tolist()
-                    return NonFiniteError(f"the {self.name or 'operator'} product", f"on batch {i} ({len(x)} examples) "
-                                          f"for vector(s) {rows}", rows)
-        return NonFiniteError(f"the {self.name or 'operator'} product", "on another process's shard of the sample")
+                    return NonFiniteError(f"the {self.name or 'operator'} product",
+                                          f"{self.problem.where((i, len(x)))} for vector(s) {rows}", rows)
+        return NonFiniteError(f"the {self.name or 'operator'} product", self.problem.where(None))
 
     def _batch_product(self, x: Tensor, y: Tensor, tangents: dict[str, Tensor], k: int) -> Tensor:
         """A_b V^T as rows, the batch split into pieces of at most max_rows / k examples."""
