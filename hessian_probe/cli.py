@@ -233,9 +233,9 @@ def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], comp
         if saved:
             raise CommandError(f"interrupted ({how}): {saved} finished piece(s) saved in {folder}; run the same "
                                "command with --resume to continue (in a config file: resume = true)",
-                               143 if isinstance(exc, Terminated) else 130) from None
+                               143 if isinstance(exc, Terminated) else 130, on_every_rank=True) from None
         raise CommandError(f"interrupted ({how}) before any piece finished; nothing to resume",
-                           143 if isinstance(exc, Terminated) else 130) from None
+                           143 if isinstance(exc, Terminated) else 130, on_every_rank=True) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
