@@ -120,3 +120,21 @@ def test_the_output_folder_is_never_overwritten_by_accident(tmp_path, checkpoint
     assert finished.returncode == 2 and "no interrupted run" in finished.stderr
     both = run(args, checkpoint, out, "--resume", "--overwrite")
     assert both.returncode == 2 and "choose one" in both.stderr
+
+
+def test_an_interrupted_validation_resumes_to_the_same_thresholds(tmp_path, checkpoint):
+    validate = ["validate-lr", "--model", "mlp", "--data", "digits", "--samples", "400", "--batch-sizes", "16,64",
+                "--optimizers", "sgd,adam", "--steps", "30", "--precision", "0.1", "--quiet"]
+    scan = ["lr", "--model", "mlp", "--data", "digits", "--samples", "400", "--batch-sizes", "16,64", "--batches", "2",
+            "--density-steps", "0", "--quiet"]
+    for folder in ("whole", "cut"):  # validate-lr continues in lr's folder
+        assert run(scan, checkpoint, tmp_path / folder).returncode == 0
+    whole = run(validate, checkpoint, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    interrupt(validate, checkpoint, tmp_path / "cut", signal.SIGKILL, pieces=1)
+    resumed = run(validate, checkpoint, tmp_path / "cut", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    records = [json.loads((tmp_path / folder / "validation.json").read_text()) for folder in ("whole", "cut")]
+    assert records[1]["provenance"]["resumed_pieces"] >= 1
+    assert numbers(records[1]["validation"]) == numbers(records[0]["validation"])
+    assert len(records[0]["validation"]) == 4
