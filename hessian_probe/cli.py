@@ -217,7 +217,7 @@ def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], comp
     """Load, compute, write; Ctrl-C or SIGTERM stop cleanly, keeping the finished pieces for --resume."""
     import signal
 
-    from .journal import Journal
+    from .journal import PARTIAL, Journal, saved_pieces
 
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
@@ -227,15 +227,12 @@ def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], comp
         return _load_compute_write(ctx, run, spec_options, compute, writer, products,
                                    lambda fingerprint: Journal.start(run.out_dir, fingerprint, resume=run.resume))
     except KeyboardInterrupt as exc:
-        how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
-        folder = run.out_dir / "partial"
-        saved = len(list(folder.glob("*.pt"))) if folder.is_dir() else 0
-        if saved:
-            raise CommandError(f"interrupted ({how}): {saved} finished piece(s) saved in {folder}; run the same "
-                               "command with --resume to continue (in a config file: resume = true)",
-                               143 if isinstance(exc, Terminated) else 130, on_every_rank=True) from None
-        raise CommandError(f"interrupted ({how}) before any piece finished; nothing to resume",
-                           143 if isinstance(exc, Terminated) else 130, on_every_rank=True) from None
+        how, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+        saved = saved_pieces(run.out_dir)
+        message = (f": {saved} finished piece(s) saved in {run.out_dir / PARTIAL}; run the same command with "
+                   "--resume to continue (in a config file: resume = true)" if saved else
+                   " before any piece finished; nothing to resume")
+        raise CommandError(f"interrupted ({how}){message}", code, on_every_rank=True) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -297,13 +294,15 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
 def _prepare_output(out_dir: Path, run: RunOptions) -> None:
     """A writable output folder that holds nothing this run would overwrite, unless --overwrite or
     --resume (which needs an interrupted run there, not a finished one)."""
+    from .journal import PARTIAL
+
     if run.resume and run.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: choose one")
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file; choose a folder")
     held = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
     foreign = [name for name in held if name not in run.may_hold]
-    if run.resume and foreign and "partial" not in held:
+    if run.resume and foreign and PARTIAL not in held:
         raise UsageError(f"--resume: {out_dir} holds no interrupted run (no partial/ folder); "
                          "pass --overwrite to run again there, or choose another --out")
     if foreign and not (run.resume or run.overwrite):
@@ -678,6 +677,7 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, op
       hessian-probe lr --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits --out lr-demo
       hessian-probe validate-lr --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits --out lr-demo
     """
+    from .analysis.batch_scan import effective_noise
     from .analysis.lr import thresholds
     from .analysis.validate import TrainingRecipe, measure_threshold
     from .loading.optimizer import read_optimizer_state
@@ -710,7 +710,7 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, op
             scaled = rows[b].get(f"lr_max_{name}")
             return scaled / safety if scaled is not None else None
         if fit.get("converged") and name == "sgd":  # between grid points: the fitted sharpness
-            sharp = fit["lambda_inf"] + fit["kappa"] * ((n - b) / (b * (n - 1))) ** fit["p"]
+            sharp = fit["lambda_inf"] + fit["kappa"] * effective_noise(b, n) ** fit["p"]
             return thresholds(sharp, _hyperparameters({**hp, "safety": 1.0}), None)[name]
         return None
 

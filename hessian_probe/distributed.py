@@ -162,6 +162,14 @@ def _portable(exc: BaseException) -> BaseException:
         return RankFailure(f"{type(exc).__name__}: {exc}")
 
 
+def _attempt(work: Callable[[], R]) -> tuple[bool, Any]:
+    """(True, work()) or (False, the error, fit to travel to the other ranks)."""
+    try:
+        return True, work()
+    except Exception as exc:
+        return False, _portable(exc)
+
+
 def _raise_first_failure(outcomes: Sequence[tuple[bool, Any]]) -> None:
     """Raise the first error among gathered outcomes, marked as raised on every rank alike (so
     that only rank 0 needs to print it)."""
@@ -176,28 +184,18 @@ def everywhere(work: Callable[[], R]) -> R:
     (the lowest failing rank's), instead of the others waiting forever at the next collective."""
     if not active():
         return work()
-    try:
-        outcome = (True, work())
-    except Exception as exc:
-        outcome = (False, _portable(exc))
-    outcomes = all_gather_objects((outcome[0], outcome[1] if not outcome[0] else None))
-    _raise_first_failure(outcomes)
-    return outcome[1]
+    ok, value = _attempt(work)
+    _raise_first_failure(all_gather_objects((ok, None if ok else value)))
+    return value
 
 
 def on_main(work: Callable[[], R]) -> R:
     """``work()`` run on rank 0 only (e.g. reading a file), its result (or error) on every rank."""
     if not active():
         return work()
-    outcome: list[Any] = [None]
-    if is_main():
-        try:
-            outcome[0] = (True, work())
-        except Exception as exc:
-            outcome[0] = (False, _portable(exc))
-    dist.broadcast_object_list(outcome, src=0, group=_OBJECT_GROUP)
-    _raise_first_failure(outcome)
-    return outcome[0][1]
+    outcome = broadcast_from_main(_attempt(work) if is_main() else None)
+    _raise_first_failure([outcome])
+    return outcome[1]
 
 
 def spread(tasks: Sequence[T], work: Callable[[T], R]) -> list[R]:
@@ -207,10 +205,8 @@ def spread(tasks: Sequence[T], work: Callable[[T], R]) -> list[R]:
         return [work(t) for t in tasks]
     mine: dict[int, tuple[bool, Any]] = {}
     for i in range(rank(), len(tasks), world_size()):
-        try:
-            mine[i] = (True, work(tasks[i]))
-        except Exception as exc:
-            mine[i] = (False, _portable(exc))
+        mine[i] = _attempt(lambda: work(tasks[i]))
+        if not mine[i][0]:
             break  # the run fails anyway; the other ranks learn why at the gather
     merged: dict[int, tuple[bool, Any]] = {}
     for part in all_gather_objects(mine):

@@ -16,12 +16,16 @@ class UsageError(InputError):
 
 
 class NonFiniteError(InputError):
-    """A loss, gradient or curvature product that is not finite, with where it happened."""
+    """A loss, gradient or curvature product that is not finite, with where it happened: ``where``
+    (e.g. the batch), the ``rows`` concerned (vectors of a block, or Lanczos probes) and the step."""
 
-    def __init__(self, what: str, where: str, rows: list[int] | None = None) -> None:
+    def __init__(self, what: str, where: str, rows: list[int] | None = None, *, row_name: str = "vector",
+                 step: int | None = None) -> None:
         self.what, self.where, self.rows = what, where, rows or []
-        super().__init__(f"{what} is not finite {where}: check the weights and data there (--dtype float64 "
-                         "rules out float32 overflow)")
+        which = f" for {row_name}(s) {self.rows}" if self.rows else ""
+        when = f" at Lanczos step {step}" if step is not None else ""
+        super().__init__(f"{what} is not finite {where}{which}{when}: check the weights and data there "
+                         "(--dtype float64 rules out float32 overflow)")
 
 
 def first_line(exc: BaseException) -> str:

@@ -114,10 +114,6 @@ class Journal:
             self._save(key, value)
         return value
 
-    def pieces(self) -> int:
-        """Pieces saved in the folder now."""
-        return 0 if self.folder is None or not self.folder.is_dir() else len(list(self.folder.glob("*.pt")))
-
     def finish(self) -> None:
         """The run's outputs are written: its pieces are no longer needed."""
         if self.folder is not None and distributed.is_main():
@@ -125,6 +121,12 @@ class Journal:
 
 
 NO_JOURNAL = Journal()
+
+
+def saved_pieces(out_dir: Path) -> int:
+    """How many finished pieces an interrupted run left in ``out_dir``."""
+    folder = out_dir / PARTIAL
+    return len(list(folder.glob("*.pt"))) if folder.is_dir() else 0
 
 
 def _check_same_run(saved: dict[str, Any], now: dict[str, Any], out_dir: Path) -> None:

@@ -75,7 +75,7 @@ class Problem:
     def examples(self) -> tuple[Tensor, Tensor]:
         """All inputs and all targets, the batches concatenated in order (a sharded problem
         gathers the shards from every rank, a collective call, and returns them in host memory)."""
-        inputs, targets = torch.cat([x for x, _ in self.batches]), torch.cat([y for _, y in self.batches])
+        inputs, targets = _joined(self.batches)
         if self.shard is None:
             return inputs, targets
         self._check_group()
@@ -104,16 +104,26 @@ class Problem:
 
     @torch.no_grad()
     def loss_value(self) -> float:
-        total, bad = torch.zeros((), dtype=self.dtype, device=self.device), None
+        return float(self._sample_mean("the loss", lambda x, y: self.batch_loss(self.params, x, y)))
+
+    def gradient(self) -> Tensor:
+        """Flat gradient of the mean loss."""
+        return self._sample_mean("the gradient", lambda x, y: self.space.flatten(
+            torch.func.grad(lambda p: self.batch_loss(p, x, y))(self.params)))
+
+    def _sample_mean(self, what: str, per_batch: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """sum_b (|b|/N) per_batch(b) over the whole sample (all-reduced under torchrun), refused
+        with the first offending batch when it is not finite (every rank learns of it, and stops)."""
+        total, bad = None, None
         for i, (x, y, w) in enumerate(self.weighted_batches()):
-            value = self.batch_loss(self.params, x, y)
-            if bad is None and not torch.isfinite(value):
+            value = per_batch(x, y)
+            if bad is None and not bool(torch.isfinite(value).all()):
                 bad = (i, len(x))
-            total += w * value
-        total = self.reduce(total)  # every rank learns of a non-finite value anywhere, and stops
-        if not torch.isfinite(total):
-            raise NonFiniteError("the loss", self.where(bad))
-        return float(total)
+            total = w * value if total is None else total.add_(value, alpha=w)
+        total = self.reduce(total)
+        if not bool(torch.isfinite(total).all()):
+            raise NonFiniteError(what, self.where(bad))
+        return total
 
     def where(self, batch: tuple[int, int] | None) -> str:
         """'on batch i (n examples)' of this process's batches (naming the rank under torchrun), for
@@ -122,20 +132,6 @@ class Problem:
             return "on another process's shard of the sample"
         rank = f" of rank {self.shard.rank}'s shard" if self.shard is not None else ""
         return f"on batch {batch[0]} ({batch[1]} examples){rank}"
-
-    def gradient(self) -> Tensor:
-        """Flat gradient of the mean loss."""
-        total = torch.zeros(self.n_params, dtype=self.dtype, device=self.device)
-        bad = None
-        for i, (x, y, w) in enumerate(self.weighted_batches()):
-            g = self.space.flatten(torch.func.grad(lambda p: self.batch_loss(p, x, y))(self.params))
-            if bad is None and not bool(torch.isfinite(g).all()):
-                bad = (i, len(x))
-            total += w * g
-        total = self.reduce(total)
-        if not bool(torch.isfinite(total).all()):
-            raise NonFiniteError("the gradient", self.where(bad))
-        return total
 
     def with_batches(self, batches: Sequence[Batch]) -> Problem:
         """The same model and loss on other examples (e.g. one random batch of a scan), held
@@ -189,9 +185,14 @@ def shard_batches(batches: Sequence[Batch], rank: int, world_size: int) -> tuple
     start, stop = distributed.shard_bounds(n, rank, world_size)
     if len({tuple(x.shape[1:]) for x, _ in batches}) > 1 or len({tuple(y.shape[1:]) for _, y in batches}) > 1:
         raise ValueError("sharding over processes needs batches of one example shape; pass (inputs, targets)")
-    inputs, targets = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    inputs, targets = _joined(batches)
     chunk = max(len(x) for x, _ in batches)
     return split_batches(inputs[start:stop], targets[start:stop], chunk), Shard(rank, world_size, n)
+
+
+def _joined(batches: Sequence[Batch]) -> tuple[Tensor, Tensor]:
+    """All inputs and all targets of ``batches``, concatenated in order."""
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
 
 
 def split_batches(inputs: Tensor, targets: Tensor, chunk_size: int | None) -> list[Batch]:

@@ -143,9 +143,7 @@ class LanczosProcess:
             w = self.op.matmat(q)
         except NonFiniteError as exc:
             probes = [int(rows[r]) + self.first_probe for r in exc.rows]
-            which = f" for probe(s) {probes}" if probes else ""
-            raise NonFiniteError(exc.what, f"{exc.where.split(' for vector')[0]}{which} at Lanczos step {j + 1}",
-                                 probes) from None
+            raise NonFiniteError(exc.what, exc.where, probes, row_name="probe", step=j + 1) from None
         self.n_products += len(rows)
         beta_prev = torch.tensor(
             [self.betas[r][j - 1] if j else 0.0 for r in rows], dtype=w.dtype, device=w.device
@@ -165,7 +163,7 @@ class LanczosProcess:
             alpha64, beta64 = distributed.broadcast_from_main((alpha64, beta64))
         if not (np.isfinite(alpha64).all() and np.isfinite(beta64).all()):
             bad = [int(rows[i]) + self.first_probe for i in np.flatnonzero(~(np.isfinite(alpha64) & np.isfinite(beta64)))]
-            raise NonFiniteError("a Lanczos coefficient", f"for probe(s) {bad} at step {j + 1} (overflow)", bad)
+            raise NonFiniteError("a Lanczos coefficient", "(overflow)", bad, row_name="probe", step=j + 1)
         self.scale[rows] = np.maximum(self.scale[rows], np.maximum(np.abs(alpha64), beta64))
         stopped = beta64 <= self.breakdown_tol * self.scale[rows]
         safe_beta = torch.where(beta > 0, beta, torch.ones_like(beta))
@@ -228,13 +226,13 @@ class LanczosProcess:
             gram += q @ q.T
         return float((gram - torch.eye(m, dtype=gram.dtype, device=gram.device)).abs().max())
 
-    def health_warnings(self, first_probe: int = 0, *, breakdowns: bool = True) -> list[str]:
+    def health_warnings(self, *, breakdowns: bool = True) -> list[str]:
         """Breakdowns (the Krylov space is invariant: harmless, the tridiagonal is exact) and loss of
         orthogonality beyond sqrt(eps) (Ritz values may then repeat or drift: a warning that matters)."""
         notes = []
         tol = math.sqrt(torch.finfo(self.op.dtype).eps)
         for probe in range(self.k):
-            label = f"probe {first_probe + probe}"
+            label = f"probe {self.first_probe + probe}"
             if breakdowns and self.broke_down[probe]:
                 notes.append(f"{label}: Lanczos broke down at step {len(self.alphas[probe])} (its Krylov space is "
                              "invariant; its tridiagonal is exact)")
@@ -326,7 +324,7 @@ def lanczos(
         reorth=reorth,
         size=op.size,
         basis_memory=process.basis_memory,
-        warnings=tuple(process.health_warnings(first_probe)),
+        warnings=tuple(process.health_warnings()),
         basis=process.basis[: process.steps + 1] if keep_basis and process.basis is not None else None,
         n_products=process.n_products,
         wall_time_s=time.perf_counter() - t0,

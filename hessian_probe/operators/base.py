@@ -143,15 +143,14 @@ class SampleOperator(CurvatureOperator):
 
     def _locate_non_finite(self, V: Tensor) -> NonFiniteError:
         """Which batch (of this process's share) and which rows of V gave a non-finite product."""
-        tangents = self.space.unflatten(V)
+        tangents, what = self.space.unflatten(V), f"the {self.name or 'operator'} product"
         with float32_precision(tf32=self.settings.tf32):
             for i, (x, y, _) in enumerate(self.problem.weighted_batches()):
                 bad = (~torch.isfinite(self._batch_product(x, y, tangents, len(V)))).any(dim=1)
                 if bool(bad.any()):
                     rows = bad.nonzero().flatten().tolist()
-                    return NonFiniteError(f"the {self.name or 'operator'} product",
-                                          f"{self.problem.where((i, len(x)))} for vector(s) {rows}", rows)
-        return NonFiniteError(f"the {self.name or 'operator'} product", self.problem.where(None))
+                    return NonFiniteError(what, self.problem.where((i, len(x))), rows)
+        return NonFiniteError(what, self.problem.where(None))
 
     def _batch_product(self, x: Tensor, y: Tensor, tangents: dict[str, Tensor], k: int) -> Tensor:
         """A_b V^T as rows, the batch split into pieces of at most max_rows / k examples."""
