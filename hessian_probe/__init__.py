@@ -4,6 +4,16 @@ Data flow: a :class:`Problem` (model, parameters, loss, examples) -> a curvature
 (:func:`curvature_operator`) -> Krylov kernels (:mod:`hessian_probe.linalg`) -> frozen results.
 """
 
+from .analysis import (
+    Hyperparameters,
+    LearningRateResult,
+    SpectrumResult,
+    TrainingRecipe,
+    ValidationResult,
+    learning_rates,
+    spectrum,
+    validate_learning_rates,
+)
 from .linalg import extremal_eigs, hutchinson, hutchpp, lanczos, slq, trace
 from .losses import get_loss
 from .operators import CurvatureOperator, DenseOperator, GGNOperator, HessianOperator, curvature_operator
@@ -13,6 +23,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CurvatureOperator",
+    "Hyperparameters",
+    "LearningRateResult",
+    "SpectrumResult",
+    "TrainingRecipe",
+    "ValidationResult",
+    "learning_rates",
+    "spectrum",
+    "validate_learning_rates",
     "DenseOperator",
     "GGNOperator",
     "HessianOperator",

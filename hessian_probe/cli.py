@@ -166,7 +166,8 @@ PROBLEM_KEYS = ("checkpoint", "model", "model_args", "trust_checkpoint", "data",
 def analysis_command(name: str, *, one_batch: bool = True, writer: Callable | None = None,
                      may_hold: frozenset[str] = frozenset()) -> Callable:
     """Register an analysis command: ``body(op, *, seed, progress, out_dir, loaded, journal,
-    **command_options) -> (record, extra_files)``; ``writer(record, out_dir) -> files`` saves the
+    **command_options) -> (result, extra_files)``, the result a record (a dict) or a typed result with
+    ``to_dict()``; ``writer(record, out_dir, result) -> files`` saves the
     record (default: result.json, eigenvalues.csv and density plots). ``may_hold``: files that
     --out may already hold without --overwrite (validate-lr reads lr's outputs there)."""
 
@@ -269,8 +270,9 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
         **{f"{name}_sha256": file_digest(out_dir / name) for name in sorted(run.may_hold) if (out_dir / name).is_file()}})
     loaded_at = time.perf_counter()
     with ProductProgress(quiet=run.quiet or not distributed.is_main(), label=f"{run.operator} ").attach(op) as progress:
-        record, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir, loaded=loaded,
+        result, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir, loaded=loaded,
                                       journal=journal)
+    record = result.to_dict() if hasattr(result, "to_dict") else result
     finished = time.perf_counter()
     timings = {"load_s": loaded_at - started, "analysis_s": finished - loaded_at, "total_s": finished - started}
     record["provenance"] = provenance(env, run.name, (ctx.obj or {}).get("config"), spec, loaded, timings, digests)
@@ -282,7 +284,7 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     if writer is None:
         written = write_record(record, out_dir, title=plot_title(record)) + extra_files
     else:
-        written = writer(record, out_dir) + extra_files
+        written = writer(record, out_dir, result) + extra_files
     journal.finish()
     if ctx.find_root().obj.get("echo", True):
         resumed = f" ({journal.resumed} finished piece(s) read back)" if journal.resumed else ""
@@ -540,24 +542,6 @@ def demo(ctx: click.Context, out_dir: Path, seed: int, as_json: bool, quiet: boo
 
 # --- learning rate as a function of batch size --------------------------------------------------
 
-def _write_lr(record: dict[str, Any], out_dir: Path) -> list[str]:
-    from .outputs import write_json, write_rows_csv
-    from .plots import plot_batch_spectra, plot_learning_rates
-
-    write_json(record, out_dir / "lr.json")
-    write_rows_csv(record["rows"], out_dir / "lr.csv", LR_COLUMNS)
-    plot_learning_rates(record, out_dir / "lr.png")
-    files = ["lr.json", "lr.csv", "lr.png"]
-    if record["densities"]:
-        plot_batch_spectra(record, out_dir / "spectra_by_batch.png")
-        files.append("spectra_by_batch.png")
-    return files
-
-
-LR_COLUMNS = ["batch_size", "x", "n_batches", "lambda_max_mean", "lambda_max_std", "lambda_min_mean", "lambda_min_std",
-              "adam_sharpness_mean", "adam_sharpness_std", "lr_max_sgd", "lr_max_momentum", "lr_max_nesterov",
-              "lr_max_adam", "converged"]
-
 
 def _batch_sizes(text: str | None) -> list[int] | None:
     if not text:
@@ -571,6 +555,120 @@ def _batch_sizes(text: str | None) -> list[int] | None:
     return sizes
 
 
+def _names(text: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or set(names) - set(allowed):
+        raise UsageError(f"{option} takes {', '.join(allowed)} (comma-separated), got {text!r}")
+    return names
+
+
+def _checkpoint_optimizer(loaded: Any, problem: Any) -> tuple[Any, Any]:
+    """The checkpoint's optimizer state: what it says (OptimizerInfo) and Adam's moments in the
+    problem's flat layout (analysis.adam.SavedAdamState, or None)."""
+    from .loading.optimizer import read_optimizer_state, saved_adam_state
+
+    info = read_optimizer_state(loaded.checkpoint.optimizer_state, [n for n, _ in loaded.model.named_parameters()])
+    return info, saved_adam_state(info, problem)
+
+
+def _learning_rates(op: Any, loaded: Any, seed: int, progress: Any, journal: Any, *, batch_sizes: list[int] | None,
+                    smallest_batch: int = 16, n_batches: int = 5, tol: float = 1e-6, density_steps: int = 40,
+                    safety: float = 1.0, given: dict[str, Any] | None = None, subspace: int = 8,
+                    adam_state: str = "auto", calibrate_at: int | None = None, recipe: Any = None) -> Any:
+    """`lr`'s one library call: hyperparameters and Adam's moments from the checkpoint (options win)."""
+    from .analysis.batch_scan import default_batch_sizes
+    from .analysis.lr import Hyperparameters, learning_rates
+    from .loading.optimizer import found_hyperparameters
+
+    problem = op.problem
+    sizes = batch_sizes or default_batch_sizes(problem.n_samples, smallest_batch)
+    if sizes[-1] > problem.n_samples:
+        raise UsageError(f"--batch-sizes: {sizes[-1]} is larger than the sample ({problem.n_samples} examples)")
+    if calibrate_at is not None and calibrate_at >= problem.n_samples:
+        raise UsageError(f"--calibrate-at {calibrate_at}: calibrate at a batch size below the sample "
+                         f"({problem.n_samples} examples)")
+    info, saved = _checkpoint_optimizer(loaded, problem)
+    if adam_state == "saved" and saved is None:
+        raise UsageError("--adam-state saved: the checkpoint carries no usable Adam moments (exp_avg_sq with a step "
+                         "count, one parameter group, matching shapes); use --adam-state estimated")
+    hp = Hyperparameters.resolve(given or {}, found_hyperparameters(info), safety=safety)
+    result = learning_rates(problem, op.name, batch_sizes=sizes, n_batches=n_batches, tol=tol, subspace=subspace,
+                            hyperparameters=hp, adam_state=adam_state, saved_state=saved, calibrate_at=calibrate_at,
+                            recipe=recipe, density_steps=density_steps, seed=seed, progress=progress, journal=journal,
+                            settings=dataclasses.replace(op.settings, compile=False))
+    return dataclasses.replace(result, checkpoint_optimizer={"kind": info.kind, "lr": info.lr,
+                                                             "notes": list(info.notes)})
+
+
+LR_STATE = "lr_state.pt"
+
+
+def _write_lr(record: dict[str, Any], out_dir: Path, result: Any) -> list[str]:
+    """lr_state.pt (the typed result, tensors and plain values only, for validate-lr), lr.json with
+    that file's digest, lr.csv, lr.png and spectra_by_batch.png."""
+    from .files import write_atomically
+    from .outputs import file_digest, write_json, write_rows_csv
+    from .plots import plot_batch_spectra, plot_learning_rates
+    from .results import to_state
+
+    state = to_state(result.without_vectors())
+    write_atomically(out_dir / LR_STATE, lambda temporary: torch.save(state, temporary))
+    record["state_file"] = {"name": LR_STATE, "sha256": file_digest(out_dir / LR_STATE)}
+    write_json(record, out_dir / "lr.json")
+    write_rows_csv(record["rows"], out_dir / "lr.csv", LR_COLUMNS)
+    plot_learning_rates(record, out_dir / "lr.png")
+    files = ["lr.json", "lr.csv", "lr.png", LR_STATE]
+    if record["densities"]:
+        plot_batch_spectra(record, out_dir / "spectra_by_batch.png")
+        files.append("spectra_by_batch.png")
+    return files
+
+
+LR_COLUMNS = ["batch_size", "x", "n_batches", "lambda_max_mean", "lambda_max_std", "lambda_min_mean", "lambda_min_std",
+              "adam_sharpness_mean", "adam_sharpness_std", "lr_max_sgd", "lr_max_momentum", "lr_max_nesterov",
+              "lr_max_adam", "converged", "batch_sharpness_mean", "batch_sharpness_std", "top_direction_std",
+              "lr_max_sgd_mss", "lr_max_sgd_batch_sharpness", "lr_max_momentum_mss", "lr_max_nesterov_mss",
+              "lr_max_adam_mss", "lr_recommended_sgd", "lr_recommended_momentum", "lr_recommended_nesterov",
+              "lr_recommended_adam", "calibrated", "lr_calibrated_sgd", "lr_calibrated_momentum",
+              "lr_calibrated_nesterov", "lr_calibrated_adam"]
+
+HYPERPARAMETER_OPTIONS = [
+    click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None,
+                 help="Heavy-ball momentum rho [default: the checkpoint's, else 0.9]."),
+    click.option("--nesterov/--no-nesterov", default=None, help="[default: the checkpoint's, else off]"),
+    click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+                 help="Coupled L2 weight decay [default: the checkpoint's, else 0]."),
+    click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=None,
+                 help="Adam beta1 [default: the checkpoint's, else 0.9]."),
+    click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=None,
+                 help="Adam beta2 [default: the checkpoint's, else 0.999]."),
+    click.option("--eps", type=click.FloatRange(min=0), default=None,
+                 help="Adam eps [default: the checkpoint's, else 1e-8]."),
+]
+
+
+def training_options(prefix: str = "") -> list[Callable]:
+    """How measuring runs train: steps, seeds, the blow-up factor and the bisection's precision."""
+    return [
+        click.option(f"--{prefix}steps", type=click.IntRange(min=1), default=200, show_default=True,
+                     help="Training steps per run."),
+        click.option(f"--{prefix}seeds", type=click.IntRange(min=1), default=3, show_default=True,
+                     help="Seeded runs per learning rate; a rate fails when most of them fail."),
+        click.option(f"--{prefix}blowup", type=click.FloatRange(min=1, min_open=True), default=10.0, show_default=True,
+                     help="A run blows up when its loss is not finite or exceeds this multiple of its start."),
+        click.option(f"--{prefix}precision", type=click.FloatRange(min=0, min_open=True), default=0.05,
+                     show_default=True, help="Relative width at which the bisection stops."),
+    ]
+
+
+def with_options(options: list[Callable]) -> Callable:
+    def apply(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
 @analysis_command("lr", one_batch=False, writer=_write_lr)
 @click.option("--batch-sizes", default=None, metavar="B1,B2,...",
               help="Batch sizes to scan [default: powers of two from --smallest-batch, then the full sample].")
@@ -579,178 +677,157 @@ def _batch_sizes(text: str | None) -> list[int] | None:
               help="Random batches per batch size.")
 @click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
               help="Relative Ritz residual for each batch's extremal eigenvalues.")
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Heavy-ball momentum rho [default: the checkpoint's, else 0.9].")
-@click.option("--nesterov/--no-nesterov", default=None, help="[default: the checkpoint's, else off]")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
-              help="Coupled L2 weight decay [default: the checkpoint's, else 0].")
-@click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Adam beta1 [default: the checkpoint's, else 0.9].")
-@click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Adam beta2 [default: the checkpoint's, else 0.999].")
-@click.option("--eps", type=click.FloatRange(min=0), default=None, help="Adam eps [default: the checkpoint's, else 1e-8].")
+@with_options(HYPERPARAMETER_OPTIONS)
 @click.option("--safety", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
-              help="Multiply every threshold by this factor (1: the divergence threshold itself).")
+              help="Multiply every threshold and the recommended rates by this factor.")
 @click.option("--density-steps", type=click.IntRange(min=0), default=40, show_default=True,
               help="Lanczos steps of one SLQ density per batch size, for spectra_by_batch.png (0: none).")
+@click.option("--subspace", type=click.IntRange(min=0, max=16), default=8, show_default=True,
+              help="Top eigenvectors of the full-sample operator in which the batch noise and the mean-square "
+                   "thresholds are measured (k products per batch; 0: no mean-square thresholds).")
+@click.option("--adam-state", type=click.Choice(["auto", "saved", "estimated"]), default="auto", show_default=True,
+              help="Adam's second moment: the checkpoint's (saved), the one training at each B settles to, from "
+                   "per-example gradients (estimated), or saved when the checkpoint has it (auto).")
+@click.option("--calibrate-at", type=click.IntRange(min=1), default=None, metavar="B0",
+              help="Measure each optimizer's blow-up threshold at B0 by short training runs and carry the factor "
+                   "measured/predicted to every B (the rates are then marked calibrated).")
+@with_options(training_options("calibration-"))
 def lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, smallest_batch, n_batches, tol, momentum, nesterov,
-       weight_decay, beta1, beta2, eps, safety, density_steps):
-    """Maximal stable learning rate per batch size for SGD, momentum, Nesterov and Adam.
+       weight_decay, beta1, beta2, eps, safety, density_steps, subspace, adam_state, calibrate_at, calibration_steps,
+       calibration_seeds, calibration_blowup, calibration_precision):
+    """Largest stable learning rate per batch size for SGD, momentum, Nesterov and Adam, and a rate to follow.
 
-    Scans batch sizes, measures the extremal eigenvalues of several random batch Hessians per
-    size, fits lambda'(B) = lambda_inf + kappa x^p, and predicts each optimizer's divergence
-    threshold. Adam uses the checkpoint's exp_avg_sq when present (preconditioned sharpness),
-    else the square-root model. Writes lr.json, lr.csv, lr.png and spectra_by_batch.png.
+    Scans batch sizes; per size measures random batch Hessians' extremal eigenvalues, batch
+    sharpness and noise in the top eigen-directions; fits lambda'(B) = lambda_inf + kappa x^p; and
+    gives each optimizer's divergence threshold from the fixed-Hessian model, mean-square stability
+    under batch noise, and (SGD) batch sharpness, plus lr_recommended_<optimizer>, conservative by
+    construction (--calibrate-at B0 calibrates it by training). Adam uses the checkpoint's
+    exp_avg_sq when present, else the second moment training at B settles to.
+    Writes lr.json, lr.csv, lr.png, lr_state.pt and spectra_by_batch.png.
 
     \b
     Example (the demo's checkpoint, which carries Adam's state):
       hessian-probe lr --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits
     """
-    record = _learning_rate_record(op, loaded, seed, progress, journal, batch_sizes=batch_sizes, smallest_batch=smallest_batch,
-                                   n_batches=n_batches, tol=tol, density_steps=density_steps, safety=safety,
-                                   given=dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                                              beta1=beta1, beta2=beta2, eps=eps))
-    return record, []
+    from .analysis.validate import TrainingRecipe
+
+    recipe = TrainingRecipe(steps=calibration_steps, seeds=calibration_seeds, blowup=calibration_blowup,
+                            precision=calibration_precision)
+    return _learning_rates(op, loaded, seed, progress, journal, batch_sizes=_batch_sizes(batch_sizes),
+                           smallest_batch=smallest_batch, n_batches=n_batches, tol=tol, density_steps=density_steps,
+                           safety=safety, subspace=subspace, adam_state=adam_state, calibrate_at=calibrate_at,
+                           recipe=recipe, given=dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                                                     beta1=beta1, beta2=beta2, eps=eps)), []
 
 
-def _learning_rate_record(op, loaded, seed, progress, journal, *, batch_sizes, smallest_batch, n_batches, tol, density_steps,
-                          safety, given) -> dict[str, Any]:
-    """The `lr` command's record: scan, fit and thresholds, hyperparameters from checkpoint or options."""
-    from .analysis.batch_scan import batch_scan, default_batch_sizes
-    from .analysis.lr import Hyperparameters, learning_rate_scan
-    from .loading.optimizer import flat_second_moments, read_optimizer_state
-    from .operators.preconditioned import adam_preconditioner
-
-    problem = op.problem
-    sizes = _batch_sizes(batch_sizes) or default_batch_sizes(problem.n_samples, smallest_batch)
-    if sizes[-1] > problem.n_samples:
-        raise UsageError(f"--batch-sizes: {sizes[-1]} is larger than the sample ({problem.n_samples} examples)")
-    info = read_optimizer_state(loaded.checkpoint.optimizer_state, [n for n, _ in loaded.model.named_parameters()])
-    found = {"momentum": info.momentum, "nesterov": info.nesterov, "weight_decay": info.weight_decay,
-             "beta1": info.betas[0] if info.betas else None, "beta2": info.betas[1] if info.betas else None,
-             "eps": info.eps}
-    hp = Hyperparameters.resolve(given, found, safety=safety)
-    preconditioner = None
-    moments = flat_second_moments(info, problem.space)
-    if moments is not None and info.step:
-        preconditioner = adam_preconditioner(moments, info.step, hp.beta2, hp.eps)
-    scan = batch_scan(problem, op.name, batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed, journal=journal,
-                      settings=dataclasses.replace(op.settings, compile=False),
-                      preconditioner=preconditioner, density_steps=density_steps, progress=progress)
-    record = learning_rate_scan(scan, hp).to_dict()
-    record["optimizer_in_checkpoint"] = {"kind": info.kind, "lr": info.lr, "notes": list(info.notes)}
-    return record
-
-
-def _write_validation(record: dict[str, Any], out_dir: Path) -> list[str]:
+def _write_validation(record: dict[str, Any], out_dir: Path, result: Any) -> list[str]:
     from .outputs import write_json, write_rows_csv
 
     record["lr"].setdefault("provenance", record["provenance"])  # a scan run here has this run's inputs
+    files = _write_lr(record["lr"], out_dir, result.learning_rates)
     write_json(record, out_dir / "validation.json")
     write_rows_csv(record["validation"], out_dir / "validation.csv", VALIDATION_COLUMNS)
-    return ["validation.json", "validation.csv"] + _write_lr(record["lr"], out_dir)
+    return ["validation.json", "validation.csv"] + files
 
 
-VALIDATION_COLUMNS = ["optimizer", "batch_size", "predicted_lr", "measured_lr", "ratio", "diverging_lr", "runs", "note"]
+VALIDATION_COLUMNS = ["optimizer", "batch_size", "predicted_lr", "measured_lr", "ratio", "diverging_lr", "runs", "note",
+                      "criterion", "seeds", "recommended_lr", "ratio_to_recommended", "best_model", "best_prediction",
+                      "ratio_to_best"]
 
 
 @analysis_command("validate-lr", one_batch=False, writer=_write_validation,
-                  may_hold=frozenset({"lr.json", "lr.csv", "lr.png", "spectra_by_batch.png"}))
+                  may_hold=frozenset({"lr.json", "lr.csv", "lr.png", "spectra_by_batch.png", LR_STATE}))
 @click.option("--batch-sizes", default=None, metavar="B1,B2,...",
               help="Batch sizes to train at [default: every other batch size of the lr scan below N, at most 4].")
-@click.option("--optimizers", default="sgd,adam", show_default=True, help="Comma-separated: sgd, adam.")
-@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Training steps per run.")
-@click.option("--blowup", type=click.FloatRange(min=1, min_open=True), default=10.0, show_default=True,
-              help="A run diverges when its loss is not finite or exceeds this multiple of its start.")
-@click.option("--precision", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True,
-              help="Relative width at which the bisection stops.")
-def validate_lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, optimizers, steps, blowup, precision):
-    """Measure the divergence threshold by short training runs and compare it with `lr`'s prediction.
+@click.option("--optimizers", default="sgd,momentum,adam", show_default=True,
+              help="Comma-separated: sgd, momentum, nesterov, adam.")
+@click.option("--criteria", default="blowup,no_progress", show_default=True,
+              help="Comma-separated: blowup (non-finite, or loss above --blowup x its start), no_progress (loss "
+                   "after --steps above its start).")
+@with_options(training_options())
+def validate_lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, optimizers, criteria, steps, seeds, blowup,
+                precision):
+    """Measure the divergence threshold by short training runs and compare it with `lr`'s predictions.
 
-    Reads lr.json from --out (run `hessian-probe lr` with the same --out first; if it is missing the
-    scan runs here with its defaults). For each batch size and optimizer, bisects the largest
-    learning rate for which --steps steps from the checkpoint on fresh seeded batches do not
-    diverge. Writes validation.json, validation.csv and adds the measured points to lr.json and lr.png.
+    Reads lr.json and lr_state.pt from --out (run `hessian-probe lr` with the same --out first; if
+    they are missing the scan runs here with its defaults). For each batch size and optimizer,
+    bisects the largest learning rate at which most of --seeds runs of --steps steps from the
+    checkpoint (fresh seeded batches; Adam from the state its prediction assumed) pass each
+    criterion. Writes validation.json, validation.csv and adds the measured points to lr.json and lr.png.
 
     \b
     Example:
       hessian-probe lr --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits --out lr-demo
       hessian-probe validate-lr --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits --out lr-demo
     """
-    from .analysis.batch_scan import effective_noise
-    from .analysis.lr import thresholds
-    from .analysis.validate import TrainingRecipe, measure_threshold
-    from .loading.optimizer import read_optimizer_state
+    from .analysis.validate import CRITERIA, OPTIMIZERS, TrainingRecipe, validate_learning_rates
 
-    names = [n.strip() for n in optimizers.split(",") if n.strip()]
-    if not names or set(names) - {"sgd", "adam"}:
-        raise UsageError(f"--optimizers takes sgd and/or adam, got {optimizers!r}")
-    lr_file = out_dir / "lr.json"
-    lr_record = distributed.on_main(lambda: _matching_lr_record(lr_file, op, loaded) if lr_file.is_file() else None)
-    if lr_record is None:
-        lr_record = _learning_rate_record(op, loaded, seed, progress, journal, batch_sizes=None, smallest_batch=16, n_batches=5,
-                                          tol=1e-6, density_steps=40, safety=1.0, given={})
-    rows = {r["batch_size"]: r for r in lr_record["rows"]}
-    below = [b for b in sorted(rows) if b < op.problem.n_samples]
-    sizes = _batch_sizes(batch_sizes) or below[::2][:4]
-    hp = lr_record["hyperparameters"]
-    info = read_optimizer_state(loaded.checkpoint.optimizer_state, [n for n, _ in loaded.model.named_parameters()])
-    recipe = TrainingRecipe(steps=steps, blowup=blowup, precision=precision, beta1=hp["beta1"], beta2=hp["beta2"],
-                            eps=hp["eps"], weight_decay=hp["weight_decay"])
-    safety = hp["safety"]  # predictions are compared unscaled: the measured rate is a divergence threshold
-    fit = lr_record["fit"]
+    names = _names(optimizers, OPTIMIZERS, "--optimizers")
+    kinds = _names(criteria, CRITERIA, "--criteria")
+    sizes = _batch_sizes(batch_sizes)
     n = op.problem.n_samples
-    if not sizes:
-        raise UsageError(f"no batch size below the sample ({n} examples) to train at: pass --batch-sizes")
-    if sizes[-1] > n:
+    if sizes and sizes[-1] > n:
         raise UsageError(f"--batch-sizes: {sizes[-1]} is larger than the sample ({n} examples)")
-
-    def predicted_lr(b: int, name: str) -> float | None:
-        if b in rows:
-            scaled = rows[b].get(f"lr_max_{name}")
-            return scaled / safety if scaled is not None else None
-        if fit.get("converged") and name == "sgd":  # between grid points: the fitted sharpness
-            sharp = fit["lambda_inf"] + fit["kappa"] * effective_noise(b, n) ** fit["p"]
-            return thresholds(sharp, _hyperparameters({**hp, "safety": 1.0}), None)[name]
-        return None
-
-    problem = op.problem.gathered()  # training runs need every example; under torchrun each rank runs its own
-    progress.stage("training runs", None, unit="run")
-    runs = [(b, name) for b in sizes for name in names]
-    results = distributed.spread(runs, lambda run: journal.own(f"threshold-{run[0]}-{run[1]}", lambda: measure_threshold(
-        problem, run[1], run[0], predicted_lr(*run), recipe=recipe, seed=seed + run[0], info=info,
-        on_run=lambda: progress.advance(1))).to_dict())
-    lr_record["validation"] = results
-    definition = (f"diverged: a non-finite batch loss, or the full-sample loss above {blowup:g}x its start, within "
-                  f"{steps} steps from the checkpoint (checked every 10 steps and at the end)")
-    lr_record["validation_definition"] = definition
-    return {**_operator_header(op), "validation": results,
-            "definition": definition, "settings": dict(batch_sizes=sizes, optimizers=names, steps=steps,
-                                                       blowup=blowup, precision=precision, seed=seed),
-            "lr": lr_record, "warnings": [f"{r['optimizer']} B={r['batch_size']}: {r['note']}" for r in results
-                                          if r["note"]]}, []
+    lr_result = distributed.on_main(lambda: _matching_lr_result(out_dir, op, loaded))
+    if lr_result is None:
+        lr_result = _learning_rates(op, loaded, seed, progress, journal, batch_sizes=None)
+    if not sizes and not lr_result.default_validation_sizes():
+        raise UsageError(f"no batch size below the sample ({n} examples) to train at: pass --batch-sizes")
+    _, saved = _checkpoint_optimizer(loaded, op.problem)
+    recipe = TrainingRecipe(steps=steps, seeds=seeds, blowup=blowup, precision=precision)
+    validation = validate_learning_rates(op.problem, lr_result, recipe, optimizers=names, batch_sizes=sizes,
+                                         criteria=kinds, saved_state=saved, seed=seed, progress=progress,
+                                         journal=journal)
+    return ValidationReport(header=_operator_header(op), learning_rates=dataclasses.replace(
+        lr_result, validation=validation)), []
 
 
-def _matching_lr_record(path: Path, op: Any, loaded: Any) -> dict[str, Any]:
-    """lr.json from an earlier `lr` run on the same checkpoint, data, parameters and operator."""
+@dataclasses.dataclass(frozen=True)
+class ValidationReport:
+    """validate-lr's outputs: the validation beside the predictions it tested."""
+
+    header: dict[str, Any]
+    learning_rates: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        validation = self.learning_rates.validation
+        rows = [t.to_dict() for t in validation.thresholds]
+        return to_jsonable({**self.header, "validation": rows, "definition": validation.definition,
+                            "settings": dict(batch_sizes=validation.batch_sizes, optimizers=validation.optimizers,
+                                             criteria=validation.criteria, seed=validation.seed,
+                                             adam_state=validation.adam_source, **dataclasses.asdict(validation.recipe)),
+                            "lr": self.learning_rates.to_dict(), "warnings": validation.warnings})
+
+
+def _matching_lr_result(out_dir: Path, op: Any, loaded: Any) -> Any:
+    """The typed result of an earlier `lr` run in ``out_dir`` on the same checkpoint, data, parameters
+    and operator (None when there is none)."""
     from .outputs import file_digest, read_json
+    from .results import from_state
 
+    path = out_dir / "lr.json"
+    if not path.is_file():
+        return None
     try:
         record = read_json(path)
         inputs = record["provenance"]["inputs"]
+        state_file = record["state_file"]
         _ = record["rows"], record["fit"]  # an lr record has both
     except (ValueError, KeyError, TypeError):
-        raise UsageError(f"{path} is not an lr.json written by `hessian-probe lr`; use another --out") from None
+        raise UsageError(f"{path} is not an lr.json written by this version of `hessian-probe lr`; rerun lr with "
+                         "this --out, or choose another --out") from None
     now = _operator_header(op)
     then = {k: record.get(k) for k in now}
     same_checkpoint = inputs.get("checkpoint_sha256") == file_digest(loaded.checkpoint.path)
     if then != now or not same_checkpoint or record["provenance"].get("parameters") != list(op.problem.params):
         raise UsageError(f"{path} was computed for another checkpoint, sample, parameters or operator; "
                          "rerun `hessian-probe lr` with this --out, or choose another --out")
-    return record
-
-
-def _hyperparameters(saved: dict[str, Any]):
-    from .analysis.lr import Hyperparameters
-
-    return Hyperparameters(**{k: v for k, v in saved.items() if k != "sources"})
+    state_path = out_dir / LR_STATE
+    if not state_path.is_file() or file_digest(state_path) != state_file.get("sha256"):
+        raise UsageError(f"{state_path} is missing or is not the one {path} was written with; rerun "
+                         "`hessian-probe lr` with this --out")
+    try:
+        return from_state(torch.load(state_path, weights_only=True))
+    except Exception as exc:
+        raise UsageError(f"{state_path} cannot be read ({first_line(exc)}); rerun `hessian-probe lr` with this --out") \
+            from None

@@ -157,27 +157,42 @@ def summary(record: Mapping[str, Any]) -> str:
         lines += lr_table(record)
     if "validation" in record and isinstance(record["validation"], list):
         lines.append(f"  measured vs predicted maximal learning rate ({record['definition']}):")
-        lines.append(f"  {'optimizer':>9} {'B':>6} {'predicted':>10} {'measured':>10} {'ratio':>7}")
+        lines.append(f"  {'optimizer':>9} {'B':>6} {'criterion':>11} {'measured':>10} {'fixed':>10} {'ratio':>7} "
+                     f"{'best':>10} {'ratio':>7} {'recommended':>11} {'ratio':>7}")
         for v in record["validation"]:
-            ratio = f"{v['ratio']:>7.3f}" if v["ratio"] is not None else f"{'-':>7}"
-            lines.append(f"  {v['optimizer']:>9} {v['batch_size']:>6} {_cell(v['predicted_lr'])} "
-                         f"{_cell(v['measured_lr'])} {ratio}" + (f"  ({v['note']})" if v["note"] else ""))
+            lines.append(f"  {v['optimizer']:>9} {v['batch_size']:>6} {v.get('criterion', 'blowup'):>11} "
+                         f"{_cell(v['measured_lr'])} {_cell(v['predicted_lr'])} {_ratio(v['ratio'])} "
+                         f"{_cell(v.get('best_prediction'))} {_ratio(v.get('ratio_to_best'))} "
+                         f"{_cell(v.get('recommended_lr'), 11)} {_ratio(v.get('ratio_to_recommended'))}"
+                         + (f"  ({v['note']})" if v["note"] else ""))
     lines += [f"  warning: {w}" for w in record.get("warnings", [])]
     return "\n".join(lines)
 
 
 def lr_table(record: Mapping[str, Any]) -> list[str]:
-    """Batch size, sharpness and each optimizer's predicted maximal learning rate, one line per B."""
+    """Per B: sharpness and the recommended rate of each optimizer (the headline), then every model's
+    divergence threshold, then the fit and the calibration."""
     cell = _cell
     hp = record["hyperparameters"]
-    lines = [f"  maximal stable learning rates (divergence thresholds x safety {hp['safety']:g}; "
-             f"momentum {hp['momentum']:g}, Adam beta1 {hp['beta1']:g}, Adam model: {record['adam_model']})",
-             f"  {'B':>6} {'lmax mean':>10} {'lmax std':>10} {'lmin mean':>10} {'SGD':>10} {'momentum':>10} "
-             f"{'Nesterov':>10} {'Adam':>10}"]
+    optimizers = record.get("optimizers") or ["sgd", "momentum", "nesterov", "adam"]
+    calibrated = bool(record.get("calibration"))
+    lines = [f"  recommended learning rates ({record.get('recommended_is', '')}; "
+             + ("calibrated" if calibrated else "not calibrated: lr --calibrate-at B0 measures the factor") + ")",
+             f"  {'B':>6} {'lmax mean':>10} {'lmax std':>10} {'lmin mean':>10} {'BS mean':>10} "
+             + " ".join(f"{LR_NAMES[o]:>10}" for o in optimizers)]
     for r in record["rows"]:
         lines.append(f"  {r['batch_size']:>6} {cell(r['lambda_max_mean'])} {cell(r['lambda_max_std'])} "
-                     f"{cell(r['lambda_min_mean'])} {cell(r.get('lr_max_sgd'))} {cell(r.get('lr_max_momentum'))} "
-                     f"{cell(r.get('lr_max_nesterov'))} {cell(r.get('lr_max_adam'))}" + ("" if r["converged"] else "  *"))
+                     f"{cell(r['lambda_min_mean'])} {cell(r.get('batch_sharpness_mean'))} "
+                     + " ".join(cell(r.get(f"lr_recommended_{o}")) for o in optimizers)
+                     + ("" if r["converged"] else "  *"))
+    models = [m for o in optimizers for m in LR_MODELS[o]]
+    lines.append(f"  maximal stable learning rates by model (divergence thresholds x safety {hp['safety']:g}; "
+                 f"momentum {hp['momentum']:g}, Adam beta1 {hp['beta1']:g}, Adam model: {record['adam_model']}; "
+                 "fixed: fixed Hessian, mss: mean-square under batch noise, bs: 2/batch sharpness)")
+    lines.append(f"  {'B':>6} " + " ".join(f"{m.replace('_', ' '):>10}" for m in
+                                          (_model_label(m) for m in models)))
+    for r in record["rows"]:
+        lines.append(f"  {r['batch_size']:>6} " + " ".join(cell(r.get(f"lr_max_{m}")) for m in models))
     fit = record["fit"]
     if fit["converged"]:
         def pm(value, err):
@@ -187,7 +202,27 @@ def lr_table(record: Mapping[str, Any]) -> list[str]:
                      f"{record['full_sample']['lambda_max']:.4g}), kappa = {pm(fit['kappa'], fit['kappa_stderr'])}, "
                      f"p = {pm(fit['p'], fit['p_stderr'])}, critical batch size "
                      + (f"{critical:.0f}" if critical else "undefined"))
+    if calibrated:
+        cal = record["calibration"]
+        shown = ", ".join(f"{o} x{f:.3g}" if f is not None else f"{o}: none" for o, f in cal["factors"].items())
+        lines.append(f"  calibration at B = {cal['batch_size']} (measured blow-up / best model): {shown}")
     return lines
+
+
+LR_NAMES = {"sgd": "SGD", "momentum": "momentum", "nesterov": "Nesterov", "adam": "Adam"}
+LR_MODELS = {"sgd": ("sgd", "sgd_mss", "sgd_batch_sharpness"), "momentum": ("momentum", "momentum_mss"),
+             "nesterov": ("nesterov", "nesterov_mss"), "adam": ("adam", "adam_mss")}
+
+
+def _model_label(model: str) -> str:
+    """'sgd' -> 'SGD fixed', 'momentum_mss' -> 'mom mss', 'sgd_batch_sharpness' -> 'SGD bs'."""
+    short = {"sgd": "SGD", "momentum": "mom", "nesterov": "nest", "adam": "Adam"}
+    name, _, kind = model.partition("_")
+    return f"{short[name]} {dict(mss='mss', batch_sharpness='bs').get(kind, 'fixed')}"
+
+
+def _ratio(value: float | None) -> str:
+    return f"{'-':>7}" if value is None else f"{value:>7.3f}"
 
 
 def _cell(value: float | None, width: int = 10) -> str:

@@ -93,44 +93,57 @@ LR_STYLES = {"sgd": ("SGD", "tab:blue"), "momentum": ("heavy ball", "tab:orange"
 
 
 def plot_learning_rates(record: Mapping[str, Any], path: Path) -> None:
-    """Left: predicted maximal learning rate vs batch size (log-log) per optimizer, with linear and
-    square-root reference slopes and the critical batch size. Right: lambda'(B) (mean and spread
-    over batches) with the fit lambda_inf + kappa x^p and the full-sample lambda_max."""
+    """Left: per optimizer, the recommended rate (solid), the mean-square threshold under batch noise
+    (dashed) and the fixed-Hessian one (dotted) against B (log-log), with validate-lr's measured
+    thresholds (stars: blow-up, triangles: no progress) and a square-root reference slope.
+    Right: lambda'(B) (mean and spread over batches) with the fit lambda_inf + kappa x^p, the batch
+    sharpness, and the full-sample lambda_max."""
     rows = record["rows"]
     n = record["n_samples"]
     b = np.array([r["batch_size"] for r in rows], dtype=float)
     fit = record["fit"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+
+    def series(key: str) -> np.ndarray:
+        return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
+
     for key, (label, colour) in LR_STYLES.items():
-        values = np.array([np.nan if r.get(f"lr_max_{key}") is None else r[f"lr_max_{key}"] for r in rows])
-        if np.isfinite(values).any():
-            suffix = f" ({record['adam_model']})" if key == "adam" else ""
-            left.plot(b, values, "o-", color=colour, label=label + suffix)
-    anchor = next((r["lr_max_sgd"] for r in rows if r.get("lr_max_sgd")), None)
+        for column, style, name in ((f"lr_recommended_{key}", "o-", "recommended"),
+                                    (f"lr_max_{key}_mss", "--", "mean-square"), (f"lr_max_{key}", ":", "fixed Hessian")):
+            values = series(column)
+            if np.isfinite(values).any():
+                left.plot(b, values, style, color=colour, lw=2 if name == "recommended" else 1,
+                          label=f"{label}: {name}" + (" (calibrated)" if name == "recommended" and
+                                                      record.get("calibration") else ""))
+    anchor = next((r["lr_recommended_sgd"] for r in rows if r.get("lr_recommended_sgd")), None)
     if anchor:
         ref = np.array([b[0], b[-1]])
-        left.plot(ref, anchor * ref / b[0], ":", color="grey", label="slope 1 (linear)")
-        left.plot(ref, anchor * np.sqrt(ref / b[0]), "--", color="grey", label="slope 1/2 (square root)")
+        left.plot(ref, anchor * np.sqrt(ref / b[0]), "-", color="lightgrey", lw=1, label="slope 1/2 (square root)")
     labelled = set()
     for v in record.get("validation") or []:  # measured thresholds from validate-lr
         if v.get("measured_lr") is None:
             continue
         label, colour = LR_STYLES.get(v["optimizer"], (v["optimizer"], "black"))
-        left.plot(v["batch_size"], v["measured_lr"], "*", color=colour, markersize=13, markeredgecolor="black",
-                  label=None if v["optimizer"] in labelled else f"{label}: measured (validate-lr)")
-        labelled.add(v["optimizer"])
+        criterion = v.get("criterion", "blowup")
+        marker = "*" if criterion == "blowup" else "v"
+        name = f"{label}: measured {'blow-up' if criterion == 'blowup' else 'no progress'}"
+        left.plot(v["batch_size"], v["measured_lr"], marker, color=colour, markersize=13 if marker == "*" else 8,
+                  markeredgecolor="black", label=None if name in labelled else name)
+        labelled.add(name)
     critical = fit.get("critical_batch_size")
     for axis in (left, right):
         axis.set_xscale("log", base=2)
         if critical and b[0] <= critical <= n:
             axis.axvline(critical, color="black", alpha=0.4, lw=1)
     left.set_yscale("log")
-    left.set(xlabel="batch size B", ylabel="maximal stable learning rate",
-             title=f"divergence thresholds (safety x{record['hyperparameters']['safety']:g})")
-    left.legend(fontsize=8)
-    mean = np.array([r["lambda_max_mean"] for r in rows])
-    std = np.array([r["lambda_max_std"] for r in rows])
+    left.set(xlabel="batch size B", ylabel="learning rate",
+             title=f"largest stable learning rates (safety x{record['hyperparameters']['safety']:g})")
+    left.legend(fontsize=7, ncol=2)
+    mean, std = series("lambda_max_mean"), series("lambda_max_std")
     right.errorbar(b, mean, yerr=std, fmt="o", color="tab:blue", capsize=3, label="λ'(B): mean ± std over batches")
+    sharpness = series("batch_sharpness_mean")
+    if np.isfinite(sharpness[:-1]).any():
+        right.plot(b[:-1], sharpness[:-1], "s--", color="tab:purple", label="batch sharpness E[gᵀHg/|g|²]")
     if fit.get("converged"):
         grid = np.geomspace(b[0], n, 200)
         x = (n - grid) / (grid * (n - 1))
@@ -139,7 +152,7 @@ def plot_learning_rates(record: Mapping[str, Any], path: Path) -> None:
                    label=f"fit λ∞ + κ x^p: λ∞ = {fit['lambda_inf']:.3g}, κ = {fit['kappa']:.3g}, p = {fit['p']:.2f}")
     right.axhline(record["full_sample"]["lambda_max"], color="grey", ls="--",
                   label=f"full sample λmax = {record['full_sample']['lambda_max']:.4g}")
-    right.set(xlabel="batch size B", ylabel="top eigenvalue of the batch operator",
+    right.set(xlabel="batch size B", ylabel="curvature of the batch operator",
               title=f"{record['operator']} sharpness vs batch size" +
                     (f" (critical B ≈ {critical:.0f})" if critical else ""))
     right.legend(fontsize=8)

@@ -104,14 +104,14 @@ class Problem:
 
     @torch.no_grad()
     def loss_value(self) -> float:
-        return float(self._sample_mean("the loss", lambda x, y: self.batch_loss(self.params, x, y)))
+        return float(self.sample_mean("the loss", lambda x, y: self.batch_loss(self.params, x, y)))
 
     def gradient(self) -> Tensor:
         """Flat gradient of the mean loss."""
-        return self._sample_mean("the gradient", lambda x, y: self.space.flatten(
+        return self.sample_mean("the gradient", lambda x, y: self.space.flatten(
             torch.func.grad(lambda p: self.batch_loss(p, x, y))(self.params)))
 
-    def _sample_mean(self, what: str, per_batch: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    def sample_mean(self, what: str, per_batch: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         """sum_b (|b|/N) per_batch(b) over the whole sample (all-reduced under torchrun), refused
         with the first offending batch when it is not finite (every rank learns of it, and stops)."""
         total, bad = None, None
@@ -155,6 +155,21 @@ class Problem:
             raise ValueError("the problem is sharded already")
         batches, shard = shard_batches(self.batches, rank, world_size)
         return replace(self, batches=_prepare_batches(batches, self.device, self.dtype), shard=shard)
+
+    def cast(self, dtype: torch.dtype) -> Problem:
+        """The same problem in another floating dtype (parameters, buffers and floating data), e.g.
+        float32 training runs from a problem measured in float64."""
+        if dtype == self.dtype:
+            return self
+        if dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"curvature problems are float32 or float64, got {dtype}")
+
+        def to(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
+
+        batches = tuple((x.to(dtype) if x.is_floating_point() else x, y.to(dtype) if y.is_floating_point() else y)
+                        for x, y in self.batches)
+        return replace(self, params=to(self.params), frozen=to(self.frozen), buffers=to(self.buffers), batches=batches)
 
     @property
     def chunk_size(self) -> int:

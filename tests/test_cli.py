@@ -309,6 +309,7 @@ def bad_files(tmp_path_factory, checkpoint, trained):
     nan_state["0.weight"][0, 0] = float("nan")
     torch.save(nan_state, d / "nan.pt")
     torch.save([1, 2, 3], d / "list.pt")
+    torch.save(state, d / "bare.pt")
     torch.save({"epoch": 3, "note": "no weights"}, d / "noweights.pt")
     torch.save({"x": torch.zeros(0, 64), "y": torch.zeros(0, dtype=torch.long)}, d / "empty.pt")
     torch.save({"x": torch.rand(20, 64), "y": torch.full((20,), 12)}, d / "labels.pt")
@@ -429,13 +430,24 @@ BAD_INPUTS = [
     ("unknown basis place", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--basis", "gpu"], 2, "--basis"),
     ("unknown reorthogonalisation", ["spectrum", "--checkpoint", "{ckpt}", *GOOD, "--reorth", "partial"], 2,
      "--reorth"),
+    ("calibration at the full sample", ["lr", "--checkpoint", "{ckpt}", *GOOD, "--samples", "100", "--calibrate-at", "100"],
+     2, "below the sample"),
+    ("saved Adam state asked of a bare state dict", ["lr", "--checkpoint", "{d}/bare.pt", *GOOD, "--adam-state", "saved"],
+     2, "carries no usable Adam moments"),
+    ("unknown Adam state", ["lr", "--checkpoint", "{ckpt}", *GOOD, "--adam-state", "fresh"], 2, "--adam-state"),
+    ("subspace too large", ["lr", "--checkpoint", "{ckpt}", *GOOD, "--subspace", "99"], 2, "--subspace"),
+    ("unknown optimizer to validate", ["validate-lr", "--checkpoint", "{ckpt}", *GOOD, "--optimizers", "sgd,rmsprop"], 2,
+     "--optimizers takes"),
+    ("unknown validation criterion", ["validate-lr", "--checkpoint", "{ckpt}", *GOOD, "--criteria", "loss"], 2,
+     "--criteria takes"),
+    ("no seeds", ["validate-lr", "--checkpoint", "{ckpt}", *GOOD, "--seeds", "0"], 2, "--seeds"),
 ]
 
 
 @pytest.mark.parametrize("name,args,code,words", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_gives_one_line_and_exit_code(tmp_path, bad_files, checkpoint, name, args, code, words):
     args = [a.format(d=bad_files, ckpt=checkpoint) for a in args]
-    extra = ["--quiet", "--out", str(tmp_path / "out")] if args[0] == "eigs" else []
+    extra = ["--quiet", "--out", str(tmp_path / "out")] if args[0] in ("eigs", "lr", "validate-lr") else []
     result = invoke(*args, *extra)
     assert result.exit_code == code, (result.output, result.exception)
     assert words in result.stderr, result.stderr

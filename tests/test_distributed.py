@@ -147,7 +147,7 @@ def test_cli_lr_and_validation_spread_over_ranks(tmp_path, checkpoint):
     lr = ("lr", "--model", "mlp", "--data", "digits", "--samples", "101", "--device", "cpu", "--dtype", "float64",
           "--batch-sizes", "16,32", "--batches", "2", "--density-steps", "4", "--quiet", "--checkpoint", checkpoint)
     validate = ("validate-lr", "--model", "mlp", "--data", "digits", "--samples", "101", "--device", "cpu",
-                "--dtype", "float64", "--batch-sizes", "16", "--optimizers", "sgd,adam", "--steps", "4",
+                "--dtype", "float64", "--batch-sizes", "16", "--optimizers", "sgd,adam", "--steps", "4", "--seeds", "1",
                 "--precision", "0.5", "--quiet", "--checkpoint", checkpoint)
     alone = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun's ranks: batches measured alike, bit for bit
     for out, launch in (("one", lambda *a: subprocess.run([sys.executable, "-m", "hessian_probe", *map(str, a)],

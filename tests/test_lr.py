@@ -185,18 +185,29 @@ def test_lr_on_the_digits_mlp(digits_lr):
     assert np.corrcoef(np.log([r["batch_size"] for r in rows[:-1]]), means)[0, 1] < -0.8
     fit = record["fit"]
     assert fit["converged"] and abs(fit["lambda_inf"] - full) < 0.1 * full and 0.5 <= fit["p"] <= 1
-    assert record["adam_model"] == "preconditioned" and record["hyperparameters"]["sources"]["beta1"] == "checkpoint"
+    assert record["adam_model"] == "preconditioned (saved state)"
+    assert record["hyperparameters"]["sources"]["beta1"] == "checkpoint" and record["adam_state"]["source"] == "saved"
     for r in rows:
         assert r["lr_max_sgd"] == pytest.approx(2 / r["lambda_max_mean"])
         assert r["lr_max_adam"] == pytest.approx(3.8 / (0.1 * r["adam_sharpness_mean"]))
+        assert r["lr_max_sgd_batch_sharpness"] == pytest.approx(2 / r["batch_sharpness_mean"])
+        for opt, models in (("sgd", ("sgd", "sgd_mss", "sgd_batch_sharpness")), ("momentum", ("momentum", "momentum_mss")),
+                            ("nesterov", ("nesterov", "nesterov_mss")), ("adam", ("adam", "adam_mss"))):
+            # conservative by construction: 0.6 x the smallest model, never above any of them
+            assert r[f"lr_recommended_{opt}"] == pytest.approx(0.6 * min(r[f"lr_max_{m}"] for m in models))
+    # heavy ball under batch noise: far below 2(1 + rho)/lambda' at the smallest batch, equal at B = N
+    assert rows[0]["lr_max_momentum_mss"] < 0.5 * rows[0]["lr_max_momentum"]
+    assert rows[-1]["lr_max_momentum_mss"] == pytest.approx(3.8 / full, rel=1e-3)
+    assert record["noise"]["subspace"] == 8 and record["cost"]["operator_products"]["projections"]["products"] > 0
     with (out / "lr" / "lr.csv").open() as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == len(rows) and float(table[0]["lr_max_sgd"]) == pytest.approx(rows[0]["lr_max_sgd"])
     assert {"lr.json", "lr.csv", "lr.png", "spectra_by_batch.png"} <= {p.name for p in (out / "lr").iterdir()}
     assert "maximal stable learning rates" in stdout and "critical batch size" in stdout
+    assert "recommended learning rates" in stdout and "lr_state.pt" in stdout
 
 
-def test_lr_without_optimizer_state_uses_the_square_root_model(tmp_path):
+def test_lr_without_optimizer_state_estimates_adams_second_moment(tmp_path):
     model = nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10))
     torch.save(model.state_dict(), tmp_path / "w.pt")
     result = CliRunner().invoke(main, ["lr", "--checkpoint", str(tmp_path / "w.pt"), "--model", "mlp", "--model-arg",
@@ -205,9 +216,11 @@ def test_lr_without_optimizer_state_uses_the_square_root_model(tmp_path):
                                        "--out", str(tmp_path / "o"), "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
-    assert record["adam_model"] == "sqrt" and record["hyperparameters"]["sources"]["momentum"] == "option"
+    assert record["adam_model"] == "preconditioned (estimated v_B)" and record["adam_state"]["source"] == "estimated"
+    assert record["hyperparameters"]["sources"]["momentum"] == "option"
     row = record["rows"][0]
     assert row["lr_max_momentum"] == pytest.approx(0.5 * 2 * 1.5 / row["lambda_max_mean"])
+    assert row["lr_max_adam"] == pytest.approx(0.5 * 38 / row["adam_sharpness_mean"])
     assert [r["batch_size"] for r in record["rows"]] == [25, 50, 100, 200]
     assert not record["fit"]["converged"] and "at least 4" in record["warnings"][0]  # too few points: said so
 
@@ -221,7 +234,7 @@ def test_measured_threshold_of_gradient_descent_on_least_squares(least_squares):
     top = float(torch.linalg.eigvalsh(2 * x.T @ x / len(x))[-1])
     predicted = 2 / top
     recipe = TrainingRecipe(steps=100, check_every=1, precision=1e-3)
-    measured = measure_threshold(problem, "sgd", len(x), predicted, recipe=recipe)
+    measured, = measure_threshold(problem, "sgd", len(x), predicted, recipe=recipe)
     expected = (1 + 10 ** (1 / 100)) / top
     assert measured.measured_lr <= measured.diverging_lr <= measured.measured_lr * 1.001
     assert measured.ratio == pytest.approx(expected / predicted, rel=0.02)
@@ -231,21 +244,29 @@ def test_validate_lr_reports_measured_against_predicted(digits_lr):
     out, _ = digits_lr
     result = CliRunner().invoke(main, ["validate-lr", "--checkpoint", str(out / "checkpoint.pt"), "--model", "mlp",
                                        "--data", "digits", "--out", str(out / "lr"), "--batch-sizes", "64,1024",
-                                       "--quiet"])
+                                       "--optimizers", "sgd,adam", "--steps", "100", "--seeds", "1",
+                                       "--precision", "0.03", "--quiet"])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "lr" / "validation.json").read_text())
-    rows = {(v["optimizer"], v["batch_size"]): v for v in record["validation"]}
+    rows = {(v["optimizer"], v["batch_size"]): v for v in record["validation"] if v["criterion"] == "blowup"}
     assert set(rows) == {("sgd", 64), ("adam", 64), ("sgd", 1024), ("adam", 1024)}
-    for v in rows.values():
+    assert {v["criterion"] for v in record["validation"]} == {"blowup", "no_progress"}
+    for v in record["validation"]:
         assert v["measured_lr"] < v["diverging_lr"] <= v["measured_lr"] * 1.03
         assert v["ratio"] == pytest.approx(v["measured_lr"] / v["predicted_lr"])
+        assert v["ratio_to_recommended"] == pytest.approx(v["measured_lr"] / v["recommended_lr"])
+        assert v["ratio_to_best"] == pytest.approx(v["measured_lr"] / v["best_prediction"])
+    for b in (64, 1024):  # no progress comes no later than blow-up
+        no_progress = next(v for v in record["validation"] if (v["optimizer"], v["batch_size"], v["criterion"]) ==
+                           ("sgd", b, "no_progress"))
+        assert no_progress["measured_lr"] <= rows[("sgd", b)]["measured_lr"]
     # digits MLP, 100 steps, divergence = loss above 10x its start: SGD measured 1.2-1.5x the
     # linear-stability prediction (catapult dynamics survive a little above 2/lambda')
     assert all(0.7 < rows[("sgd", b)]["ratio"] < 2.0 for b in (64, 1024))
     saved = json.loads((out / "lr" / "lr.json").read_text())
     assert saved["validation"] == record["validation"] and "measured vs predicted" in result.stdout
     with (out / "lr" / "validation.csv").open() as fh:
-        assert len(list(csv.DictReader(fh))) == 4
+        assert len(list(csv.DictReader(fh))) == 8  # 2 optimizers x 2 sizes x 2 criteria
 
 
 def test_adam_moments_with_several_groups_are_not_guessed():
@@ -265,17 +286,42 @@ def test_bisection_reports_only_rates_it_tried(least_squares, monkeypatch):
     problem, _ = least_squares
     tried = []
 
-    def never(problem, optimizer, lr, *args, **kwargs):
-        tried.append(lr)
-        return False
+    def outcome(blew_up):
+        def run(problem, optimizer, lr, *args, **kwargs):
+            tried.append(lr)
+            return validate.RunOutcome(blew_up, 1.0, None if blew_up else 0.5)
+        return run
 
-    monkeypatch.setattr(validate, "diverges", never)
-    stable = validate.measure_threshold(problem, "sgd", 8, 1.0)
-    assert stable.measured_lr == max(tried) and stable.diverging_lr is None and "no divergence" in stable.note
+    monkeypatch.setattr(validate, "train", outcome(False))
+    stable, = validate.measure_threshold(problem, "sgd", 8, 1.0)
+    assert stable.measured_lr == max(tried) and stable.diverging_lr is None and "no failure" in stable.note
     tried.clear()
-    monkeypatch.setattr(validate, "diverges", lambda problem, optimizer, lr, *a, **k: tried.append(lr) or True)
-    unstable = validate.measure_threshold(problem, "sgd", 8, 1.0)
+    monkeypatch.setattr(validate, "train", outcome(True))
+    unstable, = validate.measure_threshold(problem, "sgd", 8, 1.0)
     assert unstable.diverging_lr == min(tried) and unstable.measured_lr is None and "even at" in unstable.note
+
+
+def test_a_rate_fails_when_most_seeds_fail_and_each_criterion_has_its_threshold(least_squares, monkeypatch):
+    """Runs blow up above 1.0 on every seed, and above 0.5 on one seed in three; they make no progress
+    above 0.25: the majority sees blow-up at 1.0, and no progress at 0.25."""
+    from hessian_probe.analysis import validate
+
+    problem, _ = least_squares
+    seeds = validate.run_seeds(0, 8, "sgd", 3)
+    runs = []
+
+    def run(problem, optimizer, lr, batch_size, recipe, seed, adam_state=None):
+        runs.append((lr, seed))
+        blew = lr > 1.0 or (lr > 0.5 and seed == seeds[0])
+        return validate.RunOutcome(blew, 1.0, None if blew else (2.0 if lr > 0.25 else 0.5))
+
+    monkeypatch.setattr(validate, "train", run)
+    recipe = validate.TrainingRecipe(precision=1e-3)
+    blowup, no_progress = validate.measure_threshold(problem, "sgd", 8, 0.4, recipe=recipe,
+                                                     criteria=("blowup", "no_progress"))
+    assert blowup.measured_lr == pytest.approx(1.0, rel=2e-3) and blowup.seeds == 3
+    assert no_progress.measured_lr == pytest.approx(0.25, rel=2e-3)
+    assert len(runs) == len(set(runs))  # a run is never repeated: the criteria share them
 
 
 def test_explicit_options_override_the_checkpoint_and_stale_results_are_refused(tmp_path):
@@ -295,3 +341,107 @@ def test_explicit_options_override_the_checkpoint_and_stale_results_are_refused(
     stale = CliRunner().invoke(main, ["validate-lr", *args[:-7], "--samples", "120", "--quiet", "--out",
                                       str(tmp_path / "o")])
     assert stale.exit_code == 2 and "another checkpoint" in stale.stderr
+
+
+@pytest.fixture(scope="module")
+def small_mlp_problem():
+    """A briefly trained digits MLP on 300 examples (float64), with Adam's state."""
+    from hessian_probe.loading.builtin_models import mlp
+    from hessian_probe.loading.datasets import load_digits
+
+    torch.manual_seed(0)
+    x, y = load_digits(300, seed=0)
+    model = mlp(hidden=16)
+    adam = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(40):
+        adam.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        adam.step()
+    problem = make_problem(model, (x, y), "cross_entropy", dtype=F64)
+    info = read_optimizer_state(adam.state_dict(), [n for n, _ in model.named_parameters()])
+    from hessian_probe.loading.optimizer import saved_adam_state
+
+    return problem, saved_adam_state(info, problem)
+
+
+def test_calibration_carries_the_measured_factor_to_every_batch_size(small_mlp_problem, monkeypatch):
+    """A fake trainer whose runs blow up above 0.8 x the best model at B0 = 32 for every optimizer:
+    the factor is 0.8 (to the bisection's precision), every calibrated rate is 0.8 x its best model,
+    and the recommended rate is 0.7 x the calibrated one (a factor below 1 lowers it; one above 1
+    would not raise it above the best model)."""
+    from hessian_probe.analysis import validate
+    from hessian_probe.analysis.lr import learning_rates
+
+    problem, saved = small_mlp_problem
+    result = learning_rates(problem, batch_sizes=[16, 32, 64, 300], n_batches=3, subspace=4, saved_state=saved,
+                            density_steps=0)
+    best = {opt: result.predictions(opt, 32)[result.best_model(opt)] for opt in result.optimizers}
+
+    def run(problem, optimizer, lr, batch_size, recipe, seed, adam_state=None):
+        blew = lr > 0.8 * best[optimizer]
+        return validate.RunOutcome(blew, 1.0, None if blew else 0.5)
+
+    monkeypatch.setattr(validate, "train", run)
+    calibrated = learning_rates(problem, batch_sizes=[16, 32, 64, 300], n_batches=3, subspace=4, saved_state=saved,
+                                density_steps=0, calibrate_at=32, recipe=validate.TrainingRecipe(precision=1e-3))
+    assert calibrated.calibration.batch_size == 32
+    for opt in calibrated.optimizers:
+        assert calibrated.calibration.factors[opt] == pytest.approx(0.8, rel=2e-3)
+        for b in (16, 64, 300):
+            model = calibrated.predictions(opt, b)[calibrated.best_model(opt)]
+            assert calibrated.calibrated(opt, b) == pytest.approx(calibrated.calibration.factors[opt] * model)
+            assert calibrated.recommended(opt, b) == pytest.approx(0.7 * calibrated.calibrated(opt, b))
+            assert result.recommended(opt, b) == pytest.approx(0.6 * min(
+                v for v in result.predictions(opt, b).values() if v is not None))
+    rows = calibrated.to_dict()["rows"]
+    assert all(r["calibrated"] for r in rows) and not any(r["calibrated"] for r in result.to_dict()["rows"])
+    assert rows[0]["lr_calibrated_sgd"] == pytest.approx(calibrated.calibrated("sgd", 16))
+
+
+def test_adam_is_validated_from_the_state_its_prediction_assumed(small_mlp_problem, monkeypatch):
+    from hessian_probe.analysis import validate
+    from hessian_probe.analysis.adam import SETTLED_STEP
+    from hessian_probe.analysis.lr import learning_rates
+    from hessian_probe.analysis.noise import gradient_moments
+
+    problem, saved = small_mlp_problem
+    seen = {}
+
+    def run(problem, optimizer, lr, batch_size, recipe, seed, adam_state=None):
+        seen[batch_size] = adam_state
+        return validate.RunOutcome(lr > 1e-3, 1.0, 0.5)
+
+    monkeypatch.setattr(validate, "train", run)
+    moments = gradient_moments(problem)
+    for source in ("saved", "estimated"):
+        result = learning_rates(problem, batch_sizes=[16, 64, 300], n_batches=2, subspace=2, saved_state=saved,
+                                adam_state=source, density_steps=0, optimizers=("sgd", "adam"))
+        assert result.adam.source == source
+        seen.clear()
+        validation = validate.validate_learning_rates(problem, result, optimizers=("adam",), batch_sizes=[16, 64],
+                                                      criteria=("blowup",), saved_state=saved)
+        assert {t.batch_size for t in validation.thresholds} == {16, 64}
+        for b, (first, second, step) in seen.items():
+            if source == "saved":
+                assert step == saved.step and torch.equal(second, saved.exp_avg_sq) and torch.equal(first, saved.exp_avg)
+            else:
+                assert step == SETTLED_STEP and torch.allclose(first, moments.mean)
+                assert torch.allclose(second, moments.batch_second_moment(b))
+        if source == "estimated":  # the estimate's preconditioner shrinks with B: D_B^2 = v_B
+            d16, d64 = (moments.batch_second_moment(b) for b in (16, 64))
+            assert float(d16.sum()) > float(d64.sum())
+    with pytest.raises(ValueError, match="saved"):
+        learning_rates(problem, batch_sizes=[16, 300], adam_state="saved", saved_state=None)
+
+
+def test_the_saved_lr_result_reads_back_typed_and_equal(small_mlp_problem, tmp_path):
+    from hessian_probe.analysis.lr import learning_rates
+    from hessian_probe.results import from_state, to_state
+
+    problem, saved = small_mlp_problem
+    result = learning_rates(problem, batch_sizes=[16, 32, 300], n_batches=2, subspace=3, saved_state=saved,
+                            density_steps=0).without_vectors()
+    torch.save(to_state(result), tmp_path / "lr_state.pt")
+    back = from_state(torch.load(tmp_path / "lr_state.pt", weights_only=True))
+    assert type(back) is type(result) and back.to_dict() == result.to_dict()
+    assert back.recommended("momentum", 16) == result.recommended("momentum", 16)

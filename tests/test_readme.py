@@ -38,3 +38,14 @@ def test_worked_example_runs(tmp_path):
     assert batch["n_samples"] == 128 and layer["n_params"] == 650
     assert (tmp_path / "mynet-spectra.png").exists() and (tmp_path / "mynet-last-layer" / "eigenvectors.pt").exists()
     assert "top    eigenvalues" in done.stdout
+
+
+def test_library_learning_rate_example_runs(tmp_path):
+    """The README's Python learning-rate example runs as written and prints a rate and its check."""
+    code = examples()["library-lr"]
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, second = done.stdout.strip().splitlines()[-2:]
+    assert float(first.split()[0]) > 0 and "momentum_mss" in first
+    measured, ratio = (float(v) for v in second.split())
+    assert measured > 0 and ratio > 0

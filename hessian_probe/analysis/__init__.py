@@ -1,5 +1,10 @@
-"""Analyses built from kernels: the spectrum of one operator, batch-size scans, learning-rate thresholds."""
+"""Analyses built from kernels: the spectrum of one operator, batch-size scans, learning rates per
+batch size (thresholds under batch noise, a recommended rate, calibration) and their validation by
+training."""
 
+from .lr import Hyperparameters, LearningRateResult, calibrate, learning_rates
 from .spectrum import SpectrumResult, spectrum
+from .validate import MeasuredThreshold, TrainingRecipe, ValidationResult, validate_learning_rates
 
-__all__ = ["SpectrumResult", "spectrum"]
+__all__ = ["Hyperparameters", "LearningRateResult", "MeasuredThreshold", "SpectrumResult", "TrainingRecipe",
+           "ValidationResult", "calibrate", "learning_rates", "spectrum", "validate_learning_rates"]

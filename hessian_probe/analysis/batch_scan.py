@@ -1,20 +1,28 @@
-"""Batch-size scan: extremal eigenvalues of batch Hessians (or GGNs) as the batch shrinks.
+"""Batch-size scan: what the batch operator (Hessian or GGN) of B random examples looks like as B shrinks.
 
 For each batch size B, ``n_batches`` batches are drawn without replacement from the sample,
 each with its own seed (SeedSequence of (seed, B, j)), so a batch does not change when the grid
-does. The top and bottom eigenvalues of each batch operator come from Lanczos with full
-reorthogonalisation, with residuals; optionally also the top eigenvalue of Adam's
-preconditioned batch operator D^-1/2 H_B D^-1/2 and an SLQ density per B. The full-sample
-operator is measured the same way for reference. (THEORY.md section 3; Granziol et al. 2022.)
-Under torchrun the batches are spread over the ranks (each measures its own batches whole) and
-the full-sample operator is measured by all ranks together on their shards.
+does. Each batch gives
+  - its top and bottom eigenvalues (Lanczos with full reorthogonalisation, with residuals);
+  - its batch sharpness g_B^T H_B g_B / |g_B|^2 (one gradient, one product; Andreyev &
+    Beneventano 2024);
+  - its operator projected on the full sample's top-k eigenvectors Q, Q H_B Q^T (k products),
+    from which noise.SubspaceNoise estimates the batch noise at every B;
+  - with Adam's preconditioner D_B: the top eigenvalue of D_B^-1/2 H_B D_B^-1/2, and the batch
+    operator preconditioned with every scanned size's D_B', projected on the top-k eigenvectors
+    of the full sample's D_B'^-1/2 H D_B'^-1/2 (k products per size), so that Adam's noise at
+    each B is pooled over the batches of every size, like the plain one;
+  - optionally an SLQ density (one per B).
+The full-sample operator is measured first (its top-k eigenpairs are the subspace). (THEORY.md
+sections 3-4; Granziol et al. 2022.) Under torchrun the batches are spread over the ranks (each
+measures its own batches whole) and the full-sample operators are measured by all ranks together.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,15 +33,14 @@ from torch import Tensor
 from .. import distributed
 from ..journal import NO_JOURNAL, Journal
 from ..linalg import EigenResult, SLQResult, extremal_eigs, slq
-from ..operators import ProductSettings, curvature_operator
+from ..operators import CurvatureOperator, ProductSettings, curvature_operator
 from ..operators.preconditioned import PreconditionedOperator
 from ..problem import Problem, split_batches
 from ..results import saveable, to_jsonable
+from .noise import effective_noise
 
-
-def effective_noise(batch_size: int, n_samples: int) -> float:
-    """x = (N - B) / (B (N - 1)): the variance factor of a batch mean drawn without replacement."""
-    return (n_samples - batch_size) / (batch_size * (n_samples - 1)) if n_samples > 1 else 0.0
+__all__ = ["AdamSubspace", "BatchMeasurement", "BatchScanResult", "BatchSizeSummary", "batch_indices", "batch_scan",
+           "default_batch_sizes", "effective_noise", "measure_batch"]
 
 
 def default_batch_sizes(n_samples: int, smallest: int = 16) -> list[int]:
@@ -54,7 +61,9 @@ def batch_indices(n_samples: int, batch_size: int, seed: int, index: int) -> Ten
 @saveable
 @dataclass(frozen=True, kw_only=True)
 class BatchMeasurement:
-    """One batch: its extremal eigenvalues (with residuals) and, if asked, Adam's sharpness."""
+    """One batch (or the full sample): its extremal eigenvalues with residuals, batch sharpness,
+    projections on the reference subspaces, and, if asked, Adam's sharpness and a density.
+    ``n_products``: operator products spent, by statistic (each on this batch's B examples)."""
 
     batch_size: int
     index: int
@@ -62,6 +71,10 @@ class BatchMeasurement:
     adam_sharpness: float | None = None
     adam_converged: bool | None = None
     density: SLQResult | None = None
+    batch_sharpness: float | None = None
+    projected: np.ndarray | None = None
+    adam_projected: dict[int, np.ndarray] | None = None  # Adam reference size (0: shared) -> k x k
+    n_products: dict[str, int] | None = None
 
     @property
     def lambda_max(self) -> float:
@@ -69,7 +82,23 @@ class BatchMeasurement:
 
     @property
     def lambda_min(self) -> float:
-        return float(self.eigs.bottom_eigenvalues[0])
+        """The bottom eigenvalue (the last top one when every eigenvalue was asked from the top)."""
+        bottom = self.eigs.bottom_eigenvalues
+        return float(bottom[0] if len(bottom) else self.eigs.top_eigenvalues[-1])
+
+
+@saveable
+@dataclass(frozen=True, kw_only=True)
+class AdamSubspace:
+    """The full sample's preconditioned operator D_B^-1/2 H D_B^-1/2 at batch size B: its top-k
+    eigenpairs (the subspace Adam's noise is measured in) and what they cost."""
+
+    batch_size: int
+    eigs: EigenResult
+
+    @property
+    def sharpness(self) -> float:
+        return float(self.eigs.top_eigenvalues[0])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +109,7 @@ class BatchSizeSummary:
     lambda_max: list[float]
     lambda_min: list[float]
     adam_sharpness: list[float] | None
+    batch_sharpness: list[float] | None
     converged: bool
 
     @staticmethod
@@ -94,12 +124,14 @@ class BatchSizeSummary:
                    lambda_max_mean=mean_max, lambda_max_std=std_max, lambda_min_mean=mean_min,
                    lambda_min_std=std_min, lambda_max=self.lambda_max, lambda_min=self.lambda_min,
                    converged=self.converged)
-        if self.adam_sharpness is not None:
-            mean_a, std_a = self._stats(self.adam_sharpness)
-            row.update(adam_sharpness_mean=mean_a, adam_sharpness_std=std_a, adam_sharpness=self.adam_sharpness)
+        for name, values in (("adam_sharpness", self.adam_sharpness), ("batch_sharpness", self.batch_sharpness)):
+            if values is not None:
+                mean, std = self._stats(values)
+                row.update({f"{name}_mean": mean, f"{name}_std": std, name: values})
         return to_jsonable(row)
 
 
+@saveable
 @dataclass(frozen=True, kw_only=True)
 class BatchScanResult:
     operator: str
@@ -107,36 +139,126 @@ class BatchScanResult:
     n_samples: int
     measurements: tuple[BatchMeasurement, ...]
     full: BatchMeasurement
+    adam_subspaces: tuple[AdamSubspace, ...]
     settings: dict
     wall_time_s: float
 
+    @property
+    def subspace(self) -> int:
+        return len(self.full.eigs.top_eigenvalues)
+
     def by_size(self) -> list[BatchSizeSummary]:
-        sizes = sorted({m.batch_size for m in self.measurements})
+        """One summary per batch size below N, in increasing order."""
         rows = []
-        for b in sizes:
+        for b in sorted({m.batch_size for m in self.measurements}):
             group = [m for m in self.measurements if m.batch_size == b]
             sharp = [m.adam_sharpness for m in group] if all(m.adam_sharpness is not None for m in group) else None
+            batch_sharp = [m.batch_sharpness for m in group] if all(m.batch_sharpness is not None for m in group) else None
             rows.append(BatchSizeSummary(
                 batch_size=b, x=effective_noise(b, self.n_samples), n_batches=len(group),
                 lambda_max=[m.lambda_max for m in group], lambda_min=[m.lambda_min for m in group],
-                adam_sharpness=sharp,
+                adam_sharpness=sharp, batch_sharpness=batch_sharp,
                 converged=all(m.eigs.converged and m.adam_converged is not False for m in group)))
         return rows
 
+    def adam_subspace(self, batch_size: int) -> AdamSubspace | None:
+        """Adam's reference at B (the one shared subspace when the preconditioner does not depend on B)."""
+        for s in self.adam_subspaces:
+            if s.batch_size in (batch_size, 0):
+                return s
+        return None
+
+    def cost(self) -> dict[str, dict[str, int]]:
+        """Operator products by statistic: their number, and their cost in single-example products
+        (a product on a batch of B examples counts B)."""
+        totals: dict[str, dict[str, int]] = {}
+
+        def add(name: str, products: int, batch_size: int) -> None:
+            entry = totals.setdefault(name, {"products": 0, "example_products": 0})
+            entry["products"] += products
+            entry["example_products"] += products * batch_size
+
+        for m in (*self.measurements, self.full):
+            for name, count in (m.n_products or {}).items():
+                add(name, count, m.batch_size)
+        for s in self.adam_subspaces:
+            add("adam_subspace", s.eigs.n_products, self.n_samples)
+        return totals
+
+
+ProductsFor = Callable[[int], Tensor | None]
+
+
+def _projection(op: CurvatureOperator, basis: Tensor) -> np.ndarray:
+    """basis A basis^T (k x k, float64) from k products."""
+    rows = op.matmat(basis)
+    return (basis.to(rows) @ rows.T).double().cpu().numpy()
+
 
 def measure_batch(problem: Problem, kind: str, *, batch_size: int, index: int, tol: float, seed: int,
-                  preconditioner: Tensor | None = None, density_steps: int = 0,
+                  subspace: Tensor | None = None, preconditioner: Tensor | None = None,
+                  adam_references: dict[int, tuple[Tensor, Tensor]] | None = None, density_steps: int = 0,
                   density_probes: int = 4, settings: ProductSettings | None = None) -> BatchMeasurement:
-    """Top and bottom eigenvalue of one batch's operator (and Adam's sharpness, and an SLQ density)."""
+    """Every statistic of one batch's operator (see the module docstring). ``adam_references``:
+    reference size -> (D, Q) with Q the top eigenvectors (rows) of the full sample's D^-1/2 H D^-1/2."""
     op = curvature_operator(problem, kind, **dataclasses.asdict(settings or ProductSettings()))
     eigs = extremal_eigs(op, 1, 1, tol=tol, seed=seed)
-    sharp = ok = None
+    products = {"eigenvalues": eigs.n_products}
+    gradient = problem.gradient()
+    norm = float(gradient.norm())
+    sharpness = projected = None
+    if norm > 0:
+        sharpness = float(_projection(op, (gradient / norm)[None])[0, 0])
+        products["batch_sharpness"] = 1
+    if subspace is not None:
+        projected = _projection(op, subspace)
+        products["projections"] = len(subspace)
+    adam = ok = adam_projected = None
     if preconditioner is not None:
-        adam = extremal_eigs(PreconditionedOperator(op, preconditioner), 1, 0, tol=tol, seed=seed + 1)
-        sharp, ok = float(adam.top_eigenvalues[0]), bool(adam.converged)
+        top = extremal_eigs(PreconditionedOperator(op, preconditioner), 1, 0, tol=tol, seed=seed + 1)
+        adam, ok = float(top.top_eigenvalues[0]), bool(top.converged)
+        products["adam_sharpness"] = top.n_products
+    if adam_references:
+        # Q D^-1/2 H_B D^-1/2 Q^T for every reference, from one block of products with H_B
+        scaled = {b: q * d.to(q).rsqrt() for b, (d, q) in adam_references.items()}
+        rows = op.matmat(torch.cat(list(scaled.values())))
+        adam_projected, start = {}, 0
+        for b, y in scaled.items():
+            block = rows[start:start + len(y)]
+            adam_projected[b] = (y.to(block) @ block.T).double().cpu().numpy()
+            start += len(y)
+        products["adam_projections"] = start
     density = slq(op, density_steps, density_probes, seed=seed + 2) if density_steps else None
-    return BatchMeasurement(batch_size=batch_size, index=index, eigs=eigs, adam_sharpness=sharp,
-                            adam_converged=ok, density=density)
+    if density is not None:
+        products["density"] = density.n_products
+    return BatchMeasurement(batch_size=batch_size, index=index, eigs=eigs, adam_sharpness=adam, adam_converged=ok,
+                            density=density, batch_sharpness=sharpness, projected=projected,
+                            adam_projected=adam_projected, n_products=products)
+
+
+def measure_full(problem: Problem, kind: str, *, subspace: int, tol: float, seed: int,
+                 settings: ProductSettings | None = None) -> BatchMeasurement:
+    """The full-sample operator: top-``subspace`` eigenpairs (the reference directions) and the
+    bottom eigenvalue, its batch sharpness g^T H g / |g|^2 and its projection diag(top eigenvalues)."""
+    op = curvature_operator(problem, kind, **dataclasses.asdict(settings or ProductSettings()))
+    subspace = min(subspace, op.size)
+    eigs = extremal_eigs(op, subspace, 1 if subspace < op.size else 0, tol=tol, seed=seed, return_eigenvectors=True)
+    gradient = problem.gradient()
+    norm = float(gradient.norm())
+    sharpness = float(_projection(op, (gradient / norm)[None])[0, 0]) if norm > 0 else None
+    projected = _projection(op, eigs.top_eigenvectors)
+    return BatchMeasurement(batch_size=problem.n_samples, index=0, eigs=eigs, batch_sharpness=sharpness,
+                            projected=projected, n_products={"eigenvalues": eigs.n_products, "batch_sharpness": 1,
+                                                             "projections": subspace})
+
+
+def measure_adam_subspace(problem: Problem, kind: str, preconditioner: Tensor, *, batch_size: int, subspace: int,
+                          tol: float, seed: int, settings: ProductSettings | None = None) -> AdamSubspace:
+    """Top-k eigenpairs of the full sample's D^-1/2 H D^-1/2 (``batch_size`` 0: D does not depend on B)."""
+    op = curvature_operator(problem, kind, **dataclasses.asdict(settings or ProductSettings()))
+    eigs = extremal_eigs(PreconditionedOperator(op, preconditioner), subspace, 0, tol=tol, seed=seed + 3,
+                         return_eigenvectors=True)
+    return AdamSubspace(batch_size=batch_size, eigs=eigs)
 
 
 def batch_scan(
@@ -147,7 +269,9 @@ def batch_scan(
     n_batches: int = 5,
     tol: float = 1e-6,
     seed: int = 0,
-    preconditioner: Tensor | None = None,
+    subspace: int = 8,
+    preconditioner: Tensor | ProductsFor | None = None,
+    subspace_tol: float = 1e-4,
     density_steps: int = 0,
     density_probes: int = 4,
     chunk_size: int | None = 1024,
@@ -155,40 +279,69 @@ def batch_scan(
     settings: ProductSettings | None = None,
     journal: Journal = NO_JOURNAL,
 ) -> BatchScanResult:
-    """Measure ``n_batches`` random batches per size (one for B = N) and the full sample.
+    """Measure the full sample, then ``n_batches`` random batches per size B < N.
+
+    ``subspace``: how many top eigenvectors of the full-sample operator the batch operators are
+    projected on (0: none). ``preconditioner``: Adam's diagonal D, one tensor for every B or a
+    function of B (None: no Adam statistics); its reference subspace is found to ``subspace_tol``.
     ``progress`` (optional) has ``stage(name, total, unit)`` and ``advance(k)``, like the CLI's bars;
-    ``settings`` say how every batch operator's products run (operators.ProductSettings); each
-    batch and the full sample are pieces of ``journal`` (saved as they finish; journal.py)."""
+    ``settings`` say how every operator's products run (operators.ProductSettings); the full
+    sample, each Adam reference and each batch are pieces of ``journal`` (saved as they finish)."""
     t0 = time.perf_counter()
     inputs, targets = problem.examples()
     n = len(inputs)
     sizes = sorted(set(batch_sizes or default_batch_sizes(n)))
     if sizes[0] < 1 or sizes[-1] > n:
         raise ValueError(f"batch sizes must lie in 1..{n} (the sample), got {sizes[0]}..{sizes[-1]}")
+    subspace = min(subspace, problem.n_params)
     plan = [(b, j) for b in sizes if b < n for j in range(n_batches)]
+    per_size = callable(preconditioner)
+    adam_sizes = sizes if per_size else [0] if preconditioner is not None else []
     if progress is not None:  # one bar over this process's batches (each batch is its own operator)
-        progress.stage("batch-size scan", distributed.my_share(len(plan)) + 1, unit="batch")
-    common = dict(tol=tol, preconditioner=preconditioner, density_steps=density_steps, density_probes=density_probes,
-                  settings=settings)
+        progress.stage("batch-size scan", distributed.my_share(len(plan)) + 1 + len(adam_sizes), unit="operator")
+
+    def advance() -> None:
+        if progress is not None:
+            progress.advance(1)
+
+    def diagonal(b: int) -> Tensor | None:
+        return preconditioner(b) if per_size else preconditioner
+
+    # the full sample and Adam's references: every rank together, on its shard
+    full = journal.shared("full", lambda: measure_full(problem, kind, subspace=max(subspace, 1), tol=tol, seed=seed,
+                                                       settings=settings))
+    advance()
+    references = []
+    for b in adam_sizes:
+        references.append(journal.shared(f"adam-subspace-{b}", lambda b=b: measure_adam_subspace(
+            problem, kind, diagonal(b if per_size else n), batch_size=b, subspace=max(subspace, 1), tol=subspace_tol,
+            seed=seed, settings=settings)))
+        advance()
+    basis = full.eigs.top_eigenvectors[:subspace] if subspace else None
+    adam_references = {r.batch_size: (diagonal(r.batch_size), r.eigs.top_eigenvectors[:subspace])
+                       for r in references} if subspace else None
 
     def measure(task: tuple[int, int]) -> BatchMeasurement:
         b, j = task
         idx = batch_indices(n, b, seed, j)
         batch_problem = problem.with_batches(split_batches(inputs[idx], targets[idx], chunk_size))
-        settings_j = {**common, "density_steps": density_steps if j == 0 else 0}  # one density per B
-        measured = measure_batch(batch_problem, kind, batch_size=b, index=j, seed=seed + 7 * j, **settings_j)
-        if progress is not None:
-            progress.advance(1)
+        measured = measure_batch(
+            batch_problem, kind, batch_size=b, index=j, seed=seed + 7 * j, tol=tol, subspace=basis,
+            preconditioner=diagonal(b) if preconditioner is not None else None, adam_references=adam_references,
+            density_steps=density_steps if j == 0 else 0, density_probes=density_probes, settings=settings)
+        advance()
         return measured
 
-    # under torchrun each rank measures its own batches; the full sample all ranks together
+    # under torchrun each rank measures its own batches
     measurements = distributed.spread(plan, lambda task: journal.own(f"batch-{task[0]}-{task[1]}",
                                                                      lambda: measure(task)))
-    full = journal.shared("full", lambda: measure_batch(problem, kind, batch_size=n, index=0, seed=seed, **common))
-    if progress is not None:
-        progress.advance(1)
-    record = dict(batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed, density_steps=density_steps,
-                  density_probes=density_probes, preconditioned=preconditioner is not None)
+    if density_steps:  # the full sample's density too, for spectra_by_batch.png
+        full = dataclasses.replace(full, density=journal.shared("full-density", lambda: slq(
+            curvature_operator(problem, kind, **dataclasses.asdict(settings or ProductSettings())), density_steps,
+            density_probes, seed=seed + 2)))
+    record = dict(batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed, subspace=subspace,
+                  subspace_tol=subspace_tol, density_steps=density_steps, density_probes=density_probes,
+                  preconditioned=preconditioner is not None, preconditioner_per_batch_size=per_size)
     return BatchScanResult(operator=kind, n_params=problem.n_params, n_samples=n,
-                           measurements=tuple(measurements), full=full,
+                           measurements=tuple(measurements), full=full, adam_subspaces=tuple(references),
                            settings=record, wall_time_s=time.perf_counter() - t0)

@@ -1,98 +1,64 @@
-"""Maximal stable learning rates from batch-Hessian sharpness, and the batch-size fit.
+"""The largest learning rate per batch size for SGD, heavy ball, Nesterov and Adam, and a rate to follow.
 
-Fit (THEORY.md section 3): lambda'(B) = lambda_inf + kappa * x^p, x = (N - B)/(B (N - 1)),
-p in [1/2, 1], by weighted least squares on the per-B mean top eigenvalues (B < N); the
-critical batch size is where the noise term equals lambda_inf: x_c = (lambda_inf/kappa)^(1/p),
-B_crit = N / (1 + x_c (N - 1)) (= kappa/lambda_inf for p = 1 and B << N).
+``learning_rates(problem)`` scans batch sizes (batch_scan), fits the sharpness law (fit), and
+gives per B and optimizer the divergence threshold of each model (docs/theory.md):
 
-Thresholds (THEORY.md section 4), quadratic-model divergence limits, not optimal rates:
-  SGD 2/(lambda' + wd); heavy ball 2(1 + rho)/(lambda' + wd);
-  Nesterov (2 + 2 rho)/((1 + 2 rho)(lambda' + wd));
-  Adam: (2 + 2 beta1)/((1 - beta1) s) with s the top eigenvalue of D^-1/2 H_B D^-1/2 when the
-  checkpoint carries exp_avg_sq (Cohen et al. 2022), else the square-root model
-  2 (sqrt(lambda') + eps)/lambda'.
+- fixed Hessian (``lr_max_<opt>``, the quadratic model on the mean batch sharpness lambda'(B)):
+  SGD 2/(lambda' + wd); heavy ball 2(1 + rho)/(lambda' + wd); Nesterov (2 + 2 rho)/((1 + 2 rho)
+  (lambda' + wd)); Adam (2 + 2 beta1)/((1 - beta1) s) with s the mean top eigenvalue of
+  D_B^-1/2 H_B D_B^-1/2 (adam.py: D from the saved or the estimated second moment);
+- mean-square stability under batch noise (``lr_max_<opt>_mss``, stability.py) in the span of
+  the full sample's top-k eigenvectors, the noise from noise.SubspaceNoise;
+- batch sharpness (``lr_max_sgd_batch_sharpness``): 2/(BS(B) + wd) with BS(B) = E[g_B^T H_B g_B /
+  |g_B|^2] (Andreyev & Beneventano 2024).
+
+The headline ``lr_recommended_<opt>`` is conservative by construction: RECOMMENDED_FRACTION times
+the smallest of the optimizer's models (times --safety). A calibration (a measured blow-up
+threshold at one B0, validate.py) gives the factor f = measured / best model at B0;
+``lr_calibrated_<opt>`` = f x best model at every B, and the recommended rate becomes
+CALIBRATED_FRACTION x min(f, 1) x best model: a calibration that finds the model optimistic
+lowers the rate, one that finds it pessimistic does not raise it above the model (how far a
+network survives beyond linear instability changes with B). The fractions come from the measured
+validity table in docs/theory.md. These are divergence thresholds, not optimal rates.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
-from scipy.optimize import OptimizeWarning, curve_fit
+from torch import Tensor
 
-from ..results import to_jsonable
+from ..journal import NO_JOURNAL, Journal
+from ..operators import ProductSettings
+from ..problem import Problem
+from ..results import saveable, to_jsonable
+from .adam import AdamPreconditioning, SavedAdamState, choose_source, preconditioning
+from .batch_scan import BatchScanResult, batch_scan, default_batch_sizes
+from .fit import BatchSizeFit, fit_batch_size
+from .noise import SubspaceNoise, effective_noise, gradient_moments
+from .stability import adam_mean_square_threshold, mean_square_threshold, quadratic_threshold
+from .validate import MeasuredThreshold, TrainingRecipe, ValidationResult, adam_starting_states, measure_threshold
 
+__all__ = ["BatchSizeFit", "Calibration", "Hyperparameters", "LearningRateResult", "LearningRateRow", "fit_batch_size",
+           "learning_rates", "momentum_threshold", "nesterov_threshold", "sgd_threshold", "thresholds"]
 
-@dataclass(frozen=True, kw_only=True)
-class BatchSizeFit:
-    lambda_inf: float
-    lambda_inf_stderr: float | None
-    kappa: float
-    kappa_stderr: float | None
-    p: float
-    p_stderr: float | None
-    critical_batch_size: float | None
-    n_points: int
-    rms_relative_residual: float
-    converged: bool
-    message: str = ""
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.lambda_inf + self.kappa * np.asarray(x, dtype=float) ** self.p
-
-    def to_dict(self) -> dict:
-        return to_jsonable(self)
-
-
-def _model(x: np.ndarray, lambda_inf: float, kappa: float, p: float) -> np.ndarray:
-    return lambda_inf + kappa * x**p
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+MODELS = {  # every threshold model of each optimizer; the first is the fixed-Hessian one (lr_max_<opt>)
+    "sgd": ("sgd", "sgd_mss", "sgd_batch_sharpness"),
+    "momentum": ("momentum", "momentum_mss"),
+    "nesterov": ("nesterov", "nesterov_mss"),
+    "adam": ("adam", "adam_mss"),
+}
+BEST_MODEL = {"sgd": "sgd_mss", "momentum": "momentum_mss", "nesterov": "nesterov_mss", "adam": "adam_mss"}
+RECOMMENDED_FRACTION = 0.6  # of the smallest model threshold (docs/theory.md, validity table)
+CALIBRATED_FRACTION = 0.7  # of min(calibration factor, 1) x the best model (docs/theory.md)
 
 
-def fit_batch_size(x: np.ndarray, mean: np.ndarray, stderr: np.ndarray, n_samples: int) -> BatchSizeFit:
-    """Weighted least squares of lambda'(B) = lambda_inf + kappa x^p with p in [1/2, 1]."""
-    x, mean, stderr = (np.asarray(a, dtype=float) for a in (x, mean, stderr))
-    if len(x) < 4:
-        return BatchSizeFit(lambda_inf=math.nan, lambda_inf_stderr=None, kappa=math.nan, kappa_stderr=None, p=math.nan,
-                            p_stderr=None, critical_batch_size=None, n_points=len(x), rms_relative_residual=math.nan,
-                            converged=False, message=f"{len(x)} batch sizes below N: the fit of 3 parameters with "
-                                                     "uncertainties needs at least 4")
-    # a floor keeps a point whose few batches happen to agree from dominating the fit
-    sigma = np.maximum(stderr, np.maximum(0.25 * np.median(stderr), 1e-3 * np.abs(mean)) + 1e-12)
-    start = (float(mean.min()) * 0.5, float(max(mean.max() - mean.min(), 1e-12) / max(x.max() ** 0.75, 1e-12)), 0.75)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OptimizeWarning)  # a singular covariance shows as stderr None
-            params, cov = curve_fit(_model, x, mean, p0=start, sigma=sigma, absolute_sigma=False,
-                                    bounds=([-np.inf, 0.0, 0.5], [np.inf, np.inf, 1.0]), maxfev=20000)
-        errors = np.sqrt(np.clip(np.diag(cov), 0, None))
-        errors = [float(e) if np.isfinite(e) else None for e in errors]
-        ok, message = True, ""
-    except (RuntimeError, ValueError) as exc:
-        return BatchSizeFit(lambda_inf=math.nan, lambda_inf_stderr=None, kappa=math.nan, kappa_stderr=None, p=math.nan,
-                            p_stderr=None, critical_batch_size=None, n_points=len(x), rms_relative_residual=math.nan,
-                            converged=False, message=f"fit failed: {exc}")
-    lambda_inf, kappa, p = (float(v) for v in params)
-    residual = float(np.sqrt(np.mean(((_model(x, *params) - mean) / mean) ** 2)))
-    critical, notes = None, []
-    if p in (0.5, 1.0) or abs(p - 0.5) < 1e-6 or abs(p - 1.0) < 1e-6:
-        notes.append(f"p sits on its bound {p:g}: the data may want an exponent outside [1/2, 1]")
-    significant = kappa > 0 and (errors[1] is None or kappa > 2 * errors[1])
-    if lambda_inf > 0 and significant:
-        x_c = (lambda_inf / kappa) ** (1.0 / p)
-        critical = n_samples / (1.0 + x_c * (n_samples - 1))
-        if not 1 <= critical <= n_samples:
-            notes.append(f"the critical batch size {critical:.3g} lies outside 1..N")
-            critical = None
-    elif not significant:
-        notes.append("kappa is not significantly above 0: no batch-size dependence resolved, no critical batch size")
-    message = "; ".join(notes)
-    return BatchSizeFit(lambda_inf=lambda_inf, lambda_inf_stderr=errors[0], kappa=kappa, kappa_stderr=errors[1], p=p,
-                        p_stderr=errors[2], critical_batch_size=critical, n_points=len(x),
-                        rms_relative_residual=residual, converged=ok, message=message)
-
-
+@saveable
 @dataclass(frozen=True, kw_only=True)
 class Hyperparameters:
     """What the thresholds depend on, and where each value came from ('checkpoint' or 'option')."""
@@ -127,118 +93,428 @@ class Hyperparameters:
 
 def sgd_threshold(sharpness: float, weight_decay: float = 0.0) -> float | None:
     """Plain SGD: 2 / (lambda' + wd)."""
-    curvature = sharpness + weight_decay
-    return 2.0 / curvature if curvature > 0 else None
+    return quadratic_threshold("sgd", sharpness + weight_decay)
 
 
 def momentum_threshold(sharpness: float, momentum: float, weight_decay: float = 0.0) -> float | None:
     """Heavy ball (torch SGD momentum): 2 (1 + rho) / (lambda' + wd)."""
-    curvature = sharpness + weight_decay
-    return 2.0 * (1.0 + momentum) / curvature if curvature > 0 else None
+    return quadratic_threshold("momentum", sharpness + weight_decay, momentum)
 
 
 def nesterov_threshold(sharpness: float, momentum: float, weight_decay: float = 0.0) -> float | None:
     """Nesterov: (2 + 2 rho) / ((1 + 2 rho)(lambda' + wd))."""
-    curvature = sharpness + weight_decay
-    return (2.0 + 2.0 * momentum) / ((1.0 + 2.0 * momentum) * curvature) if curvature > 0 else None
+    return quadratic_threshold("nesterov", sharpness + weight_decay, momentum)
 
 
-def adam_threshold(preconditioned_sharpness: float, beta1: float) -> float | None:
-    """Adam with measured preconditioned sharpness s: (2 + 2 beta1) / ((1 - beta1) s)."""
-    return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * preconditioned_sharpness) if preconditioned_sharpness > 0 else None
-
-
-def adam_sqrt_model_threshold(sharpness: float, eps: float) -> float | None:
-    """Adam without its state (square-root model): 2 (sqrt(lambda') + eps) / lambda'."""
-    return 2.0 * (math.sqrt(sharpness) + eps) / sharpness if sharpness > 0 else None
+def adam_threshold(preconditioned_sharpness: float | None, beta1: float) -> float | None:
+    """Adam with preconditioned sharpness s: (2 + 2 beta1) / ((1 - beta1) s)."""
+    if preconditioned_sharpness is None or not preconditioned_sharpness > 0:
+        return None
+    return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * preconditioned_sharpness)
 
 
 def thresholds(sharpness: float, hp: Hyperparameters, adam_sharpness: float | None) -> dict[str, float | None]:
-    """Every optimizer's maximal learning rate for one sharpness, times the safety factor."""
+    """The fixed-Hessian thresholds for one sharpness, times the safety factor."""
     values = {
         "sgd": sgd_threshold(sharpness, hp.weight_decay),
         "momentum": momentum_threshold(sharpness, hp.momentum, hp.weight_decay),
         "nesterov": nesterov_threshold(sharpness, hp.momentum, hp.weight_decay),
-        "adam": adam_threshold(adam_sharpness, hp.beta1) if adam_sharpness is not None
-        else adam_sqrt_model_threshold(sharpness, hp.eps),
+        "adam": adam_threshold(adam_sharpness, hp.beta1),
     }
     return {k: (v * hp.safety if v is not None else None) for k, v in values.items()}
 
 
+@saveable
+@dataclass(frozen=True, kw_only=True)
+class LearningRateRow:
+    """One batch size: the sharpness statistics and every model's divergence threshold (unscaled)."""
+
+    batch_size: int
+    x: float
+    n_batches: int
+    lambda_max: tuple[float, ...]
+    lambda_min: tuple[float, ...]
+    batch_sharpness: tuple[float, ...]
+    adam_sharpness: tuple[float, ...] | None
+    top_direction_std: float | None  # std of q1^T H_B q1 over batches (the pooled noise model)
+    models: dict[str, float | None]  # model name -> divergence threshold, before --safety
+    converged: bool
+
+
+@saveable
+@dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """A measured blow-up threshold per optimizer at one batch size, and the factor measured /
+    best-model prediction carried to every B."""
+
+    batch_size: int
+    measured: tuple[MeasuredThreshold, ...]
+    factors: dict[str, float | None]
+    recipe: TrainingRecipe
+
+
+def _mean(values: Sequence[float] | None) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _std(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+@saveable
 @dataclass(frozen=True, kw_only=True)
 class LearningRateResult:
-    """Per batch size: sharpness statistics and each optimizer's maximal learning rate; the fit;
-    the full-sample values; which Adam model was used."""
+    """Per batch size: sharpness statistics and each optimizer's thresholds; the fit; the full
+    sample; the noise model; Adam's preconditioner; the calibration and validation if run."""
 
-    scan: object  # BatchScanResult
+    scan: BatchScanResult
     fit: BatchSizeFit
     hyperparameters: Hyperparameters
-    adam_model: str  # "preconditioned" or "sqrt"
+    rows: tuple[LearningRateRow, ...]  # B < N in increasing order, then the full sample
+    noise: SubspaceNoise | None
+    adam: AdamPreconditioning | None
+    optimizers: tuple[str, ...]
+    warnings: tuple[str, ...]
+    wall_time_s: float
+    calibration: Calibration | None = None
+    validation: ValidationResult | None = None
+    moments_cost: int = 0  # per-example gradients computed for Adam's estimate
+    checkpoint_optimizer: dict | None = None  # what the checkpoint's optimizer state said (kind, lr, notes)
 
-    def rows(self) -> list[dict]:
+    def without_vectors(self) -> LearningRateResult:
+        """The same result without the reference eigenvectors (k x P each), e.g. for saving."""
+        def bare(eigs: Any) -> Any:
+            return replace(eigs, top_eigenvectors=None, bottom_eigenvectors=None)
+
+        scan = replace(self.scan, full=replace(self.scan.full, eigs=bare(self.scan.full.eigs)),
+                       adam_subspaces=tuple(replace(s, eigs=bare(s.eigs)) for s in self.scan.adam_subspaces))
+        return replace(self, scan=scan)
+
+    @property
+    def adam_model(self) -> str:
+        """'preconditioned (saved state)' or 'preconditioned (estimated v_B)' (the key older records have)."""
+        if self.adam is None:
+            return "none"
+        return "preconditioned (saved state)" if self.adam.source == "saved" else "preconditioned (estimated v_B)"
+
+    def row(self, batch_size: int) -> LearningRateRow | None:
+        return next((r for r in self.rows if r.batch_size == batch_size), None)
+
+    @staticmethod
+    def best_model(optimizer: str) -> str:
+        return BEST_MODEL[optimizer]
+
+    def predictions(self, optimizer: str, batch_size: int) -> dict[str, float | None]:
+        """Every model's threshold for ``optimizer`` at B (unscaled): from the row when B was scanned,
+        else what the fit and the pooled noise give (the SGD family; Adam needs a scanned B)."""
+        row = self.row(batch_size)
+        if row is not None:
+            return {m: row.models.get(m) for m in MODELS[optimizer]}
+        out: dict[str, float | None] = {m: None for m in MODELS[optimizer]}
+        if optimizer == "adam":
+            return out
+        hp = self.hyperparameters
+        n = self.scan.n_samples
+        if self.fit.converged:
+            sharp = float(self.fit.predict(effective_noise(batch_size, n)))
+            out[optimizer] = quadratic_threshold(optimizer, sharp + hp.weight_decay, hp.momentum)
+        if self.noise is not None:
+            out[f"{optimizer}_mss"] = mean_square_threshold(optimizer, self.noise.mean, self.noise.at(batch_size),
+                                                            momentum=hp.momentum, weight_decay=hp.weight_decay)
+        return out
+
+    def calibrated(self, optimizer: str, batch_size: int) -> float | None:
+        """The best model times the calibration factor (None without a calibration)."""
+        if self.calibration is None or self.calibration.factors.get(optimizer) is None:
+            return None
+        best = self.predictions(optimizer, batch_size).get(BEST_MODEL[optimizer])
+        return best * self.calibration.factors[optimizer] if best is not None else None
+
+    def recommended(self, optimizer: str, batch_size: int) -> float | None:
+        """The headline rate, conservative by construction (module docstring), times --safety."""
+        factor = self.calibration.factors.get(optimizer) if self.calibration is not None else None
+        best = self.predictions(optimizer, batch_size).get(BEST_MODEL[optimizer])
+        if factor is not None and best is not None:
+            return CALIBRATED_FRACTION * min(factor, 1.0) * best * self.hyperparameters.safety
+        values = [v for v in self.predictions(optimizer, batch_size).values() if v is not None]
+        return RECOMMENDED_FRACTION * min(values) * self.hyperparameters.safety if values else None
+
+    def default_validation_sizes(self) -> list[int]:
+        """Up to four scanned sizes below N, spread over the grid (every other one)."""
+        below = [r.batch_size for r in self.rows if r.batch_size < self.scan.n_samples]
+        return below[::2][:4]
+
+    # --- the JSON record (lr.json) ------------------------------------------------------------------
+
+    def record_rows(self) -> list[dict[str, Any]]:
+        """lr.json's rows: the statistics, lr_max_<model> (times --safety) and lr_recommended_<opt>."""
+        safety = self.hyperparameters.safety
         rows = []
-        for summary in self.scan.by_size():
-            row = summary.to_dict()
-            row.update({f"lr_max_{k}": v for k, v in
-                        thresholds(row["lambda_max_mean"], self.hyperparameters, row.get("adam_sharpness_mean")).items()})
+        for r in self.rows:
+            row: dict[str, Any] = dict(
+                batch_size=r.batch_size, x=r.x, n_batches=r.n_batches, lambda_max_mean=_mean(r.lambda_max),
+                lambda_max_std=_std(r.lambda_max), lambda_min_mean=_mean(r.lambda_min),
+                lambda_min_std=_std(r.lambda_min), converged=r.converged,
+                batch_sharpness_mean=_mean(r.batch_sharpness), batch_sharpness_std=_std(r.batch_sharpness),
+                top_direction_std=r.top_direction_std)
+            if r.batch_size < self.scan.n_samples:
+                row.update(lambda_max=list(r.lambda_max), lambda_min=list(r.lambda_min))
+            if r.adam_sharpness is not None:
+                row.update(adam_sharpness_mean=_mean(r.adam_sharpness), adam_sharpness_std=_std(r.adam_sharpness))
+            for name, value in r.models.items():
+                row[f"lr_max_{name}"] = value * safety if value is not None else None
+            for opt in self.optimizers:
+                row[f"lr_recommended_{opt}"] = self.recommended(opt, r.batch_size)
+                if self.calibration is not None:
+                    value = self.calibrated(opt, r.batch_size)
+                    row[f"lr_calibrated_{opt}"] = value * safety if value is not None else None
+            row["calibrated"] = self.calibration is not None
             rows.append(row)
-        full = self.scan.full
-        full_row = dict(batch_size=self.scan.n_samples, x=0.0, n_batches=1, lambda_max_mean=full.lambda_max,
-                        lambda_max_std=0.0, lambda_min_mean=full.lambda_min, lambda_min_std=0.0,
-                        converged=bool(full.eigs.converged and full.adam_converged is not False))
-        if full.adam_sharpness is not None:
-            full_row.update(adam_sharpness_mean=full.adam_sharpness, adam_sharpness_std=0.0)
-        full_row.update({f"lr_max_{k}": v for k, v in
-                         thresholds(full.lambda_max, self.hyperparameters, full.adam_sharpness).items()})
-        return rows + [to_jsonable(full_row)]
+        return to_jsonable(rows)
 
     def to_dict(self) -> dict:
         scan = self.scan
-        rows = self.rows()
-        warnings = []
-        if not all(r["converged"] for r in rows):
-            warnings.append("some batch eigenvalues did not converge to tol; see the per-batch residuals")
-        if not self.fit.converged:
-            warnings.append(f"batch-size fit unavailable: {self.fit.message}")
-        else:
-            if self.fit.message:
-                warnings.append(f"batch-size fit: {self.fit.message}")
-            gap = abs(self.fit.lambda_inf - scan.full.lambda_max)
-            spread = 3 * (self.fit.lambda_inf_stderr or 0.0)
-            if gap > max(spread, 0.1 * abs(scan.full.lambda_max)):
-                warnings.append(f"the fit's lambda_inf {self.fit.lambda_inf:.4g} differs from the full-sample "
-                                f"lambda_max {scan.full.lambda_max:.4g} by more than 3 stderr and 10%")
-        return to_jsonable({
+        record: dict[str, Any] = {
             "operator": scan.operator,
             "n_params": scan.n_params,
             "n_samples": scan.n_samples,
-            "rows": rows,
+            "rows": self.record_rows(),
             "fit": self.fit,
             "full_sample": {"lambda_max": scan.full.lambda_max, "lambda_min": scan.full.lambda_min,
-                            "adam_sharpness": scan.full.adam_sharpness, "eigs": scan.full.eigs},
+                            "adam_sharpness": self.rows[-1].adam_sharpness[0] if self.rows[-1].adam_sharpness else None,
+                            "batch_sharpness": scan.full.batch_sharpness, "eigs": scan.full.eigs},
             "adam_model": self.adam_model,
+            "adam_state": self.adam,
             "hyperparameters": self.hyperparameters,
-            "thresholds_are": "divergence thresholds of the quadratic model (not optimal rates), "
-                              f"multiplied by the safety factor {self.hyperparameters.safety:g}",
+            "optimizers": list(self.optimizers),
+            "best_models": {opt: BEST_MODEL[opt] for opt in self.optimizers},
+            "thresholds_are": "divergence thresholds (not optimal rates) of each model: lr_max_<optimizer> the "
+                              "fixed-Hessian (quadratic) model on lambda'(B), lr_max_<optimizer>_mss mean-square "
+                              "stability under batch noise, lr_max_sgd_batch_sharpness 2/BS(B); each multiplied by "
+                              f"the safety factor {self.hyperparameters.safety:g}",
+            "recommended_is": (f"{CALIBRATED_FRACTION:g} x min(f, 1) x the best model, f = measured/best model at "
+                               f"B = {self.calibration.batch_size}" if self.calibration is not None
+                               else f"{RECOMMENDED_FRACTION:g} x the smallest model threshold")
+                              + f", times the safety factor {self.hyperparameters.safety:g}",
+            "noise": None if self.noise is None else {
+                "subspace": len(self.noise.mean), "top_eigenvalues": np.diag(self.noise.mean),
+                "batches": self.noise.n_batches,
+                "model": "Cov(Q H_B Q^T) = x(B) Sigma, Sigma pooled over every scanned batch (sampling without "
+                         "replacement), Q the full sample's top eigenvectors"},
+            "calibration": self.calibration,
+            "cost": {"operator_products": scan.cost(), "per_example_gradients": self.moments_cost},
             "batches": [{"batch_size": m.batch_size, "index": m.index, "lambda_max": m.lambda_max,
                          "lambda_min": m.lambda_min, "top_residual": m.eigs.top_residuals[0],
                          "bottom_residual": m.eigs.bottom_residuals[0], "converged": m.eigs.converged,
-                         "adam_sharpness": m.adam_sharpness} for m in scan.measurements],
+                         "adam_sharpness": m.adam_sharpness, "batch_sharpness": m.batch_sharpness}
+                        for m in scan.measurements],
             "densities": [{"batch_size": m.batch_size, "index": m.index, "slq": m.density}
                           for m in (*scan.measurements, scan.full) if m.density is not None and m.index == 0],
             "settings": scan.settings,
-            "wall_time_s": scan.wall_time_s,
-            "warnings": warnings,
-        })
+            "wall_time_s": self.wall_time_s,
+            "warnings": list(self.warnings),
+        }
+        if self.checkpoint_optimizer is not None:
+            record["optimizer_in_checkpoint"] = self.checkpoint_optimizer
+        if self.validation is not None:
+            record["validation"] = [t.to_dict() for t in self.validation.thresholds]
+            record["validation_definition"] = self.validation.definition
+        return to_jsonable(record)
 
 
-def learning_rate_scan(scan, hp: Hyperparameters) -> LearningRateResult:
-    """Fit the scan's mean top eigenvalues (B < N) and attach the thresholds."""
-    rows = scan.by_size()
-    x = np.array([r.x for r in rows])
-    means = np.array([np.mean(r.lambda_max) for r in rows])
+def _rows(scan: BatchScanResult, hp: Hyperparameters, noise: SubspaceNoise | None, optimizers: Sequence[str]
+          ) -> list[LearningRateRow]:
+    n = scan.n_samples
+    rows = []
+    summaries = {s.batch_size: s for s in scan.by_size()}
+    for b in [*summaries, n]:
+        s = summaries.get(b)
+        lam = s.lambda_max if s else [scan.full.lambda_max]
+        sharp = (s.batch_sharpness if s else [scan.full.batch_sharpness]) or []
+        sharp = [v for v in sharp if v is not None]
+        reference = scan.adam_subspace(b)
+        if "adam" in optimizers and reference is not None:
+            adam_sharp = s.adam_sharpness if s else [reference.sharpness]
+        else:
+            adam_sharp = None
+        models: dict[str, float | None] = {}
+        for opt in optimizers:
+            if opt == "adam":
+                models["adam"] = adam_threshold(_mean(adam_sharp), hp.beta1)
+                models["adam_mss"] = _adam_mss(scan, b, hp.beta1) if reference is not None else None
+                continue
+            models[opt] = quadratic_threshold(opt, float(np.mean(lam)) + hp.weight_decay, hp.momentum)
+            models[f"{opt}_mss"] = (mean_square_threshold(opt, noise.mean, noise.at(b), momentum=hp.momentum,
+                                                          weight_decay=hp.weight_decay) if noise is not None else None)
+            if opt == "sgd":
+                models["sgd_batch_sharpness"] = quadratic_threshold("sgd", _mean(sharp) + hp.weight_decay) if sharp else None
+        converged = s.converged if s else bool(scan.full.eigs.converged)
+        rows.append(LearningRateRow(
+            batch_size=b, x=effective_noise(b, n), n_batches=s.n_batches if s else 1, lambda_max=tuple(lam),
+            lambda_min=tuple(s.lambda_min if s else [scan.full.lambda_min]), batch_sharpness=tuple(sharp),
+            adam_sharpness=tuple(adam_sharp) if adam_sharp is not None else None,
+            top_direction_std=float(noise.direction_std(b)[0]) if noise is not None else None,
+            models=models, converged=converged))
+    return rows
+
+
+def _adam_mss(scan: BatchScanResult, batch_size: int, beta1: float) -> float | None:
+    """Adam's mean-square threshold at B: the batches of every size, preconditioned with D_B and
+    projected on the top eigenvectors of the full sample's D_B^-1/2 H D_B^-1/2, pool into one Sigma
+    (noise.SubspaceNoise); noiseless at B = N."""
+    reference = scan.adam_subspace(batch_size)
+    key = reference.batch_size
+    projected = [(m.batch_size, np.asarray(m.adam_projected[key])) for m in scan.measurements
+                 if m.adam_projected and key in m.adam_projected]
+    k = len(projected[0][1]) if projected else scan.subspace
+    mean = np.diag(np.asarray(reference.eigs.top_eigenvalues[:k], dtype=float))
+    if batch_size < scan.n_samples and not projected:
+        return None
+    noise = SubspaceNoise.from_batches(mean, projected, scan.n_samples)
+    return adam_mean_square_threshold(noise.mean, noise.at(batch_size), beta1)
+
+
+def _warnings(result_rows: Sequence[LearningRateRow], fit: BatchSizeFit, scan: BatchScanResult,
+              adam: AdamPreconditioning | None) -> list[str]:
+    warnings = []
+    if not all(r.converged for r in result_rows):
+        warnings.append("some batch eigenvalues did not converge to tol; see the per-batch residuals")
+    if not fit.converged:
+        warnings.append(f"batch-size fit unavailable: {fit.message}")
+    else:
+        if fit.message:
+            warnings.append(f"batch-size fit: {fit.message}")
+        gap = abs(fit.lambda_inf - scan.full.lambda_max)
+        spread = 3 * (fit.lambda_inf_stderr or 0.0)
+        if gap > max(spread, 0.1 * abs(scan.full.lambda_max)):
+            warnings.append(f"the fit's lambda_inf {fit.lambda_inf:.4g} differs from the full-sample "
+                            f"lambda_max {scan.full.lambda_max:.4g} by more than 3 stderr and 10%")
+    if not all(s.eigs.converged for s in scan.adam_subspaces):
+        warnings.append("the top eigenvectors of Adam's preconditioned operator did not all converge to their "
+                        "tolerance: Adam's mean-square threshold rests on an approximate subspace")
+    if scan.subspace and scan.full.eigs.top_eigenvalues[-1] <= 0:
+        warnings.append("the full sample's top eigenvalues include non-positive ones: the mean-square thresholds "
+                        "use fewer directions")
+    if adam is not None and adam.source == "saved" and adam.saved_to_batch_ratio:
+        far = {b: r for b, r in adam.saved_to_batch_ratio.items() if not 0.25 <= r <= 4}
+        if far:
+            shown = ", ".join(f"B={b}: {r:.3g}" for b, r in sorted(far.items())[:4])
+            warnings.append("the saved Adam second moment is far from the one training at these batch sizes would "
+                            f"settle to (median v_B / v_saved {shown}): the Adam thresholds hold for resumed runs "
+                            "while v stays near the saved state (1 - beta2^T of the way to v_B after T steps)")
+    return warnings
+
+
+def learning_rates(
+    problem: Problem,
+    operator: str = "hessian",
+    *,
+    batch_sizes: Sequence[int] | None = None,
+    n_batches: int = 5,
+    tol: float = 1e-6,
+    subspace: int = 8,
+    hyperparameters: Hyperparameters | None = None,
+    optimizers: Sequence[str] = OPTIMIZERS,
+    adam_state: str = "auto",
+    saved_state: SavedAdamState | None = None,
+    calibrate_at: int | None = None,
+    recipe: TrainingRecipe | None = None,
+    density_steps: int = 0,
+    density_probes: int = 4,
+    seed: int = 0,
+    settings: ProductSettings | None = None,
+    progress: Any = None,
+    journal: Journal = NO_JOURNAL,
+) -> LearningRateResult:
+    """Divergence thresholds per batch size and optimizer, and the rate to follow (module docstring).
+
+    ``batch_sizes``: default powers of two from 16 below N, then N. ``subspace``: k, the number
+    of the full sample's top eigenvectors the mean-square thresholds use (their cost is k
+    products per batch and a (2k)^2 eigenproblem per B). ``adam_state``: 'saved' (the
+    checkpoint's moments, ``saved_state``), 'estimated' (v_B from per-example gradients) or
+    'auto' (saved when given). ``calibrate_at``: measure each optimizer's blow-up threshold at this
+    B by training (``recipe``) and carry the factor to every B. The other options are batch_scan's.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    unknown = set(optimizers) - set(OPTIMIZERS)
+    if unknown or not optimizers:
+        raise ValueError(f"optimizers must be among {', '.join(OPTIMIZERS)}")
+    hp = hyperparameters or Hyperparameters()
+    n = problem.n_samples
+    sizes = sorted(set(batch_sizes or default_batch_sizes(n)) | ({calibrate_at} if calibrate_at else set()))
+    if sizes[0] < 1 or sizes[-1] > n:
+        raise ValueError(f"batch sizes must lie in 1..{n} (the sample), got {sizes[0]}..{sizes[-1]}")
+    if calibrate_at is not None and not 1 <= calibrate_at < n:
+        raise ValueError(f"the calibration batch size must lie in 1..{n - 1} (below the sample), got {calibrate_at}")
+    adam = moments = None
+    preconditioner: Tensor | Any = None
+    if "adam" in optimizers:
+        source = choose_source(adam_state, saved_state)
+        moments = journal.shared("gradient-moments", lambda: gradient_moments(problem))
+        preconditioner, adam = preconditioning(source, moments, saved_state, hp.beta2, hp.eps, sizes)
+    scan = batch_scan(problem, operator, batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed,
+                      subspace=subspace, preconditioner=preconditioner, density_steps=density_steps,
+                      density_probes=density_probes, chunk_size=problem.chunk_size, progress=progress,
+                      settings=settings, journal=journal)
+    summaries = scan.by_size()
+    x = np.array([r.x for r in summaries])
+    means = np.array([np.mean(r.lambda_max) for r in summaries])
     stderr = np.array([np.std(r.lambda_max, ddof=1) / math.sqrt(len(r.lambda_max)) if len(r.lambda_max) > 1 else 0.0
-                       for r in rows])
-    fit = fit_batch_size(x, means, stderr, scan.n_samples)
-    model = "preconditioned" if scan.full.adam_sharpness is not None else "sqrt"
-    return LearningRateResult(scan=scan, fit=fit, hyperparameters=hp, adam_model=model)
+                       for r in summaries])
+    fit = fit_batch_size(x, means, stderr, n)
+    noise = None
+    if scan.subspace:
+        positive = int(np.sum(np.asarray(scan.full.eigs.top_eigenvalues[:scan.subspace]) > 0))
+        if positive:
+            keep = slice(0, positive)
+            noise = SubspaceNoise.from_batches(np.asarray(scan.full.projected)[keep, keep],
+                                               [(m.batch_size, np.asarray(m.projected)[keep, keep])
+                                                for m in scan.measurements], n)
+    rows = _rows(scan, hp, noise, optimizers)
+    result = LearningRateResult(scan=scan, fit=fit, hyperparameters=hp, rows=tuple(rows), noise=noise, adam=adam,
+                                optimizers=tuple(optimizers), warnings=tuple(_warnings(rows, fit, scan, adam)),
+                                wall_time_s=time.perf_counter() - t0, moments_cost=n if moments is not None else 0)
+    if calibrate_at is not None:
+        result = calibrate(problem, result, calibrate_at, recipe or TrainingRecipe(), saved_state=saved_state,
+                           moments=moments, seed=seed, progress=progress, journal=journal)
+        result = replace(result, wall_time_s=time.perf_counter() - t0)
+    return result
+
+
+def calibrate(problem: Problem, result: LearningRateResult, batch_size: int, recipe: TrainingRecipe, *,
+              saved_state: SavedAdamState | None = None, moments: Any = None, seed: int = 0, progress: Any = None,
+              journal: Journal = NO_JOURNAL) -> LearningRateResult:
+    """``result`` with a Calibration: each optimizer's blow-up threshold measured at ``batch_size``
+    (the prediction's hyperparameters and Adam state), and measured / best model as its factor."""
+    from .. import distributed
+
+    hp = result.hyperparameters
+    recipe = replace(recipe, momentum=hp.momentum, beta1=hp.beta1, beta2=hp.beta2, eps=hp.eps,
+                     weight_decay=hp.weight_decay)
+    states = adam_starting_states(problem, result.adam.source if result.adam else None, saved_state, moments)
+    gathered = problem.gathered()
+    if progress is not None:
+        progress.stage(f"calibration at B = {batch_size}", None, unit="run")
+
+    def measure(name: str) -> MeasuredThreshold:
+        predictions = result.predictions(name, batch_size)
+        return measure_threshold(gathered, name, batch_size, predictions.get(name), recipe=recipe, seed=seed,
+                                 adam_state=states(batch_size) if name == "adam" else None, predictions=predictions,
+                                 best_model=BEST_MODEL[name],
+                                 on_run=(lambda: progress.advance(1)) if progress is not None else None)[0]
+
+    measured = distributed.spread(list(result.optimizers), lambda name: journal.own(f"calibration-{name}",
+                                                                                     lambda: measure(name)))
+    factors = {}
+    for name, m in zip(result.optimizers, measured):
+        best = (m.predictions or {}).get(BEST_MODEL[name])
+        factors[name] = m.measured_lr / best if m.measured_lr is not None and best else None
+    missing = [name for name, f in factors.items() if f is None]
+    warnings = list(result.warnings)
+    if missing:
+        warnings.append(f"no calibration for {', '.join(missing)}: its bisection at B = {batch_size} found no "
+                        "threshold (see calibration.measured); those rates stay uncalibrated")
+    return replace(result, calibration=Calibration(batch_size=batch_size, measured=tuple(measured), factors=factors,
+                                                   recipe=recipe), warnings=tuple(warnings))

@@ -82,10 +82,36 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def flat_second_moments(info: OptimizerInfo, space: ParameterSpace) -> Tensor | None:
-    """Adam's exp_avg_sq for the measured parameters, in the operator's flat layout; None if any is
-    missing or has another shape."""
-    moments = info.exp_avg_sq or {}
+def flat_moments(moments: dict[str, Tensor] | None, space: ParameterSpace) -> Tensor | None:
+    """Per-parameter moments (Adam's exp_avg or exp_avg_sq) for the measured parameters, in the
+    operator's flat layout; None if any is missing or has another shape."""
+    moments = moments or {}
     if any(n not in moments or moments[n].shape != s for n, s in zip(space.names, space.shapes)):
         return None
     return space.flatten(moments)
+
+
+def flat_second_moments(info: OptimizerInfo, space: ParameterSpace) -> Tensor | None:
+    """Adam's exp_avg_sq in the operator's flat layout (see flat_moments)."""
+    return flat_moments(info.exp_avg_sq, space)
+
+
+def found_hyperparameters(info: OptimizerInfo) -> dict[str, Any]:
+    """The hyperparameters the learning-rate thresholds take, as found in the checkpoint (None: absent)."""
+    return {"momentum": info.momentum, "nesterov": info.nesterov, "weight_decay": info.weight_decay,
+            "beta1": info.betas[0] if info.betas else None, "beta2": info.betas[1] if info.betas else None,
+            "eps": info.eps}
+
+
+def saved_adam_state(info: OptimizerInfo, problem: Any) -> Any:
+    """Adam's saved moments in the problem's flat layout, device and dtype (analysis.adam.SavedAdamState),
+    or None when the checkpoint has no usable ones (no exp_avg_sq or step, several groups, other shapes)."""
+    from ..analysis.adam import SavedAdamState
+
+    second = flat_moments(info.exp_avg_sq, problem.space)
+    if second is None or not info.step:
+        return None
+    first = flat_moments(info.exp_avg, problem.space)
+    cast = dict(device=problem.device, dtype=problem.dtype)
+    return SavedAdamState(exp_avg_sq=second.to(**cast), exp_avg=first.to(**cast) if first is not None else None,
+                          step=float(info.step))
