@@ -574,7 +574,8 @@ def _checkpoint_optimizer(loaded: Any, problem: Any) -> tuple[Any, Any]:
 def _learning_rates(op: Any, loaded: Any, seed: int, progress: Any, journal: Any, *, batch_sizes: list[int] | None,
                     smallest_batch: int = 16, n_batches: int = 5, tol: float = 1e-6, density_steps: int = 40,
                     safety: float = 1.0, given: dict[str, Any] | None = None, subspace: int = 8,
-                    adam_state: str = "auto", calibrate_at: int | None = None, recipe: Any = None) -> Any:
+                    adam_state: str = "auto", adam_horizon: int = 200, calibrate_at: int | None = None,
+                    recipe: Any = None) -> Any:
     """`lr`'s one library call: hyperparameters and Adam's moments from the checkpoint (options win)."""
     from .analysis.batch_scan import default_batch_sizes
     from .analysis.lr import Hyperparameters, learning_rates
@@ -593,7 +594,8 @@ def _learning_rates(op: Any, loaded: Any, seed: int, progress: Any, journal: Any
                          "count, one parameter group, matching shapes); use --adam-state estimated")
     hp = Hyperparameters.resolve(given or {}, found_hyperparameters(info), safety=safety)
     result = learning_rates(problem, op.name, batch_sizes=sizes, n_batches=n_batches, tol=tol, subspace=subspace,
-                            hyperparameters=hp, adam_state=adam_state, saved_state=saved, calibrate_at=calibrate_at,
+                            hyperparameters=hp, adam_state=adam_state, saved_state=saved, adam_horizon=adam_horizon,
+                            calibrate_at=calibrate_at,
                             recipe=recipe, density_steps=density_steps, seed=seed, progress=progress, journal=journal,
                             settings=dataclasses.replace(op.settings, compile=False))
     return dataclasses.replace(result, checkpoint_optimizer={"kind": info.kind, "lr": info.lr,
@@ -688,13 +690,16 @@ def with_options(options: list[Callable]) -> Callable:
 @click.option("--adam-state", type=click.Choice(["auto", "saved", "estimated"]), default="auto", show_default=True,
               help="Adam's second moment: the checkpoint's (saved), the one training at each B settles to, from "
                    "per-example gradients (estimated), or saved when the checkpoint has it (auto).")
+@click.option("--adam-horizon", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Steps a saved Adam state is carried forward at each B (its second moment moves toward the one "
+                   "training at B settles to): the length of the run the Adam thresholds are for.")
 @click.option("--calibrate-at", type=click.IntRange(min=1), default=None, metavar="B0",
               help="Measure each optimizer's blow-up threshold at B0 by short training runs and carry the factor "
                    "measured/predicted to every B (the rates are then marked calibrated).")
 @with_options(training_options("calibration-"))
 def lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, smallest_batch, n_batches, tol, momentum, nesterov,
-       weight_decay, beta1, beta2, eps, safety, density_steps, subspace, adam_state, calibrate_at, calibration_steps,
-       calibration_seeds, calibration_blowup, calibration_precision):
+       weight_decay, beta1, beta2, eps, safety, density_steps, subspace, adam_state, adam_horizon, calibrate_at,
+       calibration_steps, calibration_seeds, calibration_blowup, calibration_precision):
     """Largest stable learning rate per batch size for SGD, momentum, Nesterov and Adam, and a rate to follow.
 
     Scans batch sizes; per size measures random batch Hessians' extremal eigenvalues, batch
@@ -715,8 +720,8 @@ def lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, smallest_ba
                             precision=calibration_precision)
     return _learning_rates(op, loaded, seed, progress, journal, batch_sizes=_batch_sizes(batch_sizes),
                            smallest_batch=smallest_batch, n_batches=n_batches, tol=tol, density_steps=density_steps,
-                           safety=safety, subspace=subspace, adam_state=adam_state, calibrate_at=calibrate_at,
-                           recipe=recipe, given=dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                           safety=safety, subspace=subspace, adam_state=adam_state, adam_horizon=adam_horizon,
+                           calibrate_at=calibrate_at, recipe=recipe, given=dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                                                      beta1=beta1, beta2=beta2, eps=eps)), []
 
 

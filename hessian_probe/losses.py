@@ -1,7 +1,7 @@
 """Losses with torch's ``reduction='mean'`` semantics and their output-space Hessians.
 
 The Gauss-Newton product needs S u, where S is the Hessian of the batch loss with respect to
-the network outputs (THEORY.md §1):
+the network outputs (Schraudolph 2002, "Fast curvature matrix-vector products"):
 
 - softmax cross-entropy over the class dimension 1: S_i = (diag p_i - p_i p_i^T) / n_terms
 - MSE over all elements: S = (2 / numel) I

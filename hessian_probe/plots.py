@@ -102,7 +102,7 @@ def plot_learning_rates(record: Mapping[str, Any], path: Path) -> None:
     n = record["n_samples"]
     b = np.array([r["batch_size"] for r in rows], dtype=float)
     fit = record["fit"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.5), constrained_layout=True)
 
     def series(key: str) -> np.ndarray:
         return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
@@ -138,7 +138,7 @@ def plot_learning_rates(record: Mapping[str, Any], path: Path) -> None:
     left.set_yscale("log")
     left.set(xlabel="batch size B", ylabel="learning rate",
              title=f"largest stable learning rates (safety x{record['hyperparameters']['safety']:g})")
-    left.legend(fontsize=7, ncol=2)
+    left.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     mean, std = series("lambda_max_mean"), series("lambda_max_std")
     right.errorbar(b, mean, yerr=std, fmt="o", color="tab:blue", capsize=3, label="λ'(B): mean ± std over batches")
     sharpness = series("batch_sharpness_mean")

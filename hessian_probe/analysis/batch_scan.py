@@ -13,8 +13,8 @@ does. Each batch gives
     of the full sample's D_B'^-1/2 H D_B'^-1/2 (k products per size), so that Adam's noise at
     each B is pooled over the batches of every size, like the plain one;
   - optionally an SLQ density (one per B).
-The full-sample operator is measured first (its top-k eigenpairs are the subspace). (THEORY.md
-sections 3-4; Granziol et al. 2022.) Under torchrun the batches are spread over the ranks (each
+The full-sample operator is measured first (its top-k eigenpairs are the subspace). (docs/theory.md
+sections 1-5; Granziol et al. 2022.) Under torchrun the batches are spread over the ranks (each
 measures its own batches whole) and the full-sample operators are measured by all ranks together.
 """
 

@@ -1,6 +1,6 @@
 """The batch-size law of the sharpness: lambda'(B) = lambda_inf + kappa x^p, x = (N - B)/(B (N - 1)).
 
-Weighted least squares with p in [1/2, 1] (THEORY.md section 3: the Wigner edge moves like
+Weighted least squares with p in [1/2, 1] (docs/theory.md section 2: the Wigner edge moves like
 1/sqrt(B), a spiked-covariance GGN edge like 1/B) on the per-B mean top eigenvalues (B < N). The
 critical batch size is where the noise term equals lambda_inf: x_c = (lambda_inf/kappa)^(1/p),
 B_crit = N / (1 + x_c (N - 1)) (= kappa/lambda_inf for p = 1 and B << N).

@@ -400,8 +400,9 @@ def _warnings(result_rows: Sequence[LearningRateRow], fit: BatchSizeFit, scan: B
         if far:
             shown = ", ".join(f"B={b}: {r:.3g}" for b, r in sorted(far.items())[:4])
             warnings.append("the saved Adam second moment is far from the one training at these batch sizes would "
-                            f"settle to (median v_B / v_saved {shown}): the Adam thresholds hold for resumed runs "
-                            "while v stays near the saved state (1 - beta2^T of the way to v_B after T steps)")
+                            f"settle to (median v_B / v_saved {shown}): the Adam thresholds assume a resumed run of "
+                            f"{adam.horizon} steps (v moves 1 - beta2^T of the way to v_B in T steps); a longer run "
+                            "drifts further (lr --adam-horizon)")
     return warnings
 
 
@@ -417,6 +418,7 @@ def learning_rates(
     optimizers: Sequence[str] = OPTIMIZERS,
     adam_state: str = "auto",
     saved_state: SavedAdamState | None = None,
+    adam_horizon: int = 200,
     calibrate_at: int | None = None,
     recipe: TrainingRecipe | None = None,
     density_steps: int = 0,
@@ -432,7 +434,8 @@ def learning_rates(
     of the full sample's top eigenvectors the mean-square thresholds use (their cost is k
     products per batch and a (2k)^2 eigenproblem per B). ``adam_state``: 'saved' (the
     checkpoint's moments, ``saved_state``), 'estimated' (v_B from per-example gradients) or
-    'auto' (saved when given). ``calibrate_at``: measure each optimizer's blow-up threshold at this
+    'auto' (saved when given); a saved state is carried ``adam_horizon`` steps forward at each B
+    (adam.py). ``calibrate_at``: measure each optimizer's blow-up threshold at this
     B by training (``recipe``) and carry the factor to every B. The other options are batch_scan's.
     """
     import time
@@ -453,7 +456,7 @@ def learning_rates(
     if "adam" in optimizers:
         source = choose_source(adam_state, saved_state)
         moments = journal.shared("gradient-moments", lambda: gradient_moments(problem))
-        preconditioner, adam = preconditioning(source, moments, saved_state, hp.beta2, hp.eps, sizes)
+        preconditioner, adam = preconditioning(source, moments, saved_state, hp.beta2, hp.eps, sizes, adam_horizon)
     scan = batch_scan(problem, operator, batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed,
                       subspace=subspace, preconditioner=preconditioner, density_steps=density_steps,
                       density_probes=density_probes, chunk_size=problem.chunk_size, progress=progress,

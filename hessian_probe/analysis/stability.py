@@ -12,7 +12,7 @@ and the second moment Z_t = E[z_t z_t^T] follows the positive linear map
 with C = E[D (x) D]. The iteration is mean-square stable iff the spectral radius of T is below 1;
 the threshold is the smallest step where it reaches 1 (bisection). Without noise (C = 0) the
 radius is that of A squared, so the thresholds are the quadratic ones: 2/l, 2(1+rho)/l,
-(2+2rho)/((1+2rho) l). Since C is positive, noise only lowers them. (THEORY section 4.2; for SGD
+(2+2rho)/((1+2rho) l). Since C is positive, noise only lowers them. (docs/theory.md section 3; for SGD
 on least squares this is the exact threshold of Wu, Ma & E 2018, "How SGD selects the global
 minima", section 3; heavy ball with noise: Andreyev & Beneventano 2024, arXiv 2412.20553.)
 

@@ -15,7 +15,7 @@ to the device in slices for the reorthogonalisation (slower, but it runs); ``bas
 ``'host'`` forces either, and ``basis_memory`` says which. All k probes share one ``matmat`` per
 step. ``reorth='none'`` keeps no basis at all (memory O(kP)): right for densities and traces,
 whose ghost copies of converged outliers share the outlier's true weight, wrong for eigenvalue
-lists and counts (THEORY.md section 2).
+lists and counts (Paige 1971; Ghorbani et al. 2019, section 2.2).
 """
 
 from __future__ import annotations
