@@ -706,8 +706,9 @@ def lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, smallest_ba
     sharpness and noise in the top eigen-directions; fits lambda'(B) = lambda_inf + kappa x^p; and
     gives each optimizer's divergence threshold from the fixed-Hessian model, mean-square stability
     under batch noise, and (SGD) batch sharpness, plus lr_recommended_<optimizer>, conservative by
-    construction (--calibrate-at B0 calibrates it by training). Adam uses the checkpoint's
-    exp_avg_sq when present, else the second moment training at B settles to.
+    construction (--calibrate-at B0 calibrates it by training). Adam's second moment is the one
+    training at B settles to (from per-example gradients), or the checkpoint's exp_avg_sq carried
+    --adam-horizon steps forward at B.
     Writes lr.json, lr.csv, lr.png, lr_state.pt and spectra_by_batch.png.
 
     \b
@@ -732,7 +733,11 @@ def _write_validation(record: dict[str, Any], out_dir: Path, result: Any) -> lis
     files = _write_lr(record["lr"], out_dir, result.learning_rates)
     write_json(record, out_dir / "validation.json")
     write_rows_csv(record["validation"], out_dir / "validation.csv", VALIDATION_COLUMNS)
-    return ["validation.json", "validation.csv"] + files
+    written = ["validation.json", "validation.csv"]
+    if record["validation_no_progress"]:
+        write_rows_csv(record["validation_no_progress"], out_dir / "validation_no_progress.csv", VALIDATION_COLUMNS)
+        written.append("validation_no_progress.csv")
+    return written + files
 
 
 VALIDATION_COLUMNS = ["optimizer", "batch_size", "predicted_lr", "measured_lr", "ratio", "diverging_lr", "runs", "note",
@@ -758,7 +763,8 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, op
     they are missing the scan runs here with its defaults). For each batch size and optimizer,
     bisects the largest learning rate at which most of --seeds runs of --steps steps from the
     checkpoint (fresh seeded batches; Adam from the state its prediction assumed) pass each
-    criterion. Writes validation.json, validation.csv and adds the measured points to lr.json and lr.png.
+    criterion. Writes validation.json, validation.csv (blow-up thresholds), validation_no_progress.csv,
+    and adds the measured points to lr.json and lr.png.
 
     \b
     Example:
@@ -796,8 +802,10 @@ class ValidationReport:
 
     def to_dict(self) -> dict[str, Any]:
         validation = self.learning_rates.validation
-        rows = [t.to_dict() for t in validation.thresholds]
-        return to_jsonable({**self.header, "validation": rows, "definition": validation.definition,
+        added = validation.record()
+        return to_jsonable({**self.header, "validation": added["validation"],
+                            "validation_no_progress": added["validation_no_progress"],
+                            "definition": validation.definition,
                             "settings": dict(batch_sizes=validation.batch_sizes, optimizers=validation.optimizers,
                                              criteria=validation.criteria, seed=validation.seed,
                                              adam_state=validation.adam_source, **dataclasses.asdict(validation.recipe)),

@@ -159,7 +159,7 @@ def summary(record: Mapping[str, Any]) -> str:
         lines.append(f"  measured vs predicted maximal learning rate ({record['definition']}):")
         lines.append(f"  {'optimizer':>9} {'B':>6} {'criterion':>11} {'measured':>10} {'fixed':>10} {'ratio':>7} "
                      f"{'best':>10} {'ratio':>7} {'recommended':>11} {'ratio':>7}")
-        for v in record["validation"]:
+        for v in record["validation"] + (record.get("validation_no_progress") or []):
             lines.append(f"  {v['optimizer']:>9} {v['batch_size']:>6} {v.get('criterion', 'blowup'):>11} "
                          f"{_cell(v['measured_lr'])} {_cell(v['predicted_lr'])} {_ratio(v['ratio'])} "
                          f"{_cell(v.get('best_prediction'))} {_ratio(v.get('ratio_to_best'))} "
@@ -185,7 +185,9 @@ def lr_table(record: Mapping[str, Any]) -> list[str]:
                      f"{cell(r['lambda_min_mean'])} {cell(r.get('batch_sharpness_mean'))} "
                      + " ".join(cell(r.get(f"lr_recommended_{o}")) for o in optimizers)
                      + ("" if r["converged"] else "  *"))
-    models = [m for o in optimizers for m in LR_MODELS[o]]
+    from .analysis.lr import MODELS
+
+    models = [m for o in optimizers for m in MODELS[o]]
     lines.append(f"  maximal stable learning rates by model (divergence thresholds x safety {hp['safety']:g}; "
                  f"momentum {hp['momentum']:g}, Adam beta1 {hp['beta1']:g}, Adam model: {record['adam_model']}; "
                  "fixed: fixed Hessian, mss: mean-square under batch noise, bs: 2/batch sharpness)")
@@ -210,8 +212,6 @@ def lr_table(record: Mapping[str, Any]) -> list[str]:
 
 
 LR_NAMES = {"sgd": "SGD", "momentum": "momentum", "nesterov": "Nesterov", "adam": "Adam"}
-LR_MODELS = {"sgd": ("sgd", "sgd_mss", "sgd_batch_sharpness"), "momentum": ("momentum", "momentum_mss"),
-             "nesterov": ("nesterov", "nesterov_mss"), "adam": ("adam", "adam_mss")}
 
 
 def _model_label(model: str) -> str:

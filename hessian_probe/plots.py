@@ -120,7 +120,7 @@ def plot_learning_rates(record: Mapping[str, Any], path: Path) -> None:
         ref = np.array([b[0], b[-1]])
         left.plot(ref, anchor * np.sqrt(ref / b[0]), "-", color="lightgrey", lw=1, label="slope 1/2 (square root)")
     labelled = set()
-    for v in record.get("validation") or []:  # measured thresholds from validate-lr
+    for v in (record.get("validation") or []) + (record.get("validation_no_progress") or []):  # validate-lr's
         if v.get("measured_lr") is None:
             continue
         label, colour = LR_STYLES.get(v["optimizer"], (v["optimizer"], "black"))

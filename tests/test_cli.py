@@ -441,6 +441,9 @@ BAD_INPUTS = [
     ("unknown validation criterion", ["validate-lr", "--checkpoint", "{ckpt}", *GOOD, "--criteria", "loss"], 2,
      "--criteria takes"),
     ("no seeds", ["validate-lr", "--checkpoint", "{ckpt}", *GOOD, "--seeds", "0"], 2, "--seeds"),
+    ("Adam eps of zero on a zero gradient", ["lr", "--checkpoint", "{ckpt}", *GOOD, "--samples", "60", "--eps", "0",
+                                             "--batch-sizes", "30,60", "--batches", "2", "--adam-state", "estimated"],
+     1, "set eps > 0"),
 ]
 
 

@@ -20,6 +20,7 @@ from hessian_probe.analysis.stability import (
     mean_square_threshold,
     quadratic_threshold,
     recursion,
+    spectral_radius,
 )
 from hessian_probe.problem import split_batches
 
@@ -68,7 +69,7 @@ def enumerated_threshold(optimizer: str, momentum: float, per_example: list[np.n
 
 def closed_form_sgd(per_example: list[np.ndarray], batch_size: int) -> float:
     """eta where T = I - eta (H (x) I + I (x) H) + eta^2 [H (x) H + x(B)(S - H (x) H)] reaches radius 1,
-    S = (1/N) sum h_i (x) h_i, x(B) = (N - B)/(B (N - 1)) (batches without replacement; THEORY 5.8)."""
+    S = (1/N) sum h_i (x) h_i, x(B) = (N - B)/(B (N - 1)) (batches without replacement; docs/theory.md 3)."""
     n, d = len(per_example), per_example[0].shape[0]
     h = sum(per_example) / n
     s = sum(np.kron(p, p) for p in per_example) / n
@@ -103,15 +104,30 @@ def test_momentum_mean_square_threshold_equals_the_enumerated_second_moments(lea
     assert ours < 0.5 * noiseless  # heavy ball is far below 2(1 + rho)/lambda under this much noise
 
 
-def test_without_noise_the_thresholds_are_the_quadratic_ones():
+def test_without_noise_the_radius_crosses_one_at_the_quadratic_thresholds():
     mean = np.diag([3.0, 1.0])
     zero = np.zeros((4, 4))
     for optimizer, momentum in (("sgd", 0.0), ("momentum", 0.9), ("nesterov", 0.5)):
-        assert mean_square_threshold(optimizer, mean, zero, momentum=momentum) == pytest.approx(
-            quadratic_threshold(optimizer, 3.0, momentum), rel=1e-4)
-    assert mean_square_threshold("sgd", mean, zero, weight_decay=1.0) == pytest.approx(0.5, rel=1e-4)
-    assert adam_mean_square_threshold(mean, zero, 0.9) == pytest.approx(38 / 3.0, rel=1e-4)
+        limit = quadratic_threshold(optimizer, 3.0, momentum)
+        assert spectral_radius(optimizer, 0.999 * limit, momentum, mean, zero) < 1
+        assert spectral_radius(optimizer, 1.001 * limit, momentum, mean, zero) > 1
+        assert mean_square_threshold(optimizer, mean, zero, momentum=momentum) == limit
+    assert spectral_radius("sgd", 0.999 * 0.5, 0.0, mean + np.eye(2), zero) < 1  # wd = 1: 2 / (3 + 1)
+    assert mean_square_threshold("sgd", mean, zero, weight_decay=1.0) == pytest.approx(0.5)
+    assert adam_mean_square_threshold(mean, zero, 0.9) == pytest.approx(38 / 3.0)
     assert mean_square_threshold("sgd", np.diag([1.0, -1.0]), zero) is None
+
+
+def test_a_flat_noisy_direction_ends_the_bisection():
+    """Curvature 1e-12 with noise: the threshold 2h/(h^2 + s^2) of such a direction is below what
+    float64 resolves, and the search ends (None, or a rate 1e8 below the stiff direction's) instead
+    of halving forever."""
+    mean = np.diag([1.0, 1e-12])
+    noise = np.zeros((4, 4))
+    noise[3, 3] = 1.0  # variance of the second direction's curvature
+    assert mean_square_threshold("sgd", mean, noise) is None
+    momentum = mean_square_threshold("momentum", mean, noise, momentum=0.9)
+    assert momentum is None or momentum < 1e-6
 
 
 @pytest.mark.parametrize("optimizer,options", [("momentum", dict(momentum=0.8)),

@@ -69,6 +69,15 @@ def choose_source(requested: str, saved: SavedAdamState | None) -> str:
     return ("saved" if saved is not None else "estimated") if requested == "auto" else requested
 
 
+def _diagonal(v: Tensor, eps: float) -> Tensor:
+    """D = sqrt(v) + eps, refused when it has zero entries (eps = 0 where v = 0)."""
+    d = torch.sqrt(v) + eps
+    if not bool((d > 0).all()):
+        raise ValueError(f"Adam's preconditioner sqrt(v) + eps has {int((d <= 0).sum())} zero entries (eps = {eps:g} "
+                         "and a zero second moment there): set eps > 0 (--eps)")
+    return d
+
+
 def preconditioning(source: str, moments: GradientMoments, saved: SavedAdamState | None, beta2: float,
                     eps: float, batch_sizes: list[int], horizon: int = 200
                     ) -> tuple[Callable[[int], Tensor], AdamPreconditioning]:
@@ -83,7 +92,7 @@ def preconditioning(source: str, moments: GradientMoments, saved: SavedAdamState
 
         def resumed(batch_size: int) -> Tensor:
             v = kept * saved.exp_avg_sq + (1.0 - kept) * moments.batch_second_moment(batch_size).to(saved.exp_avg_sq)
-            return torch.sqrt(v / correction) + eps
+            return _diagonal(v / correction, eps)
 
         text = (f"the checkpoint's exp_avg_sq (step {saved.step:g}) carried {horizon} steps forward at each batch "
                 f"size: v_T = beta2^T v + (1 - beta2^T) v_B, bias-corrected by 1 - beta2^(step + T), v_B from "
@@ -94,7 +103,7 @@ def preconditioning(source: str, moments: GradientMoments, saved: SavedAdamState
             "Adam settles to when it trains at batch size B (no saved state used)")
 
     def settled(batch_size: int) -> Tensor:
-        return torch.sqrt(moments.batch_second_moment(batch_size)) + eps
+        return _diagonal(moments.batch_second_moment(batch_size), eps)
 
     return settled, AdamPreconditioning(source=source, beta2=beta2, eps=eps, saved_step=None,
                                         saved_to_batch_ratio=None, description=text)

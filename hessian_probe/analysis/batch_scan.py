@@ -36,7 +36,7 @@ from ..linalg import EigenResult, SLQResult, extremal_eigs, slq
 from ..operators import CurvatureOperator, ProductSettings, curvature_operator
 from ..operators.preconditioned import PreconditionedOperator
 from ..problem import Problem, split_batches
-from ..results import saveable, to_jsonable
+from ..results import saveable
 from .noise import effective_noise
 
 __all__ = ["AdamSubspace", "BatchMeasurement", "BatchScanResult", "BatchSizeSummary", "batch_indices", "batch_scan",
@@ -73,7 +73,7 @@ class BatchMeasurement:
     density: SLQResult | None = None
     batch_sharpness: float | None = None
     projected: np.ndarray | None = None
-    adam_projected: dict[int, np.ndarray] | None = None  # Adam reference size (0: shared) -> k x k
+    adam_projected: dict[int, np.ndarray] | None = None  # Adam reference batch size -> k x k
     n_products: dict[str, int] | None = None
 
     @property
@@ -91,10 +91,12 @@ class BatchMeasurement:
 @dataclass(frozen=True, kw_only=True)
 class AdamSubspace:
     """The full sample's preconditioned operator D_B^-1/2 H D_B^-1/2 at batch size B: its top-k
-    eigenpairs (the subspace Adam's noise is measured in) and what they cost."""
+    eigenpairs (the subspace Adam's noise is measured in, with what they cost) and the operator
+    projected on them, Q P Q^T (k x k; diag(eigenvalues) up to the Ritz residuals)."""
 
     batch_size: int
     eigs: EigenResult
+    projected: np.ndarray | None = None
 
     @property
     def sharpness(self) -> float:
@@ -112,24 +114,6 @@ class BatchSizeSummary:
     batch_sharpness: list[float] | None
     converged: bool
 
-    @staticmethod
-    def _stats(values: Sequence[float]) -> tuple[float, float]:
-        v = np.asarray(values, dtype=float)
-        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-    def to_dict(self) -> dict:
-        mean_max, std_max = self._stats(self.lambda_max)
-        mean_min, std_min = self._stats(self.lambda_min)
-        row = dict(batch_size=self.batch_size, x=self.x, n_batches=self.n_batches,
-                   lambda_max_mean=mean_max, lambda_max_std=std_max, lambda_min_mean=mean_min,
-                   lambda_min_std=std_min, lambda_max=self.lambda_max, lambda_min=self.lambda_min,
-                   converged=self.converged)
-        for name, values in (("adam_sharpness", self.adam_sharpness), ("batch_sharpness", self.batch_sharpness)):
-            if values is not None:
-                mean, std = self._stats(values)
-                row.update({f"{name}_mean": mean, f"{name}_std": std, name: values})
-        return to_jsonable(row)
-
 
 @saveable
 @dataclass(frozen=True, kw_only=True)
@@ -145,7 +129,8 @@ class BatchScanResult:
 
     @property
     def subspace(self) -> int:
-        return len(self.full.eigs.top_eigenvalues)
+        """k: the reference directions the batches were projected on (0: none)."""
+        return int(self.settings.get("subspace", 0))
 
     def by_size(self) -> list[BatchSizeSummary]:
         """One summary per batch size below N, in increasing order."""
@@ -162,11 +147,8 @@ class BatchScanResult:
         return rows
 
     def adam_subspace(self, batch_size: int) -> AdamSubspace | None:
-        """Adam's reference at B (the one shared subspace when the preconditioner does not depend on B)."""
-        for s in self.adam_subspaces:
-            if s.batch_size in (batch_size, 0):
-                return s
-        return None
+        """Adam's reference at B."""
+        return next((s for s in self.adam_subspaces if s.batch_size == batch_size), None)
 
     def cost(self) -> dict[str, dict[str, int]]:
         """Operator products by statistic: their number, and their cost in single-example products
@@ -182,11 +164,12 @@ class BatchScanResult:
             for name, count in (m.n_products or {}).items():
                 add(name, count, m.batch_size)
         for s in self.adam_subspaces:
-            add("adam_subspace", s.eigs.n_products, self.n_samples)
+            add("adam_subspace", s.eigs.n_products + (len(s.projected) if s.projected is not None else 0),
+                self.n_samples)
         return totals
 
 
-ProductsFor = Callable[[int], Tensor | None]
+Preconditioner = Callable[[int], Tensor]  # Adam's diagonal D at batch size B
 
 
 def _projection(op: CurvatureOperator, basis: Tensor) -> np.ndarray:
@@ -254,11 +237,11 @@ def measure_full(problem: Problem, kind: str, *, subspace: int, tol: float, seed
 
 def measure_adam_subspace(problem: Problem, kind: str, preconditioner: Tensor, *, batch_size: int, subspace: int,
                           tol: float, seed: int, settings: ProductSettings | None = None) -> AdamSubspace:
-    """Top-k eigenpairs of the full sample's D^-1/2 H D^-1/2 (``batch_size`` 0: D does not depend on B)."""
-    op = curvature_operator(problem, kind, **dataclasses.asdict(settings or ProductSettings()))
-    eigs = extremal_eigs(PreconditionedOperator(op, preconditioner), subspace, 0, tol=tol, seed=seed + 3,
-                         return_eigenvectors=True)
-    return AdamSubspace(batch_size=batch_size, eigs=eigs)
+    """Top-k eigenpairs of the full sample's D^-1/2 H D^-1/2 at B, and its projection on them."""
+    op = PreconditionedOperator(curvature_operator(problem, kind, **dataclasses.asdict(settings or ProductSettings())),
+                                preconditioner)
+    eigs = extremal_eigs(op, subspace, 0, tol=tol, seed=seed + 3, return_eigenvectors=True)
+    return AdamSubspace(batch_size=batch_size, eigs=eigs, projected=_projection(op, eigs.top_eigenvectors))
 
 
 def batch_scan(
@@ -270,7 +253,7 @@ def batch_scan(
     tol: float = 1e-6,
     seed: int = 0,
     subspace: int = 8,
-    preconditioner: Tensor | ProductsFor | None = None,
+    preconditioner: Preconditioner | None = None,
     subspace_tol: float = 1e-4,
     density_steps: int = 0,
     density_probes: int = 4,
@@ -282,8 +265,8 @@ def batch_scan(
     """Measure the full sample, then ``n_batches`` random batches per size B < N.
 
     ``subspace``: how many top eigenvectors of the full-sample operator the batch operators are
-    projected on (0: none). ``preconditioner``: Adam's diagonal D, one tensor for every B or a
-    function of B (None: no Adam statistics); its reference subspace is found to ``subspace_tol``.
+    projected on (0: none). ``preconditioner``: Adam's diagonal D as a function of B (None: no Adam
+    statistics); its reference subspaces are found to ``subspace_tol``.
     ``progress`` (optional) has ``stage(name, total, unit)`` and ``advance(k)``, like the CLI's bars;
     ``settings`` say how every operator's products run (operators.ProductSettings); the full
     sample, each Adam reference and each batch are pieces of ``journal`` (saved as they finish)."""
@@ -295,17 +278,13 @@ def batch_scan(
         raise ValueError(f"batch sizes must lie in 1..{n} (the sample), got {sizes[0]}..{sizes[-1]}")
     subspace = min(subspace, problem.n_params)
     plan = [(b, j) for b in sizes if b < n for j in range(n_batches)]
-    per_size = callable(preconditioner)
-    adam_sizes = sizes if per_size else [0] if preconditioner is not None else []
+    adam_sizes = sizes if preconditioner is not None else []
     if progress is not None:  # one bar over this process's batches (each batch is its own operator)
         progress.stage("batch-size scan", distributed.my_share(len(plan)) + 1 + len(adam_sizes), unit="operator")
 
     def advance() -> None:
         if progress is not None:
             progress.advance(1)
-
-    def diagonal(b: int) -> Tensor | None:
-        return preconditioner(b) if per_size else preconditioner
 
     # the full sample and Adam's references: every rank together, on its shard
     full = journal.shared("full", lambda: measure_full(problem, kind, subspace=max(subspace, 1), tol=tol, seed=seed,
@@ -314,11 +293,11 @@ def batch_scan(
     references = []
     for b in adam_sizes:
         references.append(journal.shared(f"adam-subspace-{b}", lambda b=b: measure_adam_subspace(
-            problem, kind, diagonal(b if per_size else n), batch_size=b, subspace=max(subspace, 1), tol=subspace_tol,
-            seed=seed, settings=settings)))
+            problem, kind, preconditioner(b), batch_size=b, subspace=max(subspace, 1), tol=subspace_tol, seed=seed,
+            settings=settings)))
         advance()
     basis = full.eigs.top_eigenvectors[:subspace] if subspace else None
-    adam_references = {r.batch_size: (diagonal(r.batch_size), r.eigs.top_eigenvectors[:subspace])
+    adam_references = {r.batch_size: (preconditioner(r.batch_size), r.eigs.top_eigenvectors[:subspace])
                        for r in references} if subspace else None
 
     def measure(task: tuple[int, int]) -> BatchMeasurement:
@@ -327,7 +306,7 @@ def batch_scan(
         batch_problem = problem.with_batches(split_batches(inputs[idx], targets[idx], chunk_size))
         measured = measure_batch(
             batch_problem, kind, batch_size=b, index=j, seed=seed + 7 * j, tol=tol, subspace=basis,
-            preconditioner=diagonal(b) if preconditioner is not None else None, adam_references=adam_references,
+            preconditioner=preconditioner(b) if preconditioner is not None else None, adam_references=adam_references,
             density_steps=density_steps if j == 0 else 0, density_probes=density_probes, settings=settings)
         advance()
         return measured
@@ -341,7 +320,7 @@ def batch_scan(
             density_probes, seed=seed + 2)))
     record = dict(batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed, subspace=subspace,
                   subspace_tol=subspace_tol, density_steps=density_steps, density_probes=density_probes,
-                  preconditioned=preconditioner is not None, preconditioner_per_batch_size=per_size)
+                  preconditioned=preconditioner is not None)
     return BatchScanResult(operator=kind, n_params=problem.n_params, n_samples=n,
                            measurements=tuple(measurements), full=full, adam_subspaces=tuple(references),
                            settings=record, wall_time_s=time.perf_counter() - t0)

@@ -41,12 +41,19 @@ from .batch_scan import BatchScanResult, batch_scan, default_batch_sizes
 from .fit import BatchSizeFit, fit_batch_size
 from .noise import SubspaceNoise, effective_noise, gradient_moments
 from .stability import adam_mean_square_threshold, mean_square_threshold, quadratic_threshold
-from .validate import MeasuredThreshold, TrainingRecipe, ValidationResult, adam_starting_states, measure_threshold
+from .validate import (
+    OPTIMIZERS,
+    MeasuredThreshold,
+    TrainingRecipe,
+    ValidationResult,
+    adam_starting_states,
+    horizon_note,
+    measure_threshold,
+)
 
 __all__ = ["BatchSizeFit", "Calibration", "Hyperparameters", "LearningRateResult", "LearningRateRow", "fit_batch_size",
-           "learning_rates", "momentum_threshold", "nesterov_threshold", "sgd_threshold", "thresholds"]
+           "learning_rates", "momentum_threshold", "nesterov_threshold", "sgd_threshold"]
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 MODELS = {  # every threshold model of each optimizer; the first is the fixed-Hessian one (lr_max_<opt>)
     "sgd": ("sgd", "sgd_mss", "sgd_batch_sharpness"),
     "momentum": ("momentum", "momentum_mss"),
@@ -56,6 +63,7 @@ MODELS = {  # every threshold model of each optimizer; the first is the fixed-He
 BEST_MODEL = {"sgd": "sgd_mss", "momentum": "momentum_mss", "nesterov": "nesterov_mss", "adam": "adam_mss"}
 RECOMMENDED_FRACTION = 0.6  # of the smallest model threshold (docs/theory.md, validity table)
 CALIBRATED_FRACTION = 0.7  # of min(calibration factor, 1) x the best model (docs/theory.md)
+FLAT = 1e-6  # directions with curvature below FLAT x lambda_1 are left out of the mean-square models
 
 
 @saveable
@@ -111,17 +119,6 @@ def adam_threshold(preconditioned_sharpness: float | None, beta1: float) -> floa
     if preconditioned_sharpness is None or not preconditioned_sharpness > 0:
         return None
     return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * preconditioned_sharpness)
-
-
-def thresholds(sharpness: float, hp: Hyperparameters, adam_sharpness: float | None) -> dict[str, float | None]:
-    """The fixed-Hessian thresholds for one sharpness, times the safety factor."""
-    values = {
-        "sgd": sgd_threshold(sharpness, hp.weight_decay),
-        "momentum": momentum_threshold(sharpness, hp.momentum, hp.weight_decay),
-        "nesterov": nesterov_threshold(sharpness, hp.momentum, hp.weight_decay),
-        "adam": adam_threshold(adam_sharpness, hp.beta1),
-    }
-    return {k: (v * hp.safety if v is not None else None) for k, v in values.items()}
 
 
 @saveable
@@ -192,10 +189,9 @@ class LearningRateResult:
 
     @property
     def adam_model(self) -> str:
-        """'preconditioned (saved state)' or 'preconditioned (estimated v_B)' (the key older records have)."""
-        if self.adam is None:
-            return "none"
-        return "preconditioned (saved state)" if self.adam.source == "saved" else "preconditioned (estimated v_B)"
+        """'preconditioned' (the value older records have: Adam's thresholds use D^-1/2 H_B D^-1/2;
+        ``adam_state.source`` says which second moment), or 'none' without Adam."""
+        return "preconditioned" if self.adam is not None else "none"
 
     def row(self, batch_size: int) -> LearningRateRow | None:
         return next((r for r in self.rows if r.batch_size == batch_size), None)
@@ -258,17 +254,22 @@ class LearningRateResult:
                 batch_sharpness_mean=_mean(r.batch_sharpness), batch_sharpness_std=_std(r.batch_sharpness),
                 top_direction_std=r.top_direction_std)
             if r.batch_size < self.scan.n_samples:
-                row.update(lambda_max=list(r.lambda_max), lambda_min=list(r.lambda_min))
+                row.update(lambda_max=list(r.lambda_max), lambda_min=list(r.lambda_min),
+                           batch_sharpness=list(r.batch_sharpness))
             if r.adam_sharpness is not None:
                 row.update(adam_sharpness_mean=_mean(r.adam_sharpness), adam_sharpness_std=_std(r.adam_sharpness))
+                if r.batch_size < self.scan.n_samples:
+                    row["adam_sharpness"] = list(r.adam_sharpness)
             for name, value in r.models.items():
                 row[f"lr_max_{name}"] = value * safety if value is not None else None
+            calibrated = []
             for opt in self.optimizers:
                 row[f"lr_recommended_{opt}"] = self.recommended(opt, r.batch_size)
                 if self.calibration is not None:
                     value = self.calibrated(opt, r.batch_size)
                     row[f"lr_calibrated_{opt}"] = value * safety if value is not None else None
-            row["calibrated"] = self.calibration is not None
+                    calibrated.append(value is not None)
+            row["calibrated"] = bool(calibrated) and all(calibrated)
             rows.append(row)
         return to_jsonable(rows)
 
@@ -317,8 +318,7 @@ class LearningRateResult:
         if self.checkpoint_optimizer is not None:
             record["optimizer_in_checkpoint"] = self.checkpoint_optimizer
         if self.validation is not None:
-            record["validation"] = [t.to_dict() for t in self.validation.thresholds]
-            record["validation_definition"] = self.validation.definition
+            record.update(self.validation.record())
         return to_jsonable(record)
 
 
@@ -348,7 +348,8 @@ def _rows(scan: BatchScanResult, hp: Hyperparameters, noise: SubspaceNoise | Non
                                                           weight_decay=hp.weight_decay) if noise is not None else None)
             if opt == "sgd":
                 models["sgd_batch_sharpness"] = quadratic_threshold("sgd", _mean(sharp) + hp.weight_decay) if sharp else None
-        converged = s.converged if s else bool(scan.full.eigs.converged)
+        converged = s.converged if s else bool(scan.full.eigs.converged and (reference is None or
+                                                                            reference.eigs.converged))
         rows.append(LearningRateRow(
             batch_size=b, x=effective_noise(b, n), n_batches=s.n_batches if s else 1, lambda_max=tuple(lam),
             lambda_min=tuple(s.lambda_min if s else [scan.full.lambda_min]), batch_sharpness=tuple(sharp),
@@ -358,19 +359,29 @@ def _rows(scan: BatchScanResult, hp: Hyperparameters, noise: SubspaceNoise | Non
     return rows
 
 
+def _positive(eigenvalues: Sequence[float]) -> int:
+    """How many leading (descending) eigenvalues are above FLAT x the largest: the directions the
+    mean-square models use (a flat but noisy direction would give a threshold 2 h / sigma^2 -> 0)."""
+    values = np.asarray(eigenvalues, dtype=float)
+    if not len(values) or values[0] <= 0:
+        return 0
+    return int(np.sum(values > FLAT * values[0]))
+
+
 def _adam_mss(scan: BatchScanResult, batch_size: int, beta1: float) -> float | None:
     """Adam's mean-square threshold at B: the batches of every size, preconditioned with D_B and
     projected on the top eigenvectors of the full sample's D_B^-1/2 H D_B^-1/2, pool into one Sigma
     (noise.SubspaceNoise); noiseless at B = N."""
     reference = scan.adam_subspace(batch_size)
-    key = reference.batch_size
-    projected = [(m.batch_size, np.asarray(m.adam_projected[key])) for m in scan.measurements
-                 if m.adam_projected and key in m.adam_projected]
-    k = len(projected[0][1]) if projected else scan.subspace
-    mean = np.diag(np.asarray(reference.eigs.top_eigenvalues[:k], dtype=float))
+    k = min(scan.subspace, _positive(reference.eigs.top_eigenvalues))
+    if not k or reference.projected is None:
+        return None
+    keep = slice(0, k)
+    projected = [(m.batch_size, np.asarray(m.adam_projected[batch_size])[keep, keep]) for m in scan.measurements
+                 if m.adam_projected and batch_size in m.adam_projected]
     if batch_size < scan.n_samples and not projected:
         return None
-    noise = SubspaceNoise.from_batches(mean, projected, scan.n_samples)
+    noise = SubspaceNoise.from_batches(np.asarray(reference.projected)[keep, keep], projected, scan.n_samples)
     return adam_mean_square_threshold(noise.mean, noise.at(batch_size), beta1)
 
 
@@ -392,9 +403,15 @@ def _warnings(result_rows: Sequence[LearningRateRow], fit: BatchSizeFit, scan: B
     if not all(s.eigs.converged for s in scan.adam_subspaces):
         warnings.append("the top eigenvectors of Adam's preconditioned operator did not all converge to their "
                         "tolerance: Adam's mean-square threshold rests on an approximate subspace")
-    if scan.subspace and scan.full.eigs.top_eigenvalues[-1] <= 0:
-        warnings.append("the full sample's top eigenvalues include non-positive ones: the mean-square thresholds "
-                        "use fewer directions")
+    kept = _positive(scan.full.eigs.top_eigenvalues[:scan.subspace])
+    if scan.subspace and kept < scan.subspace:
+        warnings.append(f"only {kept} of the full sample's top {scan.subspace} eigenvalues are above {FLAT:g} x the "
+                        "largest: the mean-square thresholds use those directions only")
+    flat_adam = [s.batch_size for s in scan.adam_subspaces
+                 if _positive(s.eigs.top_eigenvalues[:scan.subspace]) < min(scan.subspace, len(s.eigs.top_eigenvalues))]
+    if flat_adam:
+        warnings.append(f"Adam's preconditioned operator has flat or negative top directions at B = "
+                        f"{', '.join(map(str, flat_adam[:4]))}: its mean-square thresholds use fewer directions there")
     if adam is not None and adam.source == "saved" and adam.saved_to_batch_ratio:
         far = {b: r for b, r in adam.saved_to_batch_ratio.items() if not 0.25 <= r <= 4}
         if far:
@@ -468,13 +485,12 @@ def learning_rates(
                        for r in summaries])
     fit = fit_batch_size(x, means, stderr, n)
     noise = None
-    if scan.subspace:
-        positive = int(np.sum(np.asarray(scan.full.eigs.top_eigenvalues[:scan.subspace]) > 0))
-        if positive:
-            keep = slice(0, positive)
-            noise = SubspaceNoise.from_batches(np.asarray(scan.full.projected)[keep, keep],
-                                               [(m.batch_size, np.asarray(m.projected)[keep, keep])
-                                                for m in scan.measurements], n)
+    kept = _positive(scan.full.eigs.top_eigenvalues[:scan.subspace]) if scan.subspace else 0
+    if kept:
+        keep = slice(0, kept)
+        noise = SubspaceNoise.from_batches(np.asarray(scan.full.projected)[keep, keep],
+                                           [(m.batch_size, np.asarray(m.projected)[keep, keep])
+                                            for m in scan.measurements], n)
     rows = _rows(scan, hp, noise, optimizers)
     result = LearningRateResult(scan=scan, fit=fit, hyperparameters=hp, rows=tuple(rows), noise=noise, adam=adam,
                                 optimizers=tuple(optimizers), warnings=tuple(_warnings(rows, fit, scan, adam)),
@@ -515,7 +531,7 @@ def calibrate(problem: Problem, result: LearningRateResult, batch_size: int, rec
         best = (m.predictions or {}).get(BEST_MODEL[name])
         factors[name] = m.measured_lr / best if m.measured_lr is not None and best else None
     missing = [name for name, f in factors.items() if f is None]
-    warnings = list(result.warnings)
+    warnings = list(result.warnings) + ([horizon_note(result, recipe)] if horizon_note(result, recipe) else [])
     if missing:
         warnings.append(f"no calibration for {', '.join(missing)}: its bisection at B = {batch_size} found no "
                         "threshold (see calibration.measured); those rates stay uncalibrated")

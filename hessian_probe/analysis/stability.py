@@ -111,10 +111,12 @@ def mean_square_threshold(optimizer: str, mean: np.ndarray, covariance: np.ndarr
     if stable(hi):  # rounding at the noiseless boundary itself
         return hi
     lo = hi / 2
-    while not stable(lo):
+    for _ in range(60):  # down to 2^-60 of the noiseless threshold: below that no step is stable
+        if stable(lo):
+            break
         hi, lo = lo, lo / 2
-        if lo < 1e-12 * hi:
-            return None
+    else:
+        return None
     while hi / lo > 1 + rtol:
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if stable(mid) else (lo, mid)

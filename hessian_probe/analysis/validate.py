@@ -131,19 +131,14 @@ def train(problem: Problem, optimizer: str, lr: float, batch_size: int, recipe: 
     return RunOutcome(False, start, current)
 
 
-def diverges(problem: Problem, optimizer: str, lr: float, batch_size: int, recipe: TrainingRecipe, seed: int,
-             adam_state: tuple[Tensor, Tensor, float] | None = None) -> bool:
-    """Does one run blow up?"""
-    return train(problem, optimizer, lr, batch_size, recipe, seed, adam_state).blew_up
-
-
 @saveable
 @dataclass(frozen=True, kw_only=True)
 class MeasuredThreshold:
     """The bisected threshold of one optimizer at one batch size under one criterion, beside the
-    predictions: ``predicted_lr`` is the fixed-Hessian threshold (lr_max_<optimizer>, unscaled) and
-    ``ratio`` = measured / predicted_lr, as before; ``predictions`` holds every model's threshold,
-    ``ratios`` measured / each, and ``recommended_lr`` the headline rate."""
+    predictions: ``predicted_lr`` is the fixed-Hessian threshold (lr_max_<optimizer>, before
+    --safety) and ``ratio`` = measured / predicted_lr, as before; ``predictions`` holds every model's
+    threshold (before --safety), ``ratios`` measured / each, ``best_prediction`` the best model's;
+    ``recommended_lr`` is the headline rate as printed (times --safety: the rate a user follows)."""
 
     optimizer: str
     batch_size: int
@@ -273,9 +268,20 @@ class ValidationResult:
         return "; ".join(self.recipe.definition(c) for c in self.criteria) + (
             f"; a rate fails when most of {self.recipe.seeds} seeded runs fail")
 
+    notes: tuple[str, ...] = ()
+
     @property
     def warnings(self) -> list[str]:
-        return [f"{t.optimizer} B={t.batch_size} ({t.criterion}): {t.note}" for t in self.thresholds if t.note]
+        return list(self.notes) + [f"{t.optimizer} B={t.batch_size} ({t.criterion}): {t.note}"
+                                   for t in self.thresholds if t.note]
+
+    def record(self) -> dict[str, Any]:
+        """The keys validation adds to lr.json and validation.json: ``validation`` holds the blow-up
+        (divergence) thresholds, one row per optimizer and B as before; ``validation_no_progress``
+        the no-progress ones."""
+        rows = {c: [t.to_dict() for t in self.thresholds if t.criterion == c] for c in self.criteria}
+        return {"validation": rows.get("blowup", []), "validation_no_progress": rows.get("no_progress", []),
+                "validation_definition": self.definition}
 
     def find(self, optimizer: str, batch_size: int, criterion: str = "blowup") -> MeasuredThreshold | None:
         return next((t for t in self.thresholds if (t.optimizer, t.batch_size, t.criterion) ==
@@ -324,6 +330,7 @@ def validate_learning_rates(problem: Problem, result: Any, recipe: TrainingRecip
     if "adam" in optimizers and result.adam is None:
         raise ValueError("the prediction has no Adam threshold (learning_rates(..., optimizers without 'adam')?)")
     states = adam_starting_states(problem, result.adam.source if "adam" in optimizers else None, saved_state)
+    notes = [horizon_note(result, recipe)] if "adam" in optimizers and horizon_note(result, recipe) else []
     problem = problem.gathered()  # training runs need every example; under torchrun each rank runs its own
     if progress is not None:
         progress.stage("training runs", None, unit="run")
@@ -343,4 +350,13 @@ def validate_learning_rates(problem: Problem, result: Any, recipe: TrainingRecip
     return ValidationResult(thresholds=tuple(t for group in measured for t in group), recipe=recipe,
                             batch_sizes=tuple(sizes), optimizers=tuple(optimizers), criteria=tuple(criteria),
                             seed=seed, adam_source=result.adam.source if "adam" in optimizers else None,
-                            wall_time_s=time.perf_counter() - t0)
+                            wall_time_s=time.perf_counter() - t0, notes=tuple(notes))
+
+
+def horizon_note(result: Any, recipe: TrainingRecipe) -> str | None:
+    """A warning when runs from a saved Adam state are not as long as the prediction assumed."""
+    adam = result.adam
+    if adam is None or adam.source != "saved" or adam.horizon == recipe.steps:
+        return None
+    return (f"Adam's prediction carried the saved state {adam.horizon} steps forward, but the runs take "
+            f"{recipe.steps}: rerun lr with --adam-horizon {recipe.steps} to compare like with like")
