@@ -214,6 +214,24 @@ def test_lr_without_optimizer_state_estimates_adams_second_moment(tmp_path):
     assert row["lr_max_adam"] == pytest.approx(0.5 * 38 / row["adam_sharpness_mean"])
     assert [r["batch_size"] for r in record["rows"]] == [25, 50, 100, 200]
     assert not record["fit"]["converged"] and "at least 4" in record["warnings"][0]  # too few points: said so
+    full = record["rows"][-1]  # N was not in --batch-sizes: its row still has every model
+    assert full["lr_max_adam"] == pytest.approx(0.5 * 38 / full["adam_sharpness_mean"])
+    assert full["lr_max_momentum_mss"] == pytest.approx(0.5 * 3.0 / full["lambda_max_mean"], rel=1e-6)
+
+
+def test_lr_without_a_subspace_has_no_mean_square_thresholds(tmp_path):
+    model = nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10))
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    result = CliRunner().invoke(main, ["lr", "--checkpoint", str(tmp_path / "w.pt"), "--model", "mlp", "--model-arg",
+                                       "hidden=8", "--data", "digits", "--samples", "100", "--batch-sizes", "25,50",
+                                       "--batches", "2", "--density-steps", "0", "--subspace", "0",
+                                       "--out", str(tmp_path / "o"), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["noise"] is None and record["cost"]["operator_products"].get("projections") is None
+    for row in record["rows"]:
+        assert all(row[f"lr_max_{opt}_mss"] is None for opt in ("sgd", "momentum", "nesterov", "adam"))
+        assert row["lr_recommended_sgd"] == pytest.approx(0.6 * min(row["lr_max_sgd"], row["lr_max_sgd_batch_sharpness"]))
 
 
 def test_measured_threshold_of_gradient_descent_on_least_squares(least_squares):

@@ -219,20 +219,20 @@ def measure_batch(problem: Problem, kind: str, *, batch_size: int, index: int, t
                             adam_projected=adam_projected, n_products=products)
 
 
-def measure_full(problem: Problem, kind: str, *, subspace: int, tol: float, seed: int,
+def measure_full(problem: Problem, kind: str, *, subspace: int, tol: float, seed: int, project: bool = True,
                  settings: ProductSettings | None = None) -> BatchMeasurement:
     """The full-sample operator: top-``subspace`` eigenpairs (the reference directions) and the
-    bottom eigenvalue, its batch sharpness g^T H g / |g|^2 and its projection diag(top eigenvalues)."""
+    bottom eigenvalue, its batch sharpness g^T H g / |g|^2 and (``project``) its projection Q H Q^T."""
     op = curvature_operator(problem, kind, **dataclasses.asdict(settings or ProductSettings()))
     subspace = min(subspace, op.size)
     eigs = extremal_eigs(op, subspace, 1 if subspace < op.size else 0, tol=tol, seed=seed, return_eigenvectors=True)
     gradient = problem.gradient()
     norm = float(gradient.norm())
     sharpness = float(_projection(op, (gradient / norm)[None])[0, 0]) if norm > 0 else None
-    projected = _projection(op, eigs.top_eigenvectors)
+    projected = _projection(op, eigs.top_eigenvectors) if project else None
+    products = {"eigenvalues": eigs.n_products, "batch_sharpness": 1} | ({"projections": subspace} if project else {})
     return BatchMeasurement(batch_size=problem.n_samples, index=0, eigs=eigs, batch_sharpness=sharpness,
-                            projected=projected, n_products={"eigenvalues": eigs.n_products, "batch_sharpness": 1,
-                                                             "projections": subspace})
+                            projected=projected, n_products=products)
 
 
 def measure_adam_subspace(problem: Problem, kind: str, preconditioner: Tensor, *, batch_size: int, subspace: int,
@@ -278,7 +278,7 @@ def batch_scan(
         raise ValueError(f"batch sizes must lie in 1..{n} (the sample), got {sizes[0]}..{sizes[-1]}")
     subspace = min(subspace, problem.n_params)
     plan = [(b, j) for b in sizes if b < n for j in range(n_batches)]
-    adam_sizes = sizes if preconditioner is not None else []
+    adam_sizes = sorted(set(sizes) | {n}) if preconditioner is not None else []  # the full sample's row too
     if progress is not None:  # one bar over this process's batches (each batch is its own operator)
         progress.stage("batch-size scan", distributed.my_share(len(plan)) + 1 + len(adam_sizes), unit="operator")
 
@@ -288,7 +288,7 @@ def batch_scan(
 
     # the full sample and Adam's references: every rank together, on its shard
     full = journal.shared("full", lambda: measure_full(problem, kind, subspace=max(subspace, 1), tol=tol, seed=seed,
-                                                       settings=settings))
+                                                       project=subspace > 0, settings=settings))
     advance()
     references = []
     for b in adam_sizes:
