@@ -103,6 +103,7 @@ class AdamSubspace:
         return float(self.eigs.top_eigenvalues[0])
 
 
+@saveable
 @dataclass(frozen=True, kw_only=True)
 class BatchSizeSummary:
     batch_size: int
@@ -145,6 +146,14 @@ class BatchScanResult:
                 adam_sharpness=sharp, batch_sharpness=batch_sharp,
                 converged=all(m.eigs.converged and m.adam_converged is not False for m in group)))
         return rows
+
+    def full_summary(self) -> BatchSizeSummary:
+        """The full sample as one 'batch' of N (x = 0)."""
+        m = self.full
+        return BatchSizeSummary(batch_size=self.n_samples, x=0.0, n_batches=1, lambda_max=[m.lambda_max],
+                                lambda_min=[m.lambda_min], adam_sharpness=None,
+                                batch_sharpness=[m.batch_sharpness] if m.batch_sharpness is not None else None,
+                                converged=bool(m.eigs.converged))
 
     def adam_subspace(self, batch_size: int) -> AdamSubspace | None:
         """Adam's reference at B."""

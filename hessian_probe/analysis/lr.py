@@ -37,7 +37,7 @@ from ..operators import ProductSettings
 from ..problem import Problem
 from ..results import saveable, to_jsonable
 from .adam import AdamPreconditioning, SavedAdamState, choose_source, preconditioning
-from .batch_scan import BatchScanResult, batch_scan, default_batch_sizes
+from .batch_scan import BatchScanResult, BatchSizeSummary, batch_scan, default_batch_sizes
 from .fit import BatchSizeFit, fit_batch_size
 from .noise import SubspaceNoise, effective_noise, gradient_moments
 from .stability import adam_mean_square_threshold, mean_square_threshold, quadratic_threshold
@@ -124,18 +124,16 @@ def adam_threshold(preconditioned_sharpness: float | None, beta1: float) -> floa
 @saveable
 @dataclass(frozen=True, kw_only=True)
 class LearningRateRow:
-    """One batch size: the sharpness statistics and every model's divergence threshold (unscaled)."""
+    """One batch size: its sharpness statistics (the scan's summary; one batch for B = N), the noise
+    along the top direction, and every model's divergence threshold (before --safety)."""
 
-    batch_size: int
-    x: float
-    n_batches: int
-    lambda_max: tuple[float, ...]
-    lambda_min: tuple[float, ...]
-    batch_sharpness: tuple[float, ...]
-    adam_sharpness: tuple[float, ...] | None
+    sizes: BatchSizeSummary
     top_direction_std: float | None  # std of q1^T H_B q1 over batches (the pooled noise model)
-    models: dict[str, float | None]  # model name -> divergence threshold, before --safety
-    converged: bool
+    models: dict[str, float | None]  # model name -> divergence threshold
+
+    @property
+    def batch_size(self) -> int:
+        return self.sizes.batch_size
 
 
 @saveable
@@ -247,19 +245,20 @@ class LearningRateResult:
         safety = self.hyperparameters.safety
         rows = []
         for r in self.rows:
+            s = r.sizes
             row: dict[str, Any] = dict(
-                batch_size=r.batch_size, x=r.x, n_batches=r.n_batches, lambda_max_mean=_mean(r.lambda_max),
-                lambda_max_std=_std(r.lambda_max), lambda_min_mean=_mean(r.lambda_min),
-                lambda_min_std=_std(r.lambda_min), converged=r.converged,
-                batch_sharpness_mean=_mean(r.batch_sharpness), batch_sharpness_std=_std(r.batch_sharpness),
+                batch_size=s.batch_size, x=s.x, n_batches=s.n_batches, lambda_max_mean=_mean(s.lambda_max),
+                lambda_max_std=_std(s.lambda_max), lambda_min_mean=_mean(s.lambda_min),
+                lambda_min_std=_std(s.lambda_min), converged=s.converged,
+                batch_sharpness_mean=_mean(s.batch_sharpness), batch_sharpness_std=_std(s.batch_sharpness or []),
                 top_direction_std=r.top_direction_std)
-            if r.batch_size < self.scan.n_samples:
-                row.update(lambda_max=list(r.lambda_max), lambda_min=list(r.lambda_min),
-                           batch_sharpness=list(r.batch_sharpness))
-            if r.adam_sharpness is not None:
-                row.update(adam_sharpness_mean=_mean(r.adam_sharpness), adam_sharpness_std=_std(r.adam_sharpness))
-                if r.batch_size < self.scan.n_samples:
-                    row["adam_sharpness"] = list(r.adam_sharpness)
+            if s.batch_size < self.scan.n_samples:
+                row.update(lambda_max=list(s.lambda_max), lambda_min=list(s.lambda_min),
+                           batch_sharpness=list(s.batch_sharpness or []))
+            if s.adam_sharpness is not None:
+                row.update(adam_sharpness_mean=_mean(s.adam_sharpness), adam_sharpness_std=_std(s.adam_sharpness))
+                if s.batch_size < self.scan.n_samples:
+                    row["adam_sharpness"] = list(s.adam_sharpness)
             for name, value in r.models.items():
                 row[f"lr_max_{name}"] = value * safety if value is not None else None
             calibrated = []
@@ -282,7 +281,7 @@ class LearningRateResult:
             "rows": self.record_rows(),
             "fit": self.fit,
             "full_sample": {"lambda_max": scan.full.lambda_max, "lambda_min": scan.full.lambda_min,
-                            "adam_sharpness": self.rows[-1].adam_sharpness[0] if self.rows[-1].adam_sharpness else None,
+                            "adam_sharpness": _mean(self.rows[-1].sizes.adam_sharpness),
                             "batch_sharpness": scan.full.batch_sharpness, "eigs": scan.full.eigs},
             "adam_model": self.adam_model,
             "adam_state": self.adam,
@@ -326,36 +325,25 @@ def _rows(scan: BatchScanResult, hp: Hyperparameters, noise: SubspaceNoise | Non
           ) -> list[LearningRateRow]:
     n = scan.n_samples
     rows = []
-    summaries = {s.batch_size: s for s in scan.by_size()}
-    for b in [*summaries, n]:
-        s = summaries.get(b)
-        lam = s.lambda_max if s else [scan.full.lambda_max]
-        sharp = (s.batch_sharpness if s else [scan.full.batch_sharpness]) or []
-        sharp = [v for v in sharp if v is not None]
-        reference = scan.adam_subspace(b)
-        if "adam" in optimizers and reference is not None:
-            adam_sharp = s.adam_sharpness if s else [reference.sharpness]
-        else:
-            adam_sharp = None
+    for s in [*scan.by_size(), scan.full_summary()]:
+        b = s.batch_size
+        reference = scan.adam_subspace(b) if "adam" in optimizers else None
+        if reference is not None and b == n:
+            s = replace(s, adam_sharpness=[reference.sharpness], converged=s.converged and reference.eigs.converged)
+        sharp = [v for v in s.batch_sharpness or [] if v is not None]
         models: dict[str, float | None] = {}
         for opt in optimizers:
             if opt == "adam":
-                models["adam"] = adam_threshold(_mean(adam_sharp), hp.beta1)
+                models["adam"] = adam_threshold(_mean(s.adam_sharpness), hp.beta1)
                 models["adam_mss"] = _adam_mss(scan, b, hp.beta1) if reference is not None else None
                 continue
-            models[opt] = quadratic_threshold(opt, float(np.mean(lam)) + hp.weight_decay, hp.momentum)
+            models[opt] = quadratic_threshold(opt, float(np.mean(s.lambda_max)) + hp.weight_decay, hp.momentum)
             models[f"{opt}_mss"] = (mean_square_threshold(opt, noise.mean, noise.at(b), momentum=hp.momentum,
                                                           weight_decay=hp.weight_decay) if noise is not None else None)
             if opt == "sgd":
                 models["sgd_batch_sharpness"] = quadratic_threshold("sgd", _mean(sharp) + hp.weight_decay) if sharp else None
-        converged = s.converged if s else bool(scan.full.eigs.converged and (reference is None or
-                                                                            reference.eigs.converged))
-        rows.append(LearningRateRow(
-            batch_size=b, x=effective_noise(b, n), n_batches=s.n_batches if s else 1, lambda_max=tuple(lam),
-            lambda_min=tuple(s.lambda_min if s else [scan.full.lambda_min]), batch_sharpness=tuple(sharp),
-            adam_sharpness=tuple(adam_sharp) if adam_sharp is not None else None,
-            top_direction_std=float(noise.direction_std(b)[0]) if noise is not None else None,
-            models=models, converged=converged))
+        rows.append(LearningRateRow(sizes=s, models=models,
+                                    top_direction_std=float(noise.direction_std(b)[0]) if noise is not None else None))
     return rows
 
 
@@ -388,7 +376,7 @@ def _adam_mss(scan: BatchScanResult, batch_size: int, beta1: float) -> float | N
 def _warnings(result_rows: Sequence[LearningRateRow], fit: BatchSizeFit, scan: BatchScanResult,
               adam: AdamPreconditioning | None) -> list[str]:
     warnings = []
-    if not all(r.converged for r in result_rows):
+    if not all(r.sizes.converged for r in result_rows):
         warnings.append("some batch eigenvalues did not converge to tol; see the per-batch residuals")
     if not fit.converged:
         warnings.append(f"batch-size fit unavailable: {fit.message}")
