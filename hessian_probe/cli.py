@@ -154,9 +154,16 @@ def problem_options(command: Callable, one_batch: bool = True) -> Callable:
     ]
     if not one_batch:
         options.remove(BATCH_SIZE_OPTION)
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(options)(command)
+
+
+def with_options(options: list[Callable]) -> Callable:
+    """A decorator applying click options in the order listed (the first is shown first in --help)."""
+    def apply(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
 
 
 PROBLEM_KEYS = ("checkpoint", "model", "model_args", "trust_checkpoint", "data", "samples", "batch_size",
@@ -661,14 +668,6 @@ def training_options(prefix: str = "") -> list[Callable]:
         click.option(f"--{prefix}precision", type=click.FloatRange(min=0, min_open=True), default=0.05,
                      show_default=True, help="Relative width at which the bisection stops."),
     ]
-
-
-def with_options(options: list[Callable]) -> Callable:
-    def apply(command: Callable) -> Callable:
-        for option in reversed(options):
-            command = option(command)
-        return command
-    return apply
 
 
 @analysis_command("lr", one_batch=False, writer=_write_lr)

@@ -30,7 +30,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from torch import Tensor
 
 from ..journal import NO_JOURNAL, Journal
 from ..operators import ProductSettings
@@ -41,15 +40,7 @@ from .batch_scan import BatchScanResult, BatchSizeSummary, batch_scan, default_b
 from .fit import BatchSizeFit, fit_batch_size
 from .noise import SubspaceNoise, effective_noise, gradient_moments
 from .stability import adam_mean_square_threshold, mean_square_threshold, quadratic_threshold
-from .validate import (
-    OPTIMIZERS,
-    MeasuredThreshold,
-    TrainingRecipe,
-    ValidationResult,
-    adam_starting_states,
-    horizon_note,
-    measure_threshold,
-)
+from .validate import OPTIMIZERS, MeasuredThreshold, TrainingRecipe, ValidationResult, validate_learning_rates
 
 __all__ = ["BatchSizeFit", "Calibration", "Hyperparameters", "LearningRateResult", "LearningRateRow", "fit_batch_size",
            "learning_rates", "momentum_threshold", "nesterov_threshold", "sgd_threshold"]
@@ -227,10 +218,11 @@ class LearningRateResult:
     def recommended(self, optimizer: str, batch_size: int) -> float | None:
         """The headline rate, conservative by construction (module docstring), times --safety."""
         factor = self.calibration.factors.get(optimizer) if self.calibration is not None else None
-        best = self.predictions(optimizer, batch_size).get(BEST_MODEL[optimizer])
+        predictions = self.predictions(optimizer, batch_size)
+        best = predictions.get(BEST_MODEL[optimizer])
         if factor is not None and best is not None:
             return CALIBRATED_FRACTION * min(factor, 1.0) * best * self.hyperparameters.safety
-        values = [v for v in self.predictions(optimizer, batch_size).values() if v is not None]
+        values = [v for v in predictions.values() if v is not None]
         return RECOMMENDED_FRACTION * min(values) * self.hyperparameters.safety if values else None
 
     def default_validation_sizes(self) -> list[int]:
@@ -456,8 +448,7 @@ def learning_rates(
         raise ValueError(f"batch sizes must lie in 1..{n} (the sample), got {sizes[0]}..{sizes[-1]}")
     if calibrate_at is not None and not 1 <= calibrate_at < n:
         raise ValueError(f"the calibration batch size must lie in 1..{n - 1} (below the sample), got {calibrate_at}")
-    adam = moments = None
-    preconditioner: Tensor | Any = None
+    adam = moments = preconditioner = None
     if "adam" in optimizers:
         source = choose_source(adam_state, saved_state)
         moments = journal.shared("gradient-moments", lambda: gradient_moments(problem))
@@ -494,34 +485,18 @@ def calibrate(problem: Problem, result: LearningRateResult, batch_size: int, rec
               saved_state: SavedAdamState | None = None, moments: Any = None, seed: int = 0, progress: Any = None,
               journal: Journal = NO_JOURNAL) -> LearningRateResult:
     """``result`` with a Calibration: each optimizer's blow-up threshold measured at ``batch_size``
-    (the prediction's hyperparameters and Adam state), and measured / best model as its factor."""
-    from .. import distributed
-
-    hp = result.hyperparameters
-    recipe = replace(recipe, momentum=hp.momentum, beta1=hp.beta1, beta2=hp.beta2, eps=hp.eps,
-                     weight_decay=hp.weight_decay)
-    states = adam_starting_states(problem, result.adam.source if result.adam else None, saved_state, moments)
-    gathered = problem.gathered()
-    if progress is not None:
-        progress.stage(f"calibration at B = {batch_size}", None, unit="run")
-
-    def measure(name: str) -> MeasuredThreshold:
-        predictions = result.predictions(name, batch_size)
-        return measure_threshold(gathered, name, batch_size, predictions.get(name), recipe=recipe, seed=seed,
-                                 adam_state=states(batch_size) if name == "adam" else None, predictions=predictions,
-                                 best_model=BEST_MODEL[name],
-                                 on_run=(lambda: progress.advance(1)) if progress is not None else None)[0]
-
-    measured = distributed.spread(list(result.optimizers), lambda name: journal.own(f"calibration-{name}",
-                                                                                     lambda: measure(name)))
-    factors = {}
-    for name, m in zip(result.optimizers, measured):
-        best = (m.predictions or {}).get(BEST_MODEL[name])
-        factors[name] = m.measured_lr / best if m.measured_lr is not None and best else None
+    (validate_learning_rates: the prediction's hyperparameters and Adam state), and measured / best
+    model as its factor."""
+    validation = validate_learning_rates(problem, result, recipe, optimizers=result.optimizers, batch_sizes=[batch_size],
+                                         criteria=("blowup",), saved_state=saved_state, moments=moments, seed=seed,
+                                         progress=progress, journal=journal)
+    measured = validation.thresholds  # one per optimizer, in result.optimizers' order
+    factors = {t.optimizer: t.measured_lr / t.best_prediction if t.measured_lr is not None and t.best_prediction
+               else None for t in measured}
     missing = [name for name, f in factors.items() if f is None]
-    warnings = list(result.warnings) + ([horizon_note(result, recipe)] if horizon_note(result, recipe) else [])
+    warnings = list(result.warnings) + validation.warnings
     if missing:
         warnings.append(f"no calibration for {', '.join(missing)}: its bisection at B = {batch_size} found no "
                         "threshold (see calibration.measured); those rates stay uncalibrated")
     return replace(result, calibration=Calibration(batch_size=batch_size, measured=tuple(measured), factors=factors,
-                                                   recipe=recipe), warnings=tuple(warnings))
+                                                   recipe=validation.recipe), warnings=tuple(warnings))

@@ -303,14 +303,15 @@ def adam_starting_states(problem: Problem, source: str | None, saved: SavedAdamS
 def validate_learning_rates(problem: Problem, result: Any, recipe: TrainingRecipe | None = None, *,
                             optimizers: Sequence[str] = ("sgd", "momentum", "adam"),
                             batch_sizes: Sequence[int] | None = None, criteria: Sequence[str] = CRITERIA,
-                            saved_state: SavedAdamState | None = None, seed: int = 0, progress: Any = None,
-                            journal: Journal = NO_JOURNAL) -> ValidationResult:
+                            saved_state: SavedAdamState | None = None, moments: GradientMoments | None = None,
+                            seed: int = 0, progress: Any = None, journal: Journal = NO_JOURNAL) -> ValidationResult:
     """Bisect the measured thresholds of ``optimizers`` at ``batch_sizes`` (default: up to four of the
     scan's sizes below N) and set them beside ``result``'s predictions (a LearningRateResult).
 
     The optimizers' hyperparameters (momentum, betas, eps, weight decay) are the prediction's;
     Adam starts from the state the prediction assumed (``saved_state``: the checkpoint's moments,
-    needed when the prediction used them). Under torchrun the runs are spread over the ranks."""
+    needed when the prediction used them; ``moments``: the gradient moments of an estimated Adam
+    state, computed here when not given). Under torchrun the runs are spread over the ranks."""
     t0 = time.perf_counter()
     recipe = recipe or TrainingRecipe()
     hp = result.hyperparameters
@@ -329,8 +330,8 @@ def validate_learning_rates(problem: Problem, result: Any, recipe: TrainingRecip
         raise ValueError(f"batch sizes must lie in 1..{n} (the sample), got {sizes[0]}..{sizes[-1]}")
     if "adam" in optimizers and result.adam is None:
         raise ValueError("the prediction has no Adam threshold (learning_rates(..., optimizers without 'adam')?)")
-    states = adam_starting_states(problem, result.adam.source if "adam" in optimizers else None, saved_state)
-    notes = [horizon_note(result, recipe)] if "adam" in optimizers and horizon_note(result, recipe) else []
+    states = adam_starting_states(problem, result.adam.source if "adam" in optimizers else None, saved_state, moments)
+    note = horizon_note(result, recipe) if "adam" in optimizers else None
     problem = problem.gathered()  # training runs need every example; under torchrun each rank runs its own
     if progress is not None:
         progress.stage("training runs", None, unit="run")
@@ -350,7 +351,7 @@ def validate_learning_rates(problem: Problem, result: Any, recipe: TrainingRecip
     return ValidationResult(thresholds=tuple(t for group in measured for t in group), recipe=recipe,
                             batch_sizes=tuple(sizes), optimizers=tuple(optimizers), criteria=tuple(criteria),
                             seed=seed, adam_source=result.adam.source if "adam" in optimizers else None,
-                            wall_time_s=time.perf_counter() - t0, notes=tuple(notes))
+                            wall_time_s=time.perf_counter() - t0, notes=(note,) if note else ())
 
 
 def horizon_note(result: Any, recipe: TrainingRecipe) -> str | None:
