@@ -32,6 +32,7 @@ from hessian_probe.analysis.validate import TrainingRecipe, validate_learning_ra
 from hessian_probe.loading.builtin_models import mlp, small_cnn
 from hessian_probe.loading.datasets import load_digits
 from hessian_probe.loading.optimizer import found_hyperparameters, read_optimizer_state, saved_adam_state
+from hessian_probe.results import to_state
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -124,6 +125,8 @@ def main() -> int:
                          factor=calibrated.calibration.factors.get(t.optimizer), note=t.note)
             points.append(point)
             print("  " + row(point), flush=True)
+        torch.save({"result": to_state(calibrated.without_vectors()), "validation": to_state(validation)},
+                   args.out / f"{name}_state.pt")  # the typed results, for studying calibration rules offline
         (args.out / f"{name}.json").write_text(json.dumps({"lr": result.to_dict(), "points": [
             p for p in points if p["checkpoint"] == name]}, indent=1, default=str))
     summary = summarise(points)

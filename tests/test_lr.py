@@ -374,11 +374,13 @@ def small_mlp_problem():
     return problem, saved_adam_state(info, problem)
 
 
-def test_calibration_carries_the_measured_factor_to_every_batch_size(small_mlp_problem, monkeypatch):
+def test_calibration_carries_the_measured_factor_down_and_the_noise_scale_up(small_mlp_problem, monkeypatch):
     """A fake trainer whose runs blow up above 0.8 x the best model at B0 = 32 for every optimizer:
-    the factor is 0.8 (to the bisection's precision), every calibrated rate is 0.8 x its best model,
-    and the recommended rate is 0.7 x the calibrated one (a factor below 1 lowers it; one above 1
-    would not raise it above the best model)."""
+    the factor is 0.8 (to the bisection's precision) and carries as a constant to B <= B0; the
+    fitted noise scale c (> 1: more noise than measured) makes the mean-square threshold at B0
+    equal the measured one and gives the rates above B0, down to the noiseless threshold at B = N,
+    where the noise and with it the calibration vanish; the recommended rate is 0.7 x
+    min(calibrated, best model)."""
     from hessian_probe.analysis import validate
     from hessian_probe.analysis.lr import learning_rates
 
@@ -394,18 +396,42 @@ def test_calibration_carries_the_measured_factor_to_every_batch_size(small_mlp_p
     monkeypatch.setattr(validate, "train", run)
     calibrated = learning_rates(problem, batch_sizes=[16, 32, 64, 300], n_batches=3, subspace=4, saved_state=saved,
                                 density_steps=0, calibrate_at=32, recipe=validate.TrainingRecipe(precision=1e-3))
-    assert calibrated.calibration.batch_size == 32
+    calibration = calibrated.calibration
+    assert calibration.batch_size == 32
     for opt in calibrated.optimizers:
-        assert calibrated.calibration.factors[opt] == pytest.approx(0.8, rel=2e-3)
+        measured = next(t.measured_lr for t in calibration.measured if t.optimizer == opt)
+        assert calibration.factors[opt] == pytest.approx(0.8, rel=2e-3)
+        scale = calibration.noise_scales[opt]
+        assert scale > 1 and calibrated.mean_square(opt, 32, scale) == pytest.approx(measured, rel=3e-3)
+        model = {b: calibrated.predictions(opt, b)[calibrated.best_model(opt)] for b in (16, 32, 64, 300)}
+        assert calibrated.calibrated(opt, 16) == pytest.approx(calibration.factors[opt] * model[16])
+        assert calibrated.calibrated(opt, 64) == pytest.approx(calibrated.mean_square(opt, 64, scale))
+        assert calibrated.calibrated(opt, 64) < model[64]
+        assert calibrated.calibrated(opt, 300) == pytest.approx(model[300], rel=1e-9)  # no noise at B = N
         for b in (16, 64, 300):
-            model = calibrated.predictions(opt, b)[calibrated.best_model(opt)]
-            assert calibrated.calibrated(opt, b) == pytest.approx(calibrated.calibration.factors[opt] * model)
-            assert calibrated.recommended(opt, b) == pytest.approx(0.7 * calibrated.calibrated(opt, b))
+            assert calibrated.recommended(opt, b) == pytest.approx(0.7 * min(calibrated.calibrated(opt, b), model[b]))
             assert result.recommended(opt, b) == pytest.approx(0.6 * min(
                 v for v in result.predictions(opt, b).values() if v is not None))
     rows = calibrated.to_dict()["rows"]
     assert all(r["calibrated"] for r in rows) and not any(r["calibrated"] for r in result.to_dict()["rows"])
     assert rows[0]["lr_calibrated_sgd"] == pytest.approx(calibrated.calibrated("sgd", 16))
+
+
+def test_the_noise_scale_is_fitted_only_below_the_noiseless_threshold(small_mlp_problem):
+    """Between the measured-noise and the noiseless threshold c lies in (0, 1) and reproduces the
+    target; at or above the noiseless threshold there is no noise scale (the factor carries)."""
+    from hessian_probe.analysis.lr import fit_noise_scale, learning_rates
+
+    problem, saved = small_mlp_problem
+    result = learning_rates(problem, batch_sizes=[16, 32, 64, 300], n_batches=3, subspace=4, saved_state=saved,
+                            density_steps=0)
+    for opt in ("sgd", "momentum", "adam"):
+        noisy, noiseless = result.mean_square(opt, 32, 1.0), result.mean_square(opt, 32, 0.0)
+        assert noisy < noiseless
+        target = 0.5 * (noisy + noiseless)
+        scale = fit_noise_scale(result, opt, 32, target)
+        assert 0 < scale < 1 and result.mean_square(opt, 32, scale) == pytest.approx(target, rel=3e-3)
+        assert fit_noise_scale(result, opt, 32, 1.01 * noiseless) is None
 
 
 def test_adam_is_validated_from_the_state_its_prediction_assumed(small_mlp_problem, monkeypatch):

@@ -14,12 +14,17 @@ gives per B and optimizer the divergence threshold of each model (docs/theory.md
 
 The headline ``lr_recommended_<opt>`` is conservative by construction: RECOMMENDED_FRACTION times
 the smallest of the optimizer's models (times --safety). A calibration (a measured blow-up
-threshold at one B0, validate.py) gives the factor f = measured / best model at B0;
-``lr_calibrated_<opt>`` = f x best model at every B, and the recommended rate becomes
-CALIBRATED_FRACTION x min(f, 1) x best model: a calibration that finds the model optimistic
-lowers the rate, one that finds it pessimistic does not raise it above the model (how far a
-network survives beyond linear instability changes with B). The fractions come from the measured
-validity table in docs/theory.md. These are divergence thresholds, not optimal rates.
+threshold at one B0, validate.py) gives the factor f = measured / best model at B0 and, when the
+measured threshold lies below the noiseless one, the noise scale c at which the mean-square
+threshold at B0 matches it (the model's error attributed to the amplitude of the batch noise).
+``lr_calibrated_<opt>`` is f x best model for B <= B0 (noise-dominated, where the threshold
+scales like the noise and a factor carries) and the mean-square threshold with c for B > B0
+(which tends to the noiseless threshold as B -> N, where a constant factor would not); f
+everywhere when c is undefined. The recommended rate becomes CALIBRATED_FRACTION x min(calibrated,
+best model): a calibration that finds the model optimistic lowers the rate, one that finds it
+pessimistic does not raise it above the model (how far a network survives beyond linear
+instability changes with B). The fractions and the B0 split come from the measured validity
+table in docs/theory.md. These are divergence thresholds, not optimal rates.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..journal import NO_JOURNAL, Journal
 from ..operators import ProductSettings
 from ..problem import Problem
@@ -55,6 +61,16 @@ BEST_MODEL = {"sgd": "sgd_mss", "momentum": "momentum_mss", "nesterov": "nestero
 RECOMMENDED_FRACTION = 0.6  # of the smallest model threshold (docs/theory.md, validity table)
 CALIBRATED_FRACTION = 0.7  # of min(calibration factor, 1) x the best model (docs/theory.md)
 FLAT = 1e-6  # directions with curvature below FLAT x lambda_1 are left out of the mean-square models
+
+
+HYPERPARAMETER_RANGES = {"momentum": "[0, 1)", "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)",
+                         "eps": "[0, inf)"}
+
+
+def _in_range(key: str, value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return 0 <= value < 1 if HYPERPARAMETER_RANGES[key] == "[0, 1)" else value >= 0
 
 
 @saveable
@@ -83,7 +99,10 @@ class Hyperparameters:
             if mine is not None:
                 values[key] = mine
                 sources[key] = "option" + (f" (checkpoint had {saved})" if saved is not None else "")
-            elif saved is not None and (key != "momentum" or saved > 0):
+            elif saved is not None and (key != "momentum" or saved != 0):
+                if key != "nesterov" and not _in_range(key, saved):
+                    raise InputError(f"the checkpoint's optimizer state has {key} = {saved!r}, outside "
+                                     f"{HYPERPARAMETER_RANGES[key]}: pass --{key.replace('_', '-')} to set it")
                 values[key], sources[key] = saved, "checkpoint"
             else:
                 values[key], sources[key] = getattr(defaults, key), "default"
@@ -130,13 +149,16 @@ class LearningRateRow:
 @saveable
 @dataclass(frozen=True, kw_only=True)
 class Calibration:
-    """A measured blow-up threshold per optimizer at one batch size, and the factor measured /
-    best-model prediction carried to every B."""
+    """A measured blow-up threshold per optimizer at one batch size B0; the factor f = measured /
+    best-model prediction there, carried as a constant to B <= B0; and the noise scale c at which
+    the mean-square threshold at B0 equals the measured one, used for B > B0 (None where the
+    measured threshold is at or above the noiseless one: then f is carried everywhere)."""
 
     batch_size: int
     measured: tuple[MeasuredThreshold, ...]
     factors: dict[str, float | None]
     recipe: TrainingRecipe
+    noise_scales: dict[str, float | None] | None = None
 
 
 def _mean(values: Sequence[float] | None) -> float | None:
@@ -208,20 +230,41 @@ class LearningRateResult:
                                                             momentum=hp.momentum, weight_decay=hp.weight_decay)
         return out
 
-    def calibrated(self, optimizer: str, batch_size: int) -> float | None:
-        """The best model times the calibration factor (None without a calibration)."""
-        if self.calibration is None or self.calibration.factors.get(optimizer) is None:
+    def mean_square(self, optimizer: str, batch_size: int, noise_scale: float = 1.0) -> float | None:
+        """The mean-square threshold at B with the batch noise's covariance times ``noise_scale``
+        (1: the measured noise, the ``<opt>_mss`` model; 0: the noiseless quadratic threshold in
+        the subspace). Adam needs a scanned B."""
+        hp = self.hyperparameters
+        if optimizer == "adam":
+            reference = self.scan.adam_subspace(batch_size)
+            return _adam_mss(self.scan, batch_size, hp.beta1, noise_scale) if reference is not None else None
+        if self.noise is None:
             return None
+        return mean_square_threshold(optimizer, self.noise.mean, noise_scale * self.noise.at(batch_size),
+                                     momentum=hp.momentum, weight_decay=hp.weight_decay)
+
+    def calibrated(self, optimizer: str, batch_size: int) -> float | None:
+        """The calibrated threshold (None without a calibration): the best model times f at
+        B <= B0; above B0 the mean-square threshold with the calibrated noise scale c, which
+        tends to the noiseless threshold as B -> N (module docstring)."""
+        calibration = self.calibration
+        if calibration is None or calibration.factors.get(optimizer) is None:
+            return None
+        scale = (calibration.noise_scales or {}).get(optimizer)
+        if scale is not None and batch_size > calibration.batch_size:
+            value = self.mean_square(optimizer, batch_size, scale)
+            if value is not None:
+                return value
         best = self.predictions(optimizer, batch_size).get(BEST_MODEL[optimizer])
-        return best * self.calibration.factors[optimizer] if best is not None else None
+        return best * calibration.factors[optimizer] if best is not None else None
 
     def recommended(self, optimizer: str, batch_size: int) -> float | None:
         """The headline rate, conservative by construction (module docstring), times --safety."""
-        factor = self.calibration.factors.get(optimizer) if self.calibration is not None else None
+        calibrated = self.calibrated(optimizer, batch_size)
         predictions = self.predictions(optimizer, batch_size)
         best = predictions.get(BEST_MODEL[optimizer])
-        if factor is not None and best is not None:
-            return CALIBRATED_FRACTION * min(factor, 1.0) * best * self.hyperparameters.safety
+        if calibrated is not None and best is not None:
+            return CALIBRATED_FRACTION * min(calibrated, best) * self.hyperparameters.safety
         values = [v for v in predictions.values() if v is not None]
         return RECOMMENDED_FRACTION * min(values) * self.hyperparameters.safety if values else None
 
@@ -284,7 +327,7 @@ class LearningRateResult:
                               "fixed-Hessian (quadratic) model on lambda'(B), lr_max_<optimizer>_mss mean-square "
                               "stability under batch noise, lr_max_sgd_batch_sharpness 2/BS(B); each multiplied by "
                               f"the safety factor {self.hyperparameters.safety:g}",
-            "recommended_is": (f"{CALIBRATED_FRACTION:g} x min(f, 1) x the best model, f = measured/best model at "
+            "recommended_is": (f"{CALIBRATED_FRACTION:g} x min(calibrated, best model), calibrated at "
                                f"B = {self.calibration.batch_size}" if self.calibration is not None
                                else f"{RECOMMENDED_FRACTION:g} x the smallest model threshold")
                               + f", times the safety factor {self.hyperparameters.safety:g}",
@@ -348,10 +391,10 @@ def _positive(eigenvalues: Sequence[float]) -> int:
     return int(np.sum(values > FLAT * values[0]))
 
 
-def _adam_mss(scan: BatchScanResult, batch_size: int, beta1: float) -> float | None:
+def _adam_mss(scan: BatchScanResult, batch_size: int, beta1: float, noise_scale: float = 1.0) -> float | None:
     """Adam's mean-square threshold at B: the batches of every size, preconditioned with D_B and
     projected on the top eigenvectors of the full sample's D_B^-1/2 H D_B^-1/2, pool into one Sigma
-    (noise.SubspaceNoise); noiseless at B = N."""
+    (noise.SubspaceNoise), times ``noise_scale``; noiseless at B = N."""
     reference = scan.adam_subspace(batch_size)
     k = min(scan.subspace, _positive(reference.eigs.top_eigenvalues))
     if not k or reference.projected is None:
@@ -362,7 +405,7 @@ def _adam_mss(scan: BatchScanResult, batch_size: int, beta1: float) -> float | N
     if batch_size < scan.n_samples and not projected:
         return None
     noise = SubspaceNoise.from_batches(np.asarray(reference.projected)[keep, keep], projected, scan.n_samples)
-    return adam_mean_square_threshold(noise.mean, noise.at(batch_size), beta1)
+    return adam_mean_square_threshold(noise.mean, noise_scale * noise.at(batch_size), beta1)
 
 
 def _warnings(result_rows: Sequence[LearningRateRow], fit: BatchSizeFit, scan: BatchScanResult,
@@ -493,10 +536,39 @@ def calibrate(problem: Problem, result: LearningRateResult, batch_size: int, rec
     measured = validation.thresholds  # one per optimizer, in result.optimizers' order
     factors = {t.optimizer: t.measured_lr / t.best_prediction if t.measured_lr is not None and t.best_prediction
                else None for t in measured}
+    scales = {t.optimizer: fit_noise_scale(result, t.optimizer, batch_size, t.measured_lr)
+              if factors[t.optimizer] is not None else None for t in measured}
     missing = [name for name, f in factors.items() if f is None]
     warnings = list(result.warnings) + validation.warnings
     if missing:
         warnings.append(f"no calibration for {', '.join(missing)}: its bisection at B = {batch_size} found no "
                         "threshold (see calibration.measured); those rates stay uncalibrated")
     return replace(result, calibration=Calibration(batch_size=batch_size, measured=tuple(measured), factors=factors,
-                                                   recipe=validation.recipe), warnings=tuple(warnings))
+                                                   recipe=validation.recipe, noise_scales=scales),
+                   warnings=tuple(warnings))
+
+
+NOISE_SCALES = (1e-3, 1e3)  # the range searched for the calibrated noise scale
+
+
+def fit_noise_scale(result: LearningRateResult, optimizer: str, batch_size: int, measured: float,
+                    rtol: float = 1e-3) -> float | None:
+    """The c at which the mean-square threshold at B with the noise covariance times c equals the
+    measured threshold (it falls as c grows). None when the measured threshold is at or above the
+    noiseless one (the gain is not a noise effect: the constant factor is carried instead) or c
+    would leave NOISE_SCALES."""
+    noiseless = result.mean_square(optimizer, batch_size, 0.0)
+    if noiseless is None or not measured < noiseless:
+        return None
+
+    def above(scale: float) -> bool:  # the model at this noise scale still allows more than measured
+        value = result.mean_square(optimizer, batch_size, scale)
+        return value is not None and value > measured
+
+    lo, hi = NOISE_SCALES
+    if above(hi) or not above(lo):
+        return None
+    while hi / lo > 1 + rtol:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if above(mid) else (lo, mid)
+    return math.sqrt(lo * hi)
