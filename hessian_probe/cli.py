@@ -22,6 +22,7 @@ import torch
 
 from . import __version__, distributed
 from .errors import InputError, UsageError, first_line, one_line
+from .files import OWN_FILES, Manifest, OutputLock, refuse_foreign
 from .results import to_jsonable
 
 DEBUG_ENV = "HESSIAN_PROBE_DEBUG"
@@ -146,8 +147,12 @@ def problem_options(command: Callable, one_batch: bool = True) -> Callable:
                      help="Continue an interrupted run in --out: finished pieces (SLQ probe blocks, batches, "
                           "thresholds) are read back, not recomputed; the numbers are those of an uninterrupted run."),
         click.option("--overwrite", is_flag=True,
-                     help="Write into a non-empty --out: this run's files replace their namesakes (other files stay) "
-                          "and an interrupted run's saved pieces there are dropped."),
+                     help="Write into a non-empty --out: this run's files replace their namesakes that hessian-probe "
+                          "wrote (a namesake it did not write is refused; other files stay) and an interrupted run's "
+                          "saved pieces there are dropped."),
+        click.option("--allow-nondeterministic", is_flag=True,
+                     help="Skip the check (two products with one vector) that the operator is a fixed matrix, and "
+                          "allow BatchNorm with batch statistics: the numbers may then be wrong."),
         click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout instead of the summary."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
         DEBUG_OPTION,
@@ -166,17 +171,33 @@ def with_options(options: list[Callable]) -> Callable:
     return apply
 
 
+class FiniteRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and +-inf (which compare False with every bound)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        import math
+
+        converted = super().convert(value, param, ctx)
+        if not math.isfinite(converted):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return converted
+
+
 PROBLEM_KEYS = ("checkpoint", "model", "model_args", "trust_checkpoint", "data", "samples", "batch_size",
                 "chunk_size", "loss", "params", "device", "dtype", "seed")
 
 
+RECORD_FILES = frozenset({"result.json", "eigenvalues.csv", "density.png", "density.pdf", "eigenvectors.pt"})
+
+
 def analysis_command(name: str, *, one_batch: bool = True, writer: Callable | None = None,
-                     may_hold: frozenset[str] = frozenset()) -> Callable:
+                     may_hold: frozenset[str] = frozenset(), outputs: frozenset[str] = RECORD_FILES) -> Callable:
     """Register an analysis command: ``body(op, *, seed, progress, out_dir, loaded, journal,
     **command_options) -> (result, extra_files)``, the result a record (a dict) or a typed result with
     ``to_dict()``; ``writer(record, out_dir, result) -> files`` saves the
     record (default: result.json, eigenvalues.csv and density plots). ``may_hold``: files that
-    --out may already hold without --overwrite (validate-lr reads lr's outputs there)."""
+    --out may already hold without --overwrite (validate-lr reads lr's outputs there); ``outputs``:
+    every file name the command may write (a namesake hessian-probe did not write is never replaced)."""
 
     def register(body: Callable) -> Callable:
         @functools.partial(problem_options, one_batch=one_batch)
@@ -186,8 +207,10 @@ def analysis_command(name: str, *, one_batch: bool = True, writer: Callable | No
                     resume: bool, overwrite: bool, **options: Any) -> dict[str, Any]:
             spec_options = {k: options.pop(k, None) for k in PROBLEM_KEYS}
             products = {"compile": options.pop("compile_products"), "tf32": options.pop("tf32")}
+            check = not options.pop("allow_nondeterministic")
             run = RunOptions(name=name, operator=operator, out_dir=out_dir or Path(f"hessian-probe-{name}"),
                              as_json=as_json, quiet=quiet, resume=resume, overwrite=overwrite, may_hold=may_hold,
+                             outputs=outputs, check_determinism=check,
                              settings={"operator": operator, **options, "products": products})
             return _run(ctx, run, spec_options, functools.partial(body, **options), writer, products)
 
@@ -210,6 +233,8 @@ class RunOptions:
     overwrite: bool = False
     may_hold: frozenset[str] = frozenset()
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    outputs: frozenset[str] = RECORD_FILES
+    check_determinism: bool = True
 
 
 class Terminated(KeyboardInterrupt):
@@ -231,9 +256,10 @@ def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], comp
         previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread: leave signals alone
         previous = None
+    lock = OutputLock(run.out_dir)
     try:
         return _load_compute_write(ctx, run, spec_options, compute, writer, products,
-                                   lambda fingerprint: Journal.start(run.out_dir, fingerprint, resume=run.resume))
+                                   lambda fingerprint: Journal.start(run.out_dir, fingerprint, resume=run.resume), lock)
     except KeyboardInterrupt as exc:
         how, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
         saved = saved_pieces(run.out_dir)
@@ -242,15 +268,18 @@ def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], comp
                    " before any piece finished; nothing to resume")
         raise CommandError(f"interrupted ({how}){message}", code, on_every_rank=True) from None
     finally:
+        lock.release()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
 def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], compute: Callable,
                         writer: Callable | None, products: dict[str, bool] | None,
-                        start_journal: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+                        start_journal: Callable[[dict[str, Any]], Any], lock: Any = None) -> dict[str, Any]:
+    from .imports import IMPORTED_FILES, imported_code_digest
     from .loading import ProblemSpec, load_problem, parse_model_args
     from .operators import curvature_operator
+    from .operators.determinism import check_fixed_operator, evaluation_note
     from .outputs import environment, file_digest, input_digests, plot_title, provenance, summary, write_record
     from .progress import ProductProgress
 
@@ -261,9 +290,12 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
                           "model_args": parse_model_args(spec_options["model_args"])})
     out_dir = run.out_dir
     # before any work: a run must not be lost to an unwritable folder, nor overwrite one (rank 0 writes)
-    distributed.on_main(lambda: _prepare_output(out_dir, run))
+    distributed.on_main(lambda: _prepare_output(out_dir, run, lock))
+    IMPORTED_FILES.clear()  # the code digest covers what this run imports
     loaded = distributed.everywhere(lambda: load_problem(spec))  # a file error stops every rank alike
     op = curvature_operator(loaded.problem, run.operator, **(products or {}))
+    if run.check_determinism:  # two products, before any long work (operators/determinism.py)
+        check_fixed_operator(op, spec.seed)
     digests = input_digests(spec)
     # what fixes the numbers: files by content (not by how their paths are spelled), every option,
     # the device and dtype actually used, the process count and the versions
@@ -273,7 +305,7 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     journal = start_journal({
         "command": run.name, **inputs, **to_jsonable(run.settings), **digests,
         "device_used": str(op.device.type), "dtype_used": str(op.dtype), "processes": distributed.world_size(),
-        "version": __version__, "torch": torch.__version__,
+        "version": __version__, "torch": torch.__version__, "code_sha256": imported_code_digest(),
         **{f"{name}_sha256": file_digest(out_dir / name) for name in sorted(run.may_hold) if (out_dir / name).is_file()}})
     loaded_at = time.perf_counter()
     with ProductProgress(quiet=run.quiet or not distributed.is_main(), label=f"{run.operator} ").attach(op) as progress:
@@ -285,6 +317,7 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     record["provenance"] = provenance(env, run.name, (ctx.obj or {}).get("config"), spec, loaded, timings, digests)
     record["provenance"]["products"] = dataclasses.asdict(op.settings)
     record["provenance"]["resumed_pieces"] = journal.resumed
+    record["provenance"]["evaluation_mode"] = evaluation_note(loaded.model)
     record = to_jsonable(record)
     if not distributed.is_main():  # every rank holds the same record; rank 0 writes and reports it
         return record
@@ -292,6 +325,7 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
         written = write_record(record, out_dir, title=plot_title(record)) + extra_files
     else:
         written = writer(record, out_dir, result) + extra_files
+    Manifest(out_dir).add(written)
     journal.finish()
     if ctx.find_root().obj.get("echo", True):
         resumed = f" ({journal.resumed} finished piece(s) read back)" if journal.resumed else ""
@@ -300,16 +334,18 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     return record
 
 
-def _prepare_output(out_dir: Path, run: RunOptions) -> None:
+def _prepare_output(out_dir: Path, run: RunOptions, lock: OutputLock | None = None) -> None:
     """A writable output folder that holds nothing this run would overwrite, unless --overwrite or
-    --resume (which needs an interrupted run there, not a finished one)."""
+    --resume (which needs an interrupted run there, not a finished one); never a file hessian-probe
+    did not write there (the folder's manifest, files.py). Locked for this run when ``lock``."""
     from .journal import PARTIAL
 
     if run.resume and run.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: choose one")
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file; choose a folder")
-    held = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    held = sorted(p.name for p in out_dir.iterdir() if p.name not in OWN_FILES) if out_dir.is_dir() else []
+    refuse_foreign(out_dir, [name for name in held if name in run.outputs])
     foreign = [name for name in held if name not in run.may_hold]
     if run.resume and foreign and PARTIAL not in held:
         raise UsageError(f"--resume: {out_dir} holds no interrupted run (no partial/ folder); "
@@ -324,6 +360,8 @@ def _prepare_output(out_dir: Path, run: RunOptions) -> None:
         raise UsageError(f"cannot create the output folder {out_dir}: {exc.strerror or first_line(exc)}") from None
     if not os.access(out_dir, os.W_OK):
         raise UsageError(f"the output folder {out_dir} is not writable; choose another with --out")
+    if lock is not None:
+        lock.acquire()
 
 
 BASIS_OPTION = click.option(
@@ -351,7 +389,7 @@ def _operator_header(op: Any) -> dict[str, Any]:
 @click.option("--top-k", type=click.IntRange(min=0), default=5, show_default=True, help="Largest eigenvalues to report.")
 @click.option("--bottom-k", type=click.IntRange(min=0), default=3, show_default=True,
               help="Smallest (most negative) eigenvalues to report.")
-@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+@click.option("--tol", type=FiniteRange(min=0, min_open=True), default=1e-6, show_default=True,
               help="Relative Ritz residual for extremal eigenvalues.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Lanczos step budget for eigenvalues.")
 @click.option("--trace-products", type=click.IntRange(min=3), default=99, show_default=True,
@@ -390,7 +428,7 @@ def spectrum(op, *, seed, progress, out_dir, loaded, journal, steps, probes, top
 @click.option("--top-k", type=click.IntRange(min=0), default=5, show_default=True, help="Largest eigenvalues to report.")
 @click.option("--bottom-k", type=click.IntRange(min=0), default=0, show_default=True,
               help="Smallest (most negative) eigenvalues to report.")
-@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+@click.option("--tol", type=FiniteRange(min=0, min_open=True), default=1e-6, show_default=True,
               help="Relative Ritz residual |A v - theta v| <= tol |theta|.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Lanczos steps (or power iterations per eigenvalue) before giving up.")
@@ -464,6 +502,7 @@ def plot(results: tuple[Path, ...], out_file: Path, labels: tuple[str, ...], tit
     Example: Hessian and GGN of the demo in one figure
       hessian-probe plot hessian-probe-demo/hessian hessian-probe-demo/ggn --out both.png
     """
+    from .files import written_by_us
     from .outputs import read_record
     from .plots import plot_densities
 
@@ -474,11 +513,17 @@ def plot(results: tuple[Path, ...], out_file: Path, labels: tuple[str, ...], tit
         raise CommandError(f"{len(labels)} --label values for {len(records)} results", exit_code=2)
     if not labels and len({r["operator"] for r in records}) < len(records):
         labels = tuple(f"{r['operator']} ({path})" for r, path in zip(records, results))
-    paths = [out_file] + ([out_file.with_suffix(".pdf")] if out_file.suffix.lower() != ".pdf" else [])
+    paths, kept = [out_file], ""
+    twin = out_file.with_suffix(".pdf")
+    if out_file.suffix.lower() != ".pdf":  # the PDF twin, unless a file of that name is not ours
+        if not twin.exists() or (twin.is_file() and not twin.is_symlink() and written_by_us(twin)):
+            paths.append(twin)
+        else:
+            kept = f"; kept the existing {twin} (not written by hessian-probe), so no PDF twin"
     if out_file.parent != Path():
         out_file.parent.mkdir(parents=True, exist_ok=True)
     plot_densities(records, paths, title=title, labels=labels or None)
-    click.echo(f"wrote {', '.join(map(str, paths))}")
+    click.echo(f"wrote {', '.join(map(str, paths))}{kept}")
 
 
 @main.command()
@@ -529,9 +574,12 @@ def demo(ctx: click.Context, out_dir: Path, seed: int, as_json: bool, quiet: boo
     if distributed.launched():
         raise CommandError("the demo runs in one process: start it without torchrun", exit_code=2)
     started = time.perf_counter()
+    demo_files = ["checkpoint.pt", "density.png", "density.pdf"]
+    refuse_foreign(out_dir, demo_files)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.pt"
     train_digits_mlp(checkpoint, seed=seed)
+    Manifest(out_dir).add(["checkpoint.pt"])
     if not as_json:
         click.echo(f"trained a 64-32-10 tanh MLP on the 1,797 bundled digits; saved {checkpoint}")
     ctx.find_root().obj["echo"] = not as_json
@@ -540,6 +588,7 @@ def demo(ctx: click.Context, out_dir: Path, seed: int, as_json: bool, quiet: boo
     ctx.find_root().obj["echo"] = True
     plot_densities(records, [out_dir / "density.png", out_dir / "density.pdf"],
                    title=f"digits MLP: Hessian and GGN, P = {records[0]['n_params']:,}, N = {records[0]['n_samples']:,}")
+    Manifest(out_dir).add(demo_files)
     if as_json:
         click.echo(json.dumps(to_jsonable(records), allow_nan=False))
     else:
@@ -610,6 +659,7 @@ def _learning_rates(op: Any, loaded: Any, seed: int, progress: Any, journal: Any
 
 
 LR_STATE = "lr_state.pt"
+LR_FILES = frozenset({"lr.json", "lr.csv", "lr.png", "spectra_by_batch.png", LR_STATE})
 
 
 def _write_lr(record: dict[str, Any], out_dir: Path, result: Any) -> list[str]:
@@ -642,16 +692,16 @@ LR_COLUMNS = ["batch_size", "x", "n_batches", "lambda_max_mean", "lambda_max_std
               "lr_calibrated_nesterov", "lr_calibrated_adam"]
 
 HYPERPARAMETER_OPTIONS = [
-    click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None,
+    click.option("--momentum", type=FiniteRange(0, 1, max_open=True), default=None,
                  help="Heavy-ball momentum rho [default: the checkpoint's, else 0.9]."),
     click.option("--nesterov/--no-nesterov", default=None, help="[default: the checkpoint's, else off]"),
-    click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+    click.option("--weight-decay", type=FiniteRange(min=0), default=None,
                  help="Coupled L2 weight decay [default: the checkpoint's, else 0]."),
-    click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=None,
+    click.option("--beta1", type=FiniteRange(0, 1, max_open=True), default=None,
                  help="Adam beta1 [default: the checkpoint's, else 0.9]."),
-    click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=None,
+    click.option("--beta2", type=FiniteRange(0, 1, max_open=True), default=None,
                  help="Adam beta2 [default: the checkpoint's, else 0.999]."),
-    click.option("--eps", type=click.FloatRange(min=0), default=None,
+    click.option("--eps", type=FiniteRange(min=0), default=None,
                  help="Adam eps [default: the checkpoint's, else 1e-8]."),
 ]
 
@@ -663,23 +713,23 @@ def training_options(prefix: str = "") -> list[Callable]:
                      help="Training steps per run."),
         click.option(f"--{prefix}seeds", type=click.IntRange(min=1), default=3, show_default=True,
                      help="Seeded runs per learning rate; a rate fails when most of them fail."),
-        click.option(f"--{prefix}blowup", type=click.FloatRange(min=1, min_open=True), default=10.0, show_default=True,
+        click.option(f"--{prefix}blowup", type=FiniteRange(min=1, min_open=True), default=10.0, show_default=True,
                      help="A run blows up when its loss is not finite or exceeds this multiple of its start."),
-        click.option(f"--{prefix}precision", type=click.FloatRange(min=0, min_open=True), default=0.05,
+        click.option(f"--{prefix}precision", type=FiniteRange(min=0, min_open=True), default=0.05,
                      show_default=True, help="Relative width at which the bisection stops."),
     ]
 
 
-@analysis_command("lr", one_batch=False, writer=_write_lr)
+@analysis_command("lr", one_batch=False, writer=_write_lr, outputs=LR_FILES)
 @click.option("--batch-sizes", default=None, metavar="B1,B2,...",
               help="Batch sizes to scan [default: powers of two from --smallest-batch, then the full sample].")
 @click.option("--smallest-batch", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--batches", "n_batches", type=click.IntRange(min=2), default=5, show_default=True,
               help="Random batches per batch size.")
-@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+@click.option("--tol", type=FiniteRange(min=0, min_open=True), default=1e-6, show_default=True,
               help="Relative Ritz residual for each batch's extremal eigenvalues.")
 @with_options(HYPERPARAMETER_OPTIONS)
-@click.option("--safety", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+@click.option("--safety", type=FiniteRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Multiply every threshold and the recommended rates by this factor.")
 @click.option("--density-steps", type=click.IntRange(min=0), default=40, show_default=True,
               help="Lanczos steps of one SLQ density per batch size, for spectra_by_batch.png (0: none).")
@@ -744,8 +794,8 @@ VALIDATION_COLUMNS = ["optimizer", "batch_size", "predicted_lr", "measured_lr", 
                       "ratio_to_best"]
 
 
-@analysis_command("validate-lr", one_batch=False, writer=_write_validation,
-                  may_hold=frozenset({"lr.json", "lr.csv", "lr.png", "spectra_by_batch.png", LR_STATE}))
+@analysis_command("validate-lr", one_batch=False, writer=_write_validation, may_hold=LR_FILES,
+                  outputs=LR_FILES | {"validation.json", "validation.csv", "validation_no_progress.csv"})
 @click.option("--batch-sizes", default=None, metavar="B1,B2,...",
               help="Batch sizes to train at [default: every other batch size of the lr scan below N, at most 4].")
 @click.option("--optimizers", default="sgd,momentum,adam", show_default=True,

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .files import write_atomically
 from .loading.builtin_models import mlp
 from .loading.datasets import load_digits
 
@@ -26,5 +27,6 @@ def train_digits_mlp(path: Path, *, seed: int = 0, steps: int = 60, lr: float = 
         optimiser.zero_grad()
         F.cross_entropy(model(x), y).backward()
         optimiser.step()
-    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": optimiser.state_dict()}, path)
+    state = {"model_state_dict": model.state_dict(), "optimizer_state_dict": optimiser.state_dict()}
+    write_atomically(Path(path), lambda temporary: torch.save(state, temporary))
     return model.eval()

@@ -15,6 +15,25 @@ from typing import Any
 
 from .errors import InputError, first_line
 
+IMPORTED_FILES: dict[str, Path] = {}  # spec -> the source file of the user module it came from
+
+
+def imported_code_digest() -> str | None:
+    """sha256 over the source files of every user module imported so far (model, loss and data
+    factories), so that a resume after the code changed is refused; None when none was imported."""
+    import hashlib
+
+    if not IMPORTED_FILES:
+        return None
+    digest = hashlib.sha256()
+    for path in sorted({str(p) for p in IMPORTED_FILES.values()}):
+        digest.update(path.encode() + b"\0")
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError:
+            digest.update(b"unreadable")
+    return digest.hexdigest()
+
 
 def is_import_spec(spec: str) -> bool:
     """True for ``module:attribute`` (a ``file.py`` module counts too), as opposed to a plain name."""
@@ -40,6 +59,9 @@ def import_object(spec: str, what: str) -> Any:
             obj = getattr(obj, part)
     except AttributeError:
         raise InputError(f"{what} module {module_name!r} has no attribute {attribute!r}") from None
+    source = getattr(module, "__file__", None)
+    if source:
+        IMPORTED_FILES[spec] = Path(source).resolve()
     return obj
 
 

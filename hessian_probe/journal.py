@@ -9,8 +9,12 @@ files hold only containers, numbers and tensors (results.to_state) and are read 
 ``torch.load(weights_only=True)``: no code runs on loading them.
 
 ``OUT/partial/run.json`` holds the run's fingerprint: the command, every option that changes
-the numbers, the digests of the checkpoint and data files, and the process count. A resume
-whose fingerprint differs is refused. A finished run removes ``partial/``.
+the numbers, the digests of the checkpoint, data and user code files, and the process count,
+plus a random run id. A resume whose fingerprint differs is refused. Each piece carries the run
+id, its own key and the sha256 of its payload: a piece from another run, one copied over
+another's name, or one with a flipped bit is computed again, never mixed in. Only files that are
+provably ours (run.json, pieces in this format, our temporary files) are ever removed: a
+finished run removes them and ``partial/`` itself only if nothing else is left there.
 
 Under torchrun, a piece that all ranks compute together (``shared``) is looked up and saved by
 rank 0 and its result broadcast, so that every rank skips or computes it alike; a piece that one
@@ -19,9 +23,11 @@ rank computes alone (``own``: spread work) is looked up and saved by that rank.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
-import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,39 +41,45 @@ from .results import from_state, to_state
 
 R = TypeVar("R")
 PARTIAL = "partial"
+RUN_FILE = "run.json"
+PIECE_FORMAT = "hessian-probe-piece/2"
 
 
 class Journal:
     """Saved pieces of one run in ``folder`` (None: a journal that saves nothing, for library calls)."""
 
-    def __init__(self, folder: Path | None = None) -> None:
+    def __init__(self, folder: Path | None = None, run_id: str = "") -> None:
         self.folder = folder
+        self.run_id = run_id
         self.resumed = 0  # pieces read back instead of computed
+        self.rejected = 0  # pieces found but not this run's, or damaged: computed again
         self.saved = 0
 
     @classmethod
     def start(cls, out_dir: Path, fingerprint: dict[str, Any], *, resume: bool) -> Journal:
         """The journal of a run writing to ``out_dir``: continued when ``resume`` and the saved
-        fingerprint matches (refused when it does not), else started afresh."""
+        fingerprint matches (refused when it does not), else started afresh with a new run id."""
         folder = out_dir / PARTIAL
         fingerprint = json.loads(json.dumps(fingerprint, default=str))
 
-        def prepare() -> None:  # rank 0; the others wait for it (and stop alike if it refuses)
-            saved = folder / "run.json"
+        def prepare() -> str:  # rank 0; the others wait for it (and stop alike if it refuses)
+            saved = folder / RUN_FILE
             if resume and saved.is_file():
                 try:
                     before = json.loads(saved.read_text())
-                except (ValueError, OSError):
-                    raise UsageError(f"--resume: {saved} is damaged, so the saved pieces cannot be trusted to "
-                                     "belong to this run; pass --overwrite to start afresh") from None
+                    run_id = before.pop("run_id")
+                except (ValueError, OSError, KeyError, AttributeError, TypeError):
+                    raise UsageError(f"--resume: {saved} is damaged or from an older version, so the saved pieces "
+                                     "cannot be trusted to belong to this run; pass --overwrite to start afresh") from None
                 _check_same_run(before, fingerprint, out_dir)
-            else:
-                shutil.rmtree(folder, ignore_errors=True)
-                folder.mkdir(parents=True)
-                write_text_atomically(saved, json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
+                return str(run_id)
+            remove_own_pieces(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            run_id = uuid.uuid4().hex
+            write_text_atomically(saved, json.dumps({**fingerprint, "run_id": run_id}, indent=1, sort_keys=True) + "\n")
+            return run_id
 
-        distributed.on_main(prepare)
-        return cls(folder)
+        return cls(folder, distributed.on_main(prepare))
 
     def _path(self, key: str) -> Path:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
@@ -78,8 +90,12 @@ class Journal:
         if self.folder is None or not self._path(key).is_file():
             return None
         try:
-            return from_state(torch.load(self._path(key), weights_only=True))
-        except Exception:  # a damaged piece is computed again
+            piece = read_piece(self._path(key))
+            if piece is None or piece["run_id"] != self.run_id or piece["key"] != key:
+                raise ValueError("not this run's piece")
+            return from_state(torch.load(io.BytesIO(piece["payload"]), weights_only=True))
+        except Exception:  # another run's, a copy of another piece, or damaged: computed again
+            self.rejected += 1
             return None
 
     def _save(self, key: str, value: Any) -> None:
@@ -87,8 +103,12 @@ class Journal:
             return
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = to_state(value)
-        write_atomically(path, lambda temporary: torch.save(state, temporary))  # the piece is whole or absent
+        buffer = io.BytesIO()
+        torch.save(to_state(value), buffer)
+        payload = buffer.getvalue()
+        piece = {"format": PIECE_FORMAT, "run_id": self.run_id, "key": key,
+                 "sha256": hashlib.sha256(payload).hexdigest(), "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+        write_atomically(path, lambda temporary: torch.save(piece, temporary))  # the piece is whole or absent
         self.saved += 1
 
     def own(self, key: str, compute: Callable[[], R]) -> R:
@@ -117,7 +137,57 @@ class Journal:
     def finish(self) -> None:
         """The run's outputs are written: its pieces are no longer needed."""
         if self.folder is not None and distributed.is_main():
-            shutil.rmtree(self.folder, ignore_errors=True)
+            remove_own_pieces(self.folder)
+
+
+def read_piece(path: Path) -> dict[str, Any] | None:
+    """The piece in ``path`` with its payload as bytes, checksum verified; None if the file is not a
+    whole piece in this format (never runs code: weights_only)."""
+    try:
+        piece = torch.load(path, weights_only=True)
+    except Exception:
+        return None
+    if not (isinstance(piece, dict) and piece.get("format") == PIECE_FORMAT
+            and isinstance(piece.get("payload"), torch.Tensor) and piece["payload"].dtype == torch.uint8):
+        return None
+    payload = piece["payload"].numpy().tobytes()
+    if hashlib.sha256(payload).hexdigest() != piece.get("sha256"):
+        return None
+    return {**piece, "payload": payload}
+
+
+def _is_own_file(path: Path) -> bool:
+    """Files this module writes in partial/: run.json (a fingerprint with a run id), pieces in
+    this format (checksum intact or not: the format marker is enough), temporary files."""
+    if not path.is_file() or path.is_symlink():
+        return False
+    if path.name == RUN_FILE:
+        try:
+            return "run_id" in json.loads(path.read_text())
+        except (ValueError, OSError, TypeError):
+            return False
+    if re.fullmatch(r"\.[A-Za-z0-9_.-]+\.\d+\.tmp", path.name):
+        return True
+    if path.suffix == ".pt":
+        try:
+            piece = torch.load(path, weights_only=True)
+        except Exception:
+            return False
+        return isinstance(piece, dict) and piece.get("format") == PIECE_FORMAT
+    return False
+
+
+def remove_own_pieces(folder: Path) -> list[str]:
+    """Remove this tool's files from ``folder`` (and the folder, if then empty); what is left, by name."""
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    for path in folder.iterdir():
+        if _is_own_file(path):
+            path.unlink(missing_ok=True)
+    left = sorted(p.name for p in folder.iterdir())
+    if not left:
+        folder.rmdir()
+    return left
 
 
 NO_JOURNAL = Journal()
@@ -126,7 +196,7 @@ NO_JOURNAL = Journal()
 def saved_pieces(out_dir: Path) -> int:
     """How many finished pieces an interrupted run left in ``out_dir``."""
     folder = out_dir / PARTIAL
-    return len(list(folder.glob("*.pt"))) if folder.is_dir() else 0
+    return len([p for p in folder.glob("*.pt") if _is_own_file(p)]) if folder.is_dir() else 0
 
 
 def _check_same_run(saved: dict[str, Any], now: dict[str, Any], out_dir: Path) -> None:

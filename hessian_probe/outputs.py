@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from . import __version__, distributed
-from .errors import InputError
-from .files import write_text_atomically
+from .errors import InputError, first_line
+from .files import write_atomically, write_text_atomically
 from .plots import plot_densities
 from .results import to_jsonable
 
@@ -91,24 +91,27 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def write_eigenvalues_csv(records: Sequence[Mapping[str, Any]], path: Path) -> None:
     """One row per eigenvalue: operator, end (top/bottom), rank, eigenvalue, residual, converged."""
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["operator", "end", "rank", "eigenvalue", "residual", "converged"])
-        for r in records:
-            eigs = r["eigs"]
-            for end in ("top", "bottom"):
-                rows = zip(eigs[f"{end}_eigenvalues"], eigs[f"{end}_residuals"], eigs[f"{end}_converged"])
-                for rank, (value, residual, converged) in enumerate(rows, start=1):
-                    writer.writerow([r["operator"], end, rank, value, residual, converged])
+    table = [["operator", "end", "rank", "eigenvalue", "residual", "converged"]]
+    for r in records:
+        eigs = r["eigs"]
+        for end in ("top", "bottom"):
+            rows = zip(eigs[f"{end}_eigenvalues"], eigs[f"{end}_residuals"], eigs[f"{end}_converged"])
+            table += [[r["operator"], end, rank, value, residual, converged]
+                      for rank, (value, residual, converged) in enumerate(rows, start=1)]
+    _write_csv(table, path)
 
 
 def write_rows_csv(rows: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str]) -> None:
     """One row per mapping, the given columns in order (missing values left empty)."""
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+    _write_csv([list(columns), *(["" if row.get(c) is None else row.get(c) for c in columns] for row in rows)], path)
+
+
+def _write_csv(table: Sequence[Sequence[Any]], path: Path) -> None:
+    def write(temporary: Path) -> None:
+        with temporary.open("w", newline="") as fh:
+            csv.writer(fh).writerows(table)
+
+    write_atomically(path, write)
 
 
 def write_record(record: Mapping[str, Any], out_dir: Path, title: str = "") -> list[str]:
@@ -166,6 +169,9 @@ def summary(record: Mapping[str, Any]) -> str:
                          f"{_cell(v.get('recommended_lr'), 11)} {_ratio(v.get('ratio_to_recommended'))}"
                          + (f"  ({v['note']})" if v["note"] else ""))
     lines += [f"  warning: {w}" for w in record.get("warnings", [])]
+    mode = (record.get("provenance") or {}).get("evaluation_mode")
+    if mode:
+        lines.append(f"  note: {mode}")
     return "\n".join(lines)
 
 
@@ -247,21 +253,46 @@ def read_record(path: str | Path) -> dict[str, Any]:
     slq = record.get("slq") if isinstance(record, dict) else None
     if not isinstance(slq, dict) or not {"nodes", "weights"} <= set(slq) or "operator" not in record:
         raise InputError(f"{path} has no spectral density to plot (written by `hessian-probe spectrum`?)")
+    _check_quadrature(slq, path)
     return record
+
+
+MAX_PLOT_NODES = 1_000_000  # SLQ nodes a plot reads (probes x steps); a real run has thousands
+
+
+def _check_quadrature(slq: Mapping[str, Any], path: Path) -> None:
+    """SLQ nodes and weights as a plot needs them: lists of finite numbers of equal lengths, weights
+    non-negative (Gauss weights are), a bounded count."""
+    import numpy as np
+
+    nodes, weights = slq["nodes"], slq["weights"]
+    try:
+        if len(nodes) != len(weights) or any(len(a) != len(b) for a, b in zip(nodes, weights)):
+            raise ValueError("nodes and weights differ in shape")
+        count = sum(len(a) for a in nodes)
+        if count > MAX_PLOT_NODES:
+            raise ValueError(f"{count:,} nodes, more than a plot reads ({MAX_PLOT_NODES:,})")
+        flat_nodes = np.concatenate([np.asarray(a, dtype=float) for a in nodes]) if count else np.zeros(0)
+        flat_weights = np.concatenate([np.asarray(a, dtype=float) for a in weights]) if count else np.zeros(0)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: its slq nodes and weights cannot be plotted ({first_line(exc)})") from None
+    if not count or not (np.isfinite(flat_nodes).all() and np.isfinite(flat_weights).all()):
+        raise InputError(f"{path}: its slq nodes and weights are empty or not finite; rerun `hessian-probe spectrum`")
+    if (flat_weights < 0).any() or np.abs(flat_nodes).max() > 1e150:
+        raise InputError(f"{path}: its slq weights are negative or its nodes beyond 1e150: not a Gauss quadrature "
+                         "hessian-probe wrote; rerun `hessian-probe spectrum`")
 
 
 def save_eigenvectors(result: Any, space: Any, path: Path) -> None:
     """Eigenvectors as rows (top: descending, bottom: ascending) plus the parameter layout, so
     ``space.unflatten`` can be undone by hand: names, shapes, and the eigenvalues they belong to.
     Loads with ``torch.load(path, weights_only=True)``."""
-    torch.save(
-        {
-            "top_eigenvalues": torch.as_tensor(result.top_eigenvalues),
-            "top_eigenvectors": None if result.top_eigenvectors is None else result.top_eigenvectors.cpu(),
-            "bottom_eigenvalues": torch.as_tensor(result.bottom_eigenvalues),
-            "bottom_eigenvectors": None if result.bottom_eigenvectors is None else result.bottom_eigenvectors.cpu(),
-            "parameter_names": list(space.names),
-            "parameter_shapes": [list(shape) for shape in space.shapes],
-        },
-        path,
-    )
+    state = {
+        "top_eigenvalues": torch.as_tensor(result.top_eigenvalues),
+        "top_eigenvectors": None if result.top_eigenvectors is None else result.top_eigenvectors.cpu(),
+        "bottom_eigenvalues": torch.as_tensor(result.bottom_eigenvalues),
+        "bottom_eigenvectors": None if result.bottom_eigenvectors is None else result.bottom_eigenvectors.cpu(),
+        "parameter_names": list(space.names),
+        "parameter_shapes": [list(shape) for shape in space.shapes],
+    }
+    write_atomically(path, lambda temporary: torch.save(state, temporary))

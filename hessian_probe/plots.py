@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .files import save_figure  # noqa: E402
 from .linalg import pool_probes, smoothed_density  # noqa: E402
 
 COLOURS = {"hessian": "tab:blue", "ggn": "tab:orange"}
@@ -69,7 +70,7 @@ def plot_densities(
     if title:
         fig.suptitle(title)
     for path in paths:
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -156,7 +157,7 @@ def plot_learning_rates(record: Mapping[str, Any], path: Path) -> None:
               title=f"{record['operator']} sharpness vs batch size" +
                     (f" (critical B ≈ {critical:.0f})" if critical else ""))
     right.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -175,5 +176,5 @@ def plot_batch_spectra(record: Mapping[str, Any], path: Path) -> None:
     axis.set(xlabel="eigenvalue", ylabel="log10(density + 1e-7)",
              title=f"{record['operator']} spectrum of one batch per batch size")
     axis.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)

@@ -89,10 +89,14 @@ def spectrum(
     (default: all at once); each block, the eigenvalues and the trace are pieces of ``journal``
     (saved as they finish, read back on a resume; see journal.py).
     """
+    requested = n_steps
+    n_steps = min(n_steps, op.size)  # Lanczos spans the whole space in P steps: more add nothing
     settings = dict(n_steps=n_steps, n_probes=n_probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
                     max_steps=default_max_steps(op.size, top_k + bottom_k, max_steps),
                     trace_products=trace_products, trace_method=trace_method, seed=seed, reorth=reorth, basis=basis,
                     probe_block=probe_block or n_probes)
+    if requested > n_steps:
+        settings["n_steps_requested"] = requested  # clamped to P
     announce = progress.stage if progress is not None else (lambda stage, total: None)
     announce("SLQ", n_steps * n_probes)
     density_run = slq(op, n_steps, n_probes, seed=seed, reorth=reorth, basis=basis, probe_block=probe_block,

@@ -94,6 +94,10 @@ def load_model(spec: ProblemSpec) -> tuple[nn.Module, Checkpoint]:
             raise UsageError("--model is required: the checkpoint holds weights only, not the model's code")
         return checkpoint.module, checkpoint
     model = build_model(spec.model, spec.model_args)
+    meta = [name for name, p in model.state_dict().items() if p.is_meta]
+    if meta:
+        raise InputError(f"the model {spec.model!r} is built on the meta device ({len(meta)} tensors without storage, "
+                         f"e.g. {meta[0]!r}): build it on the CPU; hessian-probe moves it to --device")
     weights = checkpoint.module.state_dict() if checkpoint.module is not None else checkpoint.state_dict
     fit_state_dict(model, weights)
     return model, checkpoint
@@ -101,7 +105,16 @@ def load_model(spec: ProblemSpec) -> tuple[nn.Module, Checkpoint]:
 
 def load_problem(spec: ProblemSpec) -> LoadedProblem:
     """Load and validate everything; under torchrun the problem holds this rank's shard (each rank
-    validates its own: call it through distributed.everywhere so that one bad shard stops all)."""
+    validates its own: call it through distributed.everywhere so that one bad shard stops all).
+    User code (model, data and loss factories, their modules) that calls sys.exit is an InputError."""
+    try:
+        return _load_problem(spec)
+    except SystemExit as exc:
+        raise InputError(f"user code called sys.exit({exc.code!r}) while the model, data or loss were loaded "
+                         "(--model, --data, --loss): a factory must return its object, not exit") from None
+
+
+def _load_problem(spec: ProblemSpec) -> LoadedProblem:
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     loss = _usage(get_loss, spec.loss)

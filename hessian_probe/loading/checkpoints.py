@@ -101,7 +101,7 @@ def _torch_load(path: Path, trust: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        found = refused_global(exc)
+        found = refused_global(exc) or (None if trust else _unsafe_globals(path))
         if found and not trust:
             raise InputError(
                 f"checkpoint {path} contains pickled Python objects ({found}); they can run code when "
@@ -120,6 +120,37 @@ def _torch_load(path: Path, trust: bool) -> Any:
         raise InputError(
             f"cannot read checkpoint {path}: not a PyTorch file, or corrupt or truncated ({first_line(exc)})"
         ) from None
+
+
+def _unsafe_globals(path: Path) -> str | None:
+    """The globals a pickle names that weights_only refuses, read by torch without running them
+    (torch.serialization.get_unsafe_globals_in_checkpoint; zip checkpoints only)."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return _legacy_pickle_globals(path)
+    return ", ".join(found[:3]) if found else None
+
+
+def _legacy_pickle_globals(path: Path) -> str | None:
+    """Globals named by a plain (non-zip) pickle, found with pickletools without executing anything."""
+    import pickletools
+
+    try:
+        with path.open("rb") as fh:
+            names, strings = [], []
+            for opcode, arg, _ in pickletools.genops(fh):
+                if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    names.append(arg.replace(" ", "."))
+                elif opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE") and isinstance(arg, str):
+                    strings = (strings + [arg])[-2:]
+                elif opcode.name == "STACK_GLOBAL" and len(strings) == 2:
+                    names.append(".".join(strings))
+    except Exception:
+        return None
+    plain = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.slice")
+    unsafe = [n for n in dict.fromkeys(names) if not n.startswith(plain)]
+    return ", ".join(unsafe[:3]) or None
 
 
 def refused_global(exc: BaseException) -> str | None:
@@ -145,6 +176,11 @@ def fit_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
                 f"shape mismatch for {name!r}: checkpoint {tuple(value.shape)}, model {tuple(expected[name].shape)}; "
                 "check --model-arg"
             )
+        wanted = expected[name]
+        if wanted.is_floating_point() and not value.is_floating_point():
+            raise InputError(f"the checkpoint stores {name!r} as {str(value.dtype).removeprefix('torch.')}, but the "
+                             f"model's {name!r} is {str(wanted.dtype).removeprefix('torch.')}: it would be cast (and a "
+                             "complex value would lose its imaginary part); re-save the weights as floats")
         if value.is_floating_point() and not torch.isfinite(value).all():
             count = int((~torch.isfinite(value)).sum())
             raise InputError(f"the checkpoint has {count} non-finite value(s) (NaN or inf) in {name!r}")

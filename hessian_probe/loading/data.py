@@ -70,6 +70,9 @@ def _check(pair: Sequence[Any], spec: str) -> tuple[Tensor, Tensor]:
         raise InputError(f"the dataset {spec!r} has {len(inputs)} inputs but {len(targets)} targets")
     if inputs.is_floating_point() and not torch.isfinite(inputs).all():
         raise InputError(f"the dataset {spec!r} has non-finite inputs (NaN or inf)")
+    if targets.is_floating_point() and not torch.isfinite(targets).all():
+        count = int((~torch.isfinite(targets)).sum())
+        raise InputError(f"the dataset {spec!r} has {count} non-finite target(s) (NaN or inf)")
     return inputs, targets
 
 
