@@ -236,3 +236,31 @@ def test_bad_kernel_arguments_are_refused():
         lanczos(op, 3, reorth="partial")
     with pytest.raises(ValueError, match="shape"):
         op.matmat(torch.zeros(2, 11, dtype=F64))
+
+
+def test_float32_residuals_bound_the_eigenvalue_error_and_orthogonality_is_checked_in_float64():
+    """Issue 19: in float32 the Ritz estimate beta |u_m| can fall to 0.0 while the eigenvalues are
+    off by 1e-5; the reported residual must bound |theta - lambda| (an eigenvalue of a symmetric
+    matrix lies within |A y - theta y| of theta), and the orthogonality test must be the float64
+    Gram matrix of the stored basis, not its own float32 rounding."""
+    from hessian_probe.linalg.lanczos import LanczosProcess
+    from hessian_probe.linalg.probes import random_probes
+
+    torch.manual_seed(0)
+    n = 700
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    values = torch.cat([torch.tensor([2.0, 1.97, 1.95]), torch.rand(n - 3, dtype=torch.float64)])
+    matrix = ((q * values) @ q.T).float()
+    exact = torch.linalg.eigvalsh(matrix.double()).flip(0).numpy()
+    result = extremal_eigs(DenseOperator(matrix), 3, 1, tol=1e-6)
+    for theta, residual in zip(result.top_eigenvalues, result.top_residuals):
+        assert residual > 0
+        assert np.min(np.abs(exact - theta)) <= residual
+    process = LanczosProcess(DenseOperator(matrix), random_probes(1, n, seed=0, dtype=torch.float32, device="cpu"), reorth="full",
+                             capacity=41)
+    for _ in range(40):
+        process.step()
+    basis = process.basis[:41, 0].double()
+    gram = basis @ basis.T
+    assert process.orthogonality_error(0) == pytest.approx(float((gram - torch.eye(41, dtype=torch.float64)).abs().max()),
+                                                           rel=1e-9, abs=1e-12)

@@ -213,16 +213,17 @@ class LanczosProcess:
 
     def orthogonality_error(self, probe: int, slice_bytes: int = 1 << 27) -> float:
         """max |Q^T Q - I| over the probe's stored basis vectors (0 without a basis): the Gram matrix
-        in the basis's dtype (exact enough against sqrt(eps)), accumulated over column slices of at
-        most ``slice_bytes`` (128 MiB), so a host basis streams and a device one needs no copy."""
+        accumulated in float64 (in float32 its own rounding, ~sqrt(P) eps, could trip the sqrt(eps)
+        test on a basis that is orthogonal to 2e-5), over column slices of at most ``slice_bytes``
+        (128 MiB), so a host basis streams and a device one needs no copy."""
         m = len(self.alphas[probe]) if self.broke_down[probe] else len(self.alphas[probe]) + 1
         if self.basis is None or m < 2:
             return 0.0
         m = min(m, self.steps + 1)
-        columns = max(1, slice_bytes // (m * self.basis.element_size()))
-        gram = torch.zeros(m, m, dtype=self.basis.dtype, device=self.op.device)
+        columns = max(1, slice_bytes // (m * 8))
+        gram = torch.zeros(m, m, dtype=torch.float64, device=self.op.device)
         for a in range(0, self.op.size, columns):
-            q = self.basis[:m, probe, a : a + columns].to(self.op.device, non_blocking=True)
+            q = self.basis[:m, probe, a : a + columns].to(self.op.device, torch.float64, non_blocking=True)
             gram += q @ q.T
         return float((gram - torch.eye(m, dtype=gram.dtype, device=gram.device)).abs().max())
 
