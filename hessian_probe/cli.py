@@ -280,6 +280,7 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     from .loading import ProblemSpec, load_problem, parse_model_args
     from .operators import curvature_operator
     from .operators.determinism import check_fixed_operator, evaluation_note
+    from .operators.ggn import split_description
     from .outputs import environment, file_digest, input_digests, plot_title, provenance, summary, write_record
     from .progress import ProductProgress
 
@@ -318,6 +319,10 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     record["provenance"]["products"] = dataclasses.asdict(op.settings)
     record["provenance"]["resumed_pieces"] = journal.resumed
     record["provenance"]["evaluation_mode"] = evaluation_note(loaded.model)
+    if op.name == "ggn":
+        record["ggn_split"], split_warning = split_description(op.problem)
+        if split_warning:
+            record["warnings"] = [*record.get("warnings", []), split_warning]
     record = to_jsonable(record)
     if not distributed.is_main():  # every rank holds the same record; rank 0 writes and reports it
         return record
@@ -720,19 +725,31 @@ def training_options(prefix: str = "") -> list[Callable]:
     ]
 
 
+def scan_options(note: str = "") -> list[Callable]:
+    """The batch-size scan's options (lr; validate-lr when it scans because lr's outputs are missing)."""
+    return [
+        click.option("--smallest-batch", type=click.IntRange(min=1), default=16, show_default=True,
+                     help="Smallest scanned batch size (at least 4 sizes below N are needed for the fit)." + note),
+        click.option("--batches", "n_batches", type=click.IntRange(min=2), default=5, show_default=True,
+                     help="Random batches per batch size." + note),
+        click.option("--tol", type=FiniteRange(min=0, min_open=True), default=1e-6, show_default=True,
+                     help="Relative Ritz residual for each batch's extremal eigenvalues." + note),
+    ]
+
+
+DENSITY_STEPS_OPTION = click.option(
+    "--density-steps", type=click.IntRange(min=0), default=40, show_default=True,
+    help="Lanczos steps of one SLQ density per batch size, for spectra_by_batch.png (0: none).")
+
+
 @analysis_command("lr", one_batch=False, writer=_write_lr, outputs=LR_FILES)
 @click.option("--batch-sizes", default=None, metavar="B1,B2,...",
               help="Batch sizes to scan [default: powers of two from --smallest-batch, then the full sample].")
-@click.option("--smallest-batch", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--batches", "n_batches", type=click.IntRange(min=2), default=5, show_default=True,
-              help="Random batches per batch size.")
-@click.option("--tol", type=FiniteRange(min=0, min_open=True), default=1e-6, show_default=True,
-              help="Relative Ritz residual for each batch's extremal eigenvalues.")
+@with_options(scan_options())
 @with_options(HYPERPARAMETER_OPTIONS)
 @click.option("--safety", type=FiniteRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Multiply every threshold and the recommended rates by this factor.")
-@click.option("--density-steps", type=click.IntRange(min=0), default=40, show_default=True,
-              help="Lanczos steps of one SLQ density per batch size, for spectra_by_batch.png (0: none).")
+@DENSITY_STEPS_OPTION
 @click.option("--subspace", type=click.IntRange(min=0, max=16), default=8, show_default=True,
               help="Top eigenvectors of the full-sample operator in which the batch noise and the mean-square "
                    "thresholds are measured (k products per batch; 0: no mean-square thresholds).")
@@ -804,8 +821,10 @@ VALIDATION_COLUMNS = ["optimizer", "batch_size", "predicted_lr", "measured_lr", 
               help="Comma-separated: blowup (non-finite, or loss above --blowup x its start), no_progress (loss "
                    "after --steps above its start).")
 @with_options(training_options())
+@with_options(scan_options(" Used when --out holds no lr outputs and the scan runs here."))
+@DENSITY_STEPS_OPTION
 def validate_lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, optimizers, criteria, steps, seeds, blowup,
-                precision):
+                precision, smallest_batch, n_batches, tol, density_steps):
     """Measure the divergence threshold by short training runs and compare it with `lr`'s predictions.
 
     Reads lr.json and lr_state.pt from --out (run `hessian-probe lr` with the same --out first; if
@@ -830,7 +849,8 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, op
         raise UsageError(f"--batch-sizes: {sizes[-1]} is larger than the sample ({n} examples)")
     lr_result = distributed.on_main(lambda: _matching_lr_result(out_dir, op, loaded))
     if lr_result is None:
-        lr_result = _learning_rates(op, loaded, seed, progress, journal, batch_sizes=None)
+        lr_result = _learning_rates(op, loaded, seed, progress, journal, batch_sizes=None, smallest_batch=smallest_batch,
+                                    n_batches=n_batches, tol=tol, density_steps=density_steps)
     if not sizes and not lr_result.default_validation_sizes():
         raise UsageError(f"no batch size below the sample ({n} examples) to train at: pass --batch-sizes")
     _, saved = _checkpoint_optimizer(loaded, op.problem)

@@ -5,6 +5,8 @@ the network outputs (Schraudolph 2002, "Fast curvature matrix-vector products"):
 
 - softmax cross-entropy over the class dimension 1: S_i = (diag p_i - p_i p_i^T) / n_terms
 - MSE over all elements: S = (2 / numel) I
+- binary cross-entropy on logits: S = diag(sigma (1 - sigma)) / numel; on probabilities p (after
+  a final sigmoid): S = diag(t / p^2 + (1 - t) / (1 - p)^2) / numel
 - any other differentiable loss: S u by forward-over-reverse on the loss alone (no second
   derivatives of the network are ever taken).
 """
@@ -100,6 +102,55 @@ class MeanSquaredError(Loss):
             raise ValueError(f"mse targets must have the outputs' shape {tuple(outputs.shape)}, got {tuple(targets.shape)}")
 
 
+class BinaryCrossEntropyWithLogits(Loss):
+    """``F.binary_cross_entropy_with_logits`` (mean over all elements) on logits z, targets t in
+    [0, 1]: S = diag(sigma(z)(1 - sigma(z))) / numel. With it the GGN is split at the logits, where
+    it is the Hessian's PSD part (Martens 2020, "New insights and perspectives on the natural
+    gradient method", section 8)."""
+
+    name = "bce_with_logits"
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        # softplus(z) - t z, the same value as F.binary_cross_entropy_with_logits, written out so
+        # that forward-over-reverse works through it
+        return (F.softplus(outputs) - targets * outputs).mean()
+
+    def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
+        p = torch.sigmoid(outputs)
+        return U * (p * (1 - p) / outputs.numel())
+
+    def validate(self, outputs: Tensor, targets: Tensor) -> None:
+        _check_binary_targets(self.name, outputs, targets)
+
+
+class BinaryCrossEntropy(Loss):
+    """``F.binary_cross_entropy`` (mean over all elements) on probabilities p in (0, 1): S =
+    diag(t / p^2 + (1 - t) / (1 - p)^2) / numel, the GGN split at the probabilities (after a
+    model's final sigmoid, whose curvature then stays out of it)."""
+
+    name = "bce"
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        log_p, log_q = torch.log(outputs).clamp(min=-100), torch.log1p(-outputs).clamp(min=-100)  # as torch clamps
+        return -(targets * log_p + (1 - targets) * log_q).mean()
+
+    def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
+        return U * ((targets / outputs.square() + (1 - targets) / (1 - outputs).square()) / outputs.numel())
+
+    def validate(self, outputs: Tensor, targets: Tensor) -> None:
+        _check_binary_targets(self.name, outputs, targets)
+        if outputs.numel() and (outputs.min() <= 0 or outputs.max() >= 1):
+            raise ValueError("bce needs probabilities strictly inside (0, 1) (a final sigmoid); for logits use "
+                             "--loss bce_with_logits")
+
+
+def _check_binary_targets(name: str, outputs: Tensor, targets: Tensor) -> None:
+    if targets.shape != outputs.shape:
+        raise ValueError(f"{name} targets must have the outputs' shape {tuple(outputs.shape)}, got {tuple(targets.shape)}")
+    if not targets.is_floating_point() or (targets.numel() and (targets.min() < 0 or targets.max() > 1)):
+        raise ValueError(f"{name} targets must be floats in [0, 1]")
+
+
 class CustomLoss(Loss):
     """A user function ``fn(outputs, targets) -> scalar mean loss``; S U by jvp of its gradient."""
 
@@ -118,7 +169,8 @@ class CustomLoss(Loss):
         return f"CustomLoss({self.name})"
 
 
-BUILTIN_LOSSES: dict[str, type[Loss]] = {"cross_entropy": CrossEntropy, "mse": MeanSquaredError}
+BUILTIN_LOSSES: dict[str, type[Loss]] = {"cross_entropy": CrossEntropy, "mse": MeanSquaredError,
+                                         "bce_with_logits": BinaryCrossEntropyWithLogits, "bce": BinaryCrossEntropy}
 
 
 def _torch_equivalent(spec: object) -> Loss | None:

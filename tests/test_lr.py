@@ -480,3 +480,18 @@ def test_the_saved_lr_result_reads_back_typed_and_equal(small_mlp_problem, tmp_p
     back = from_state(torch.load(tmp_path / "lr_state.pt", weights_only=True))
     assert type(back) is type(result) and back.to_dict() == result.to_dict()
     assert back.recommended("momentum", 16) == result.recommended("momentum", 16)
+
+
+def test_validate_lr_takes_the_scan_options_of_lr(tmp_path, checkpoint):
+    """Issue 19, item 7: when validate-lr scans itself (no lr outputs in --out) it takes lr's
+    --smallest-batch, --batches, --tol and --density-steps, and the scan follows them."""
+    result = CliRunner().invoke(main, ["validate-lr", "--checkpoint", str(checkpoint), "--model", "mlp", "--data",
+                                       "digits", "--samples", "100", "--smallest-batch", "8", "--batches", "2",
+                                       "--tol", "1e-4", "--density-steps", "0", "--optimizers", "sgd", "--criteria",
+                                       "blowup", "--steps", "5", "--seeds", "1", "--precision", "0.5", "--quiet",
+                                       "--out", str(tmp_path / "v")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "v" / "lr.json").read_text())
+    assert [r["batch_size"] for r in record["rows"]][:2] == [8, 16]
+    assert all(r["n_batches"] == 2 for r in record["rows"][:-1])
+    assert record["settings"]["tol"] == 1e-4 and not record["densities"]

@@ -258,3 +258,34 @@ def test_a_sample_kept_in_host_memory_gives_the_same_products(digits, kind, monk
     V = random_probes(3, on_device.n_params, seed=0, dtype=F64, device="cuda")
     torch.testing.assert_close(curvature_operator(on_host, kind).matmat(V), curvature_operator(on_device, kind).matmat(V),
                                rtol=1e-12, atol=1e-15)
+
+
+def test_binary_cross_entropy_splits_the_ggn_where_the_user_chooses():
+    """Issue 19, item 5. On logits (bce_with_logits) a linear model's GGN is its Hessian, the closed
+    form X^T diag(s (1 - s)) X / N; the same function written with a final sigmoid and bce has the
+    same Hessian, but its GGN is taken at the probabilities and differs, and says so."""
+    from hessian_probe.operators.ggn import split_description
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 5, dtype=torch.float64)
+    y = torch.randint(0, 2, (40, 1)).double()
+    logits = nn.Linear(5, 1, bias=False).double()
+    squashed = nn.Sequential(logits, nn.Sigmoid())
+    on_logits = make_problem(logits, (x, y), "bce_with_logits")
+    on_probabilities = make_problem(squashed, (x, y), "bce")
+    with torch.no_grad():
+        assert float(on_logits.loss_value()) == pytest.approx(float(F.binary_cross_entropy_with_logits(logits(x), y)),
+                                                              rel=1e-12)
+        assert float(on_probabilities.loss_value()) == pytest.approx(float(F.binary_cross_entropy(squashed(x), y)),
+                                                                     rel=1e-12)
+        s = torch.sigmoid(logits(x)).squeeze(1)
+    exact = x.T @ (x * (s * (1 - s))[:, None]) / len(x)
+    ggn, hessian = (curvature_operator(on_logits, kind).to_dense() for kind in ("ggn", "hessian"))
+    torch.testing.assert_close(ggn, exact.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(hessian, exact.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(curvature_operator(on_probabilities, "hessian").to_dense(), exact.detach(), rtol=0,
+                               atol=1e-12)
+    assert not torch.allclose(curvature_operator(on_probabilities, "ggn").to_dense(), exact.detach(), atol=1e-6)
+    assert split_description(on_logits)[1] is None
+    where, warning = split_description(on_probabilities)
+    assert "after the model's final Sigmoid" in where and "bce_with_logits" in warning

@@ -378,3 +378,10 @@ def test_plot_refuses_quadratures_we_never_write(tmp_path, slq, words):
     (tmp_path / "result.json").write_text(json.dumps({"operator": "hessian", "slq": slq}))
     refused(invoke("plot", tmp_path, "--out", tmp_path / "p.png"), 1, words)
     assert not (tmp_path / "p.png").exists()
+
+
+def test_the_ggn_record_says_where_it_was_split(tmp_path, checkpoint):
+    ok(invoke(*TRACE, "--checkpoint", checkpoint, "--operator", "ggn", "--out", tmp_path / "g"))
+    record = json.loads((tmp_path / "g" / "result.json").read_text())
+    assert record["ggn_split"].startswith("at the model's outputs") and "'cross_entropy'" in record["ggn_split"]
+    assert not any("final" in w for w in record.get("warnings", []))

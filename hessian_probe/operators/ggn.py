@@ -7,7 +7,9 @@ G is positive semi-definite whenever S is (cross-entropy, MSE).
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import Any
+
+from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
 from .base import SampleOperator
@@ -28,3 +30,30 @@ class GGNOperator(SampleOperator):
         jacobian_tangents = vmap(lambda t: jvp(network, (problem.params,), (t,))[1])(tangents)
         output_curvature = problem.loss.output_hessian_matmat(outputs.detach(), y, jacobian_tangents)
         return vmap(lambda u: pullback(u)[0])(output_curvature)
+
+
+SQUASHING = (nn.Sigmoid, nn.Softmax, nn.LogSoftmax, nn.Tanh)
+
+
+def final_module(module: nn.Module) -> nn.Module:
+    """The model's last layer as registered (the last child, followed down Sequentials)."""
+    while True:
+        children = list(module.children())
+        if not children:
+            return module
+        module = children[-1]
+
+
+def split_description(problem: Any) -> tuple[str, str | None]:
+    """Where G = J^T S J is split, in words, and a warning when the model ends in a squashing layer
+    (its curvature then sits in J, not in S: G is taken at the squashed outputs and is not the
+    Hessian's PSD part at the logits; issue 19, item 5)."""
+    where = f"at the model's outputs, with S the output Hessian of the loss {problem.loss.name!r}"
+    last = final_module(problem.module)
+    if not isinstance(last, SQUASHING):
+        return where, None
+    kind = type(last).__name__
+    return where + f" (after the model's final {kind})", (
+        f"the model ends in {kind}, so the GGN is taken at its outputs: the {kind}'s curvature is left out and the GGN "
+        "is not the Hessian's PSD part at the logits; to split there, drop the final layer and use a loss on logits "
+        "(--loss bce_with_logits, cross_entropy)")
