@@ -188,8 +188,15 @@ def test_cuda_products_match_cpu(digits, kind):
     torch.testing.assert_close(gpu.matmat(v.cuda()).cpu(), cpu.matmat(v), rtol=1e-10, atol=1e-13)
 
 
-def test_a_batch_that_does_not_fit_is_split_and_gives_the_same_product(digits):
-    """An out-of-memory error halves the piece of the batch a k-vector product takes, for good."""
+CPU_OOM = RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: you tried "
+                       "to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)")
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"), CPU_OOM],
+                         ids=["cuda", "cpu"])
+def test_a_batch_that_does_not_fit_is_split_and_gives_the_same_product(digits, error):
+    """An out-of-memory error, on a GPU or from the CPU allocator (issue 19: the default spectrum of
+    a conv net asked for 64 GiB), halves the piece of the batch a k-vector product takes, for good."""
     x, y = digits
     problem = make_problem(mlp(), (x[:200], y[:200]), "cross_entropy", dtype=F64)
     op, reference = curvature_operator(problem), curvature_operator(problem)
@@ -199,13 +206,30 @@ def test_a_batch_that_does_not_fit_is_split_and_gives_the_same_product(digits):
         rows = len(xs) * next(iter(tangents.values())).shape[0]
         seen.append(len(xs))
         if rows > 300:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise error
         return product(xs, ys, tangents)
 
     op._product = small_device
     V = torch.randn(4, op.size, dtype=F64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(op.matmat(V), reference.matmat(V), rtol=1e-12, atol=1e-15)
     assert seen[:3] == [200, 100, 50] and set(seen[3:]) == {50} and op.max_rows == 200
+
+
+def test_a_product_that_fits_nowhere_names_the_fix(digits):
+    from hessian_probe.errors import InputError
+
+    x, y = digits
+    op = curvature_operator(make_problem(mlp(), (x[:20], y[:20]), "cross_entropy", dtype=F64))
+
+    def no_memory(xs, ys, tangents):
+        raise CPU_OOM
+
+    op._product = no_memory
+    with pytest.raises(InputError, match="does not fit in memory.*--probe-block"):
+        op.matmat(torch.ones(2, op.size, dtype=F64))
+    op._product = lambda xs, ys, tangents: (_ for _ in ()).throw(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    with pytest.raises(RuntimeError, match="shapes"):  # any other error is not taken for a lack of memory
+        op.matmat(torch.ones(2, op.size, dtype=F64))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..errors import NonFiniteError
+from ..errors import InputError, NonFiniteError, first_line
 from ..problem import Problem
 from .settings import ProductSettings, float32_precision
 
@@ -96,6 +96,15 @@ class ShiftedOperator(CurvatureOperator):
         return self.scale * self.base.matmat(V) + self.shift * V
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure, on a GPU (torch.cuda.OutOfMemoryError) or on the CPU, whose
+    allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory: you tried
+    to allocate ... bytes")."""
+    text = str(exc)
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in text or \
+        "tried to allocate" in text or "out of memory" in text.lower()
+
+
 class SampleOperator(CurvatureOperator):
     """Curvature of the mean loss of a :class:`Problem`; owns the loop over its batches.
 
@@ -106,8 +115,8 @@ class SampleOperator(CurvatureOperator):
     How the products run (never what they compute) is set by :class:`ProductSettings`:
     ``compile`` (torch.compile of the batch product), ``tf32`` (TF32 tensor cores for float32
     matmuls and convolutions on CUDA; strict float32 otherwise) and ``max_rows`` (a bound on
-    k x examples per pass). A batch whose k-vector product does not fit in device memory is split
-    into pieces, b = sum_s (|s| / |b|) s, halving the piece until it fits; the bound is kept.
+    k x examples per pass). A batch whose k-vector product does not fit in memory (GPU or CPU) is
+    split into pieces, b = sum_s (|s| / |b|) s, halving the piece until it fits; the bound is kept.
     """
 
     name: str = ""
@@ -166,11 +175,17 @@ class SampleOperator(CurvatureOperator):
                     else:
                         total.add_(part, alpha=share)
                 return total
-            except torch.cuda.OutOfMemoryError:
-                if piece == 1:
+            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one, and so is the CPU allocator's
+                if not out_of_memory(exc):
                     raise
+                if piece == 1:
+                    raise InputError(f"a {self.name or 'curvature'} product on one example with {k} vectors at once "
+                                     f"does not fit in memory ({first_line(exc)}): ask for fewer at once "
+                                     "(--probe-block, --top-k), use --dtype float32, or a parameter block "
+                                     "(--params)") from None
                 self.max_rows = k * (piece // 2)
-                torch.cuda.empty_cache()
+                if x.is_cuda:
+                    torch.cuda.empty_cache()
 
     def __repr__(self) -> str:
         return (
