@@ -313,3 +313,20 @@ def test_binary_cross_entropy_splits_the_ggn_where_the_user_chooses():
     assert split_description(on_logits)[1] is None
     where, warning = split_description(on_probabilities)
     assert "after the model's final Sigmoid" in where and "bce_with_logits" in warning
+
+
+def test_cpu_products_are_split_to_fit_the_available_memory(digits, monkeypatch):
+    """Issue 19, item 1: on the CPU the rows of one pass are bounded up front by FRACTION x the
+    available memory / (8 x the activations of one example); the product is the same."""
+    from hessian_probe.operators import memory
+
+    x, y = digits
+    problem = make_problem(mlp(), (x[:200], y[:200]), "cross_entropy", dtype=F64)
+    reference = curvature_operator(problem)
+    per_example = memory.activation_bytes(problem)
+    assert per_example > 0
+    monkeypatch.setattr(memory, "available_memory", lambda: 2 * 8 * per_example * 100)  # room for 100 rows
+    op = curvature_operator(problem)
+    assert op.max_rows == 100 and reference.max_rows > 10_000
+    V = torch.randn(4, op.size, dtype=F64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(op.matmat(V), reference.matmat(V), rtol=1e-12, atol=1e-15)

@@ -126,6 +126,10 @@ class SampleOperator(CurvatureOperator):
         self.space = problem.space
         self.settings = settings or ProductSettings()
         self.max_rows = self.settings.max_rows
+        if self.max_rows is None and problem.device.type == "cpu":  # sized from memory up front (memory.py)
+            from .memory import cpu_row_budget
+
+            self.max_rows = cpu_row_budget(problem)
         self._product = self.batch_matmat
         if self.settings.compile:
             self._product = torch.compile(self.batch_matmat, dynamic=False)
