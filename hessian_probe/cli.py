@@ -61,6 +61,10 @@ class ProbeGroup(click.Group):
         except Exception as exc:
             if _debugging(ctx):
                 raise
+            if distributed.active() and distributed.peer_lost(exc):
+                raise CommandError(f"another process of this torchrun run stopped ({distributed.brief(exc)}); the "
+                                   "finished pieces are saved: rerun the same command with --resume",
+                                   on_every_rank=True) from None
             raise CommandError(f"{first_line(exc)} (rerun with --debug for the traceback)",
                                on_every_rank=_on_every_rank(exc)) from None
 

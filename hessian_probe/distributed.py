@@ -226,3 +226,23 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
         raise ValueError(f"the sample has {n} examples, too few for {world_size} processes: "
                          f"run with at most {n} processes")
     return n * rank // world_size, n * (rank + 1) // world_size
+
+
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted",
+             "Timed out waiting", "timed out", "Socket Timeout", "ProcessGroupNCCL")
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another rank died or hung (Gloo or NCCL
+    report it as a RuntimeError naming the transport; the collective timeout bounds the wait)."""
+    text = str(exc)
+    return isinstance(exc, (RuntimeError, OSError)) and any(marker in text for marker in PEER_LOST)
+
+
+def brief(exc: BaseException) -> str:
+    """The first clause of a transport error, without its source path and advice."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    for marker in PEER_LOST:
+        if marker in text:
+            return marker.lower()
+    return text[:80]

@@ -175,3 +175,31 @@ def test_a_bad_example_on_one_rank_stops_both_with_one_error_line(tmp_path, chec
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "99" in errors[0] and "[rank" not in errors[0], done.stderr[-3000:]
+
+
+def test_a_killed_rank_stops_the_other_within_a_minute_with_one_line(tmp_path, checkpoint):
+    """Issue 14, item 5: SIGKILL one of two Gloo ranks mid-run; the survivor ends within 60 s with
+    one line saying what happened and that --resume continues (torchrun then adds its own report)."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "hessian_probe",
+               "spectrum", "--checkpoint", str(checkpoint), "--model", "mlp", "--data", "digits", "--probes", "16",
+               "--probe-block", "2", "--steps", "60", "--quiet", "--out", str(out)]
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list((out / "partial").glob("*.pt")):
+        assert launcher.poll() is None and time.monotonic() < deadline, "no piece saved before the kill"
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(max(workers, key=int)), signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = launcher.communicate(timeout=120)
+    assert time.monotonic() - killed < 60 and launcher.returncode != 0
+    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    # the survivor sees its peer's sockets close at once; torchrun's SIGTERM to it may come first
+    assert len(errors) == 1 and ("another process" in errors[0] or "SIGTERM" in errors[0]), stderr[-3000:]
+    assert "--resume" in errors[0] and "Traceback" not in stderr.split("Error:")[0]
