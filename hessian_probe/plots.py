@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .files import save_figure  # noqa: E402
@@ -22,6 +23,10 @@ from .linalg import pool_probes, smoothed_density  # noqa: E402
 COLOURS = {"hessian": "tab:blue", "ggn": "tab:orange"}
 CYCLE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
 LOG_FLOOR = 1e-7
+
+
+PSD_OPERATORS = ("ggn",)  # operators with no negative eigenvalues: no mass is ever drawn below 0
+DEGENERATE_BULK = 1e-3  # a central-99% window narrower than this x the whole range carries no shape
 
 
 def plot_densities(
@@ -33,16 +38,27 @@ def plot_densities(
     """Two panels. Left: the bulk on a linear scale (the central 99% of the spectral mass, kernel
     width 2% of that window), where most eigenvalues live. Right: the whole spectrum as
     log10(phi + 1e-7) with Ghorbani et al.'s narrow kernel, which shows outliers and edges.
-    Extremal eigenvalues are marked with ticks along the bottom; the legend carries the trace."""
+    Extremal eigenvalues are marked with ticks along the bottom; the legend carries the trace.
+    A positive semi-definite operator (the GGN) is drawn from 0 (a kernel would smear mass below
+    it); when the central 99% sits in a window narrower than 1e-3 of the whole range (almost all
+    weight at one point, e.g. zero), the bulk panel would show only the kernel and is left out."""
     labels = list(labels) if labels else [r["operator"] for r in results]
     measures = [pool_probes(r["slq"]["nodes"], r["slq"]["weights"]) for r in results]
     full, width = _common_grid(measures, 4000)
+    psd = all(r["operator"] in PSD_OPERATORS for r in results)
+    if psd:
+        full = full[full >= 0] if (full >= 0).sum() > 1 else full
     b_lo = min(_quantile(m, 0.005) for m in measures)
     b_hi = max(_quantile(m, 0.995) for m in measures)
+    show_bulk = b_hi - b_lo > DEGENERATE_BULK * width
     b_width = max(b_hi - b_lo, 0.01 * width)
-    bulk = np.linspace(b_lo - 0.1 * b_width, b_hi + 0.1 * b_width, 2000)
+    bulk = np.linspace(max(b_lo - 0.1 * b_width, 0.0) if psd else b_lo - 0.1 * b_width, b_hi + 0.1 * b_width, 2000)
     same_kind = len({r["operator"] for r in results}) < len(results)
-    fig, (linear, log) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    if show_bulk:
+        fig, (linear, log) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    else:
+        fig, log = plt.subplots(1, 1, figsize=(7, 4.5), constrained_layout=True)
+        linear = None
     for i, (r, measure, label) in enumerate(zip(results, measures, labels)):
         colour = CYCLE[i % len(CYCLE)] if same_kind else COLOURS.get(r["operator"], CYCLE[i % len(CYCLE)])
         trace = r.get("trace") or {}
@@ -53,20 +69,25 @@ def plot_densities(
         top = [v for v in r.get("top_eigenvalues", []) if v is not None]
         if top:
             label_with_trace += f", λmax = {top[0]:.4g}"
-        smooth = smoothed_density(*measure, grid=bulk, variance=(0.02 * b_width) ** 2)
-        linear.plot(bulk, smooth.values, color=colour, label=label_with_trace)
+        if linear is not None:
+            smooth = smoothed_density(*measure, grid=bulk, variance=(0.02 * b_width) ** 2)
+            linear.plot(bulk, smooth.values, color=colour, label=label_with_trace)
         narrow = smoothed_density(*measure, grid=full, variance=r["density"]["variance"])
-        log.plot(full, np.log10(narrow.values + LOG_FLOOR), color=colour, label=label)
+        log.plot(full, np.log10(narrow.values + LOG_FLOOR), color=colour, label=label if linear is not None
+                 else label_with_trace)
         marks = np.array(top + [v for v in r.get("bottom_eigenvalues", []) if v is not None])
         log.plot(marks, np.zeros_like(marks), "|", color=colour, markersize=14, markeredgewidth=2,
                  transform=log.get_xaxis_transform())
-    linear.set(xlabel="eigenvalue", ylabel="density",
-               title="bulk: central 99% of the spectral mass (linear scale)")
     log.set(xlabel="eigenvalue", ylabel="log10(density + 1e-7)",
-            title="whole spectrum (log scale); ticks: extremal eigenvalues")
-    linear.set_ylim(bottom=0)
-    linear.legend(loc="upper right", fontsize=9)
+            title="whole spectrum (log scale); ticks: extremal eigenvalues" if linear is not None else
+            f"whole spectrum (log scale); 99% of the mass within [{b_lo:.2g}, {b_hi:.2g}], so no bulk panel")
+    log.xaxis.set_major_locator(MaxNLocator(nbins=6))
     log.legend(loc="upper right", fontsize=9)
+    if linear is not None:
+        linear.set(xlabel="eigenvalue", ylabel="density", title="bulk: central 99% of the spectral mass (linear scale)")
+        linear.set_ylim(bottom=0)
+        linear.xaxis.set_major_locator(MaxNLocator(nbins=6))
+        linear.legend(loc="upper right", fontsize=9)
     if title:
         fig.suptitle(title)
     for path in paths:

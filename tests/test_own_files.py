@@ -11,6 +11,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -385,3 +386,39 @@ def test_the_ggn_record_says_where_it_was_split(tmp_path, checkpoint):
     record = json.loads((tmp_path / "g" / "result.json").read_text())
     assert record["ggn_split"].startswith("at the model's outputs") and "'cross_entropy'" in record["ggn_split"]
     assert not any("final" in w for w in record.get("warnings", []))
+
+
+def _figure_of(records, monkeypatch, tmp_path):
+    from hessian_probe import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kw: figures.append(fig))
+    monkeypatch.setattr(plots.plt, "close", lambda fig: None)
+    plots.plot_densities(records, [tmp_path / "d.png"])
+    return figures[0]
+
+
+def _record(operator, nodes, weights):
+    return {"operator": operator, "slq": {"nodes": [nodes], "weights": [weights]}, "density": {"variance": 1e-4},
+            "top_eigenvalues": [max(nodes)], "bottom_eigenvalues": [min(nodes)]}
+
+
+def test_a_psd_spectrum_is_never_drawn_below_zero(monkeypatch, tmp_path):
+    """Issue 19, item 8: the GGN's curves start at 0 (no negative mass), in both panels."""
+    nodes = list(np.linspace(0.0, 3.0, 40))
+    weights = list(np.full(40, 1 / 40))
+    figure = _figure_of([_record("ggn", nodes, weights)], monkeypatch, tmp_path)
+    assert len(figure.axes) == 2
+    for axis in figure.axes:
+        curve = axis.lines[0].get_xdata()
+        assert np.min(curve) >= 0
+
+
+def test_a_bulk_that_is_one_spike_gets_no_bulk_panel(monkeypatch, tmp_path):
+    """Almost all weight at zero: the bulk panel would draw only its kernel, so the figure has the
+    whole-spectrum panel alone, which says why; the Hessian keeps its negative side."""
+    nodes = [-1e-9, 0.0, 1e-9, 2.0, 5.0]
+    weights = [0.3, 0.4, 0.298, 0.001, 0.001]
+    figure = _figure_of([_record("hessian", nodes, weights), _record("ggn", nodes[1:], [0.998, 0.001, 0.001, 0.0])],
+                        monkeypatch, tmp_path)
+    assert len(figure.axes) == 1 and "no bulk panel" in figure.axes[0].get_title()
