@@ -254,7 +254,8 @@ def test_plot_overlays_saved_results_and_refuses_others(tmp_path, checkpoint):
     assert mismatch.exit_code == 2
 
 
-@pytest.mark.parametrize("name", ["spectrum", "eigs", "trace", "plot", "lr", "validate-lr"])
+@pytest.mark.parametrize("name", ["spectrum", "eigs", "trace", "plot", "lr",
+                                  pytest.param("validate-lr", marks=pytest.mark.slow)])  # 35 s; test_lr covers the command
 def test_example_configs_run(tmp_path, checkpoint, name):
     """configs/*.toml run as written, next to a demo-like folder (the checkpoint and two results)."""
     demo = tmp_path / "hessian-probe-demo"
