@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -23,9 +24,22 @@ MANIFEST_FILE = ".hessian-probe-files.json"
 OWN_FILES = (LOCK_FILE, MANIFEST_FILE)
 
 
+TEMPORARY_NAME = re.compile(r"\.[A-Za-z0-9_.-]+\.\d+\.tmp")  # what temporary_path gives a name
+
+
+def temporary_path(path: Path) -> Path:
+    """The temporary file next to ``path`` that write_atomically writes first (this process's)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is named as write_atomically's temporary files are."""
+    return TEMPORARY_NAME.fullmatch(path.name) is not None
+
+
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """``write(temporary)`` next to ``path``, then rename it onto ``path`` (atomic on one filesystem)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = temporary_path(path)
     try:
         write(temporary)
         os.replace(temporary, path)
@@ -120,7 +134,7 @@ def refuse_foreign(folder: Path, names: Iterable[str]) -> None:
     """Refuse (one line) to replace any of ``names`` in ``folder`` that the manifest does not list."""
     ours = Manifest(folder).names()
     for name in names:
-        if (folder / name).exists() or (folder / name).is_symlink():
-            if name not in ours:
-                raise UsageError(f"{folder / name} was not written by hessian-probe (it is not in {MANIFEST_FILE} "
+        present = (folder / name).exists() or (folder / name).is_symlink()
+        if present and name not in ours:
+            raise UsageError(f"{folder / name} was not written by hessian-probe (it is not in {MANIFEST_FILE} "
                                  "there) and this run would replace it: move it away or choose another --out")

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import InputError, first_line
 
-IMPORTED_FILES: dict[str, Path] = {}  # spec -> the source file of the user module it came from
+IMPORTED_FILES: set[Path] = set()  # the source files of the user modules imported
 
 
 def imported_code_digest() -> str | None:
@@ -26,7 +26,7 @@ def imported_code_digest() -> str | None:
     if not IMPORTED_FILES:
         return None
     digest = hashlib.sha256()
-    for path in sorted({str(p) for p in IMPORTED_FILES.values()}):
+    for path in sorted(str(p) for p in IMPORTED_FILES):
         digest.update(path.encode() + b"\0")
         try:
             digest.update(Path(path).read_bytes())
@@ -61,7 +61,7 @@ def import_object(spec: str, what: str) -> Any:
         raise InputError(f"{what} module {module_name!r} has no attribute {attribute!r}") from None
     source = getattr(module, "__file__", None)
     if source:
-        IMPORTED_FILES[spec] = Path(source).resolve()
+        IMPORTED_FILES.add(Path(source).resolve())
     return obj
 
 

@@ -36,7 +36,7 @@ import torch
 
 from . import distributed
 from .errors import UsageError
-from .files import write_atomically, write_text_atomically
+from .files import is_temporary, write_atomically, write_text_atomically
 from .results import from_state, to_state
 
 R = TypeVar("R")
@@ -140,15 +140,24 @@ class Journal:
             remove_own_pieces(self.folder)
 
 
-def read_piece(path: Path) -> dict[str, Any] | None:
-    """The piece in ``path`` with its payload as bytes, checksum verified; None if the file is not a
-    whole piece in this format (never runs code: weights_only)."""
+def _piece_in_format(path: Path) -> dict[str, Any] | None:
+    """The file at ``path`` if it loads (weights_only: no code runs) as a piece in this format,
+    checksum not yet verified; else None."""
     try:
         piece = torch.load(path, weights_only=True)
     except Exception:
         return None
     if not (isinstance(piece, dict) and piece.get("format") == PIECE_FORMAT
             and isinstance(piece.get("payload"), torch.Tensor) and piece["payload"].dtype == torch.uint8):
+        return None
+    return piece
+
+
+def read_piece(path: Path) -> dict[str, Any] | None:
+    """The piece in ``path`` with its payload as bytes, checksum verified; None if the file is not a
+    whole piece in this format."""
+    piece = _piece_in_format(path)
+    if piece is None:
         return None
     payload = piece["payload"].numpy().tobytes()
     if hashlib.sha256(payload).hexdigest() != piece.get("sha256"):
@@ -166,28 +175,20 @@ def _is_own_file(path: Path) -> bool:
             return "run_id" in json.loads(path.read_text())
         except (ValueError, OSError, TypeError):
             return False
-    if re.fullmatch(r"\.[A-Za-z0-9_.-]+\.\d+\.tmp", path.name):
+    if is_temporary(path):
         return True
-    if path.suffix == ".pt":
-        try:
-            piece = torch.load(path, weights_only=True)
-        except Exception:
-            return False
-        return isinstance(piece, dict) and piece.get("format") == PIECE_FORMAT
-    return False
+    return path.suffix == ".pt" and _piece_in_format(path) is not None
 
 
-def remove_own_pieces(folder: Path) -> list[str]:
-    """Remove this tool's files from ``folder`` (and the folder, if then empty); what is left, by name."""
+def remove_own_pieces(folder: Path) -> None:
+    """Remove this tool's files from ``folder``, and the folder if nothing else is left there."""
     if not folder.is_dir() or folder.is_symlink():
-        return []
+        return
     for path in folder.iterdir():
         if _is_own_file(path):
             path.unlink(missing_ok=True)
-    left = sorted(p.name for p in folder.iterdir())
-    if not left:
+    if not any(folder.iterdir()):
         folder.rmdir()
-    return left
 
 
 NO_JOURNAL = Journal()

@@ -347,8 +347,9 @@ def _validate_data(problem: Problem) -> None:
 def _check_mean_reduction(problem: Problem, x: Tensor, y: Tensor) -> None:
     """The loss of a batch given twice equals its loss (a mean); a sum doubles it, and every
     number would then be N times too large (one forward pass of at most 16 examples)."""
-    once = problem.loss(problem.forward(problem.params, x), y)
-    twice = problem.loss(problem.forward(problem.params, torch.cat([x, x])), torch.cat([y, y]))
-    if float(abs(once)) > 0 and abs(float(twice) - 2 * float(once)) < 1e-3 * abs(float(once)) < abs(float(twice - once)):
+    once = float(problem.loss(problem.forward(problem.params, x), y))
+    twice = float(problem.loss(problem.forward(problem.params, torch.cat([x, x])), torch.cat([y, y])))
+    margin = 1e-3 * abs(once)
+    if once != 0 and abs(twice - 2 * once) < margin < abs(twice - once):
         raise ValueError("the loss sums over the batch (it doubles when every example is given twice): the curvature "
                          "would be N times too large; use reduction='mean'")

@@ -59,18 +59,17 @@ MODELS = {  # every threshold model of each optimizer; the first is the fixed-He
 }
 BEST_MODEL = {"sgd": "sgd_mss", "momentum": "momentum_mss", "nesterov": "nesterov_mss", "adam": "adam_mss"}
 RECOMMENDED_FRACTION = 0.6  # of the smallest model threshold (docs/theory.md, validity table)
-CALIBRATED_FRACTION = 0.7  # of min(calibration factor, 1) x the best model (docs/theory.md)
+CALIBRATED_FRACTION = 0.7  # of min(calibrated, best model) (docs/theory.md)
 FLAT = 1e-6  # directions with curvature below FLAT x lambda_1 are left out of the mean-square models
 
 
-HYPERPARAMETER_RANGES = {"momentum": "[0, 1)", "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)",
-                         "eps": "[0, inf)"}
+UPPER_BOUNDS = {"momentum": 1.0, "weight_decay": math.inf, "beta1": 1.0, "beta2": 1.0, "eps": math.inf}  # [0, bound)
 
 
 def _in_range(key: str, value: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return False
-    return 0 <= value < 1 if HYPERPARAMETER_RANGES[key] == "[0, 1)" else value >= 0
+    return 0 <= value < UPPER_BOUNDS[key]
 
 
 @saveable
@@ -102,7 +101,7 @@ class Hyperparameters:
             elif saved is not None and (key != "momentum" or saved != 0):
                 if key != "nesterov" and not _in_range(key, saved):
                     raise InputError(f"the checkpoint's optimizer state has {key} = {saved!r}, outside "
-                                     f"{HYPERPARAMETER_RANGES[key]}: pass --{key.replace('_', '-')} to set it")
+                                     f"[0, {UPPER_BOUNDS[key]:g}): pass --{key.replace('_', '-')} to set it")
                 values[key], sources[key] = saved, "checkpoint"
             else:
                 values[key], sources[key] = getattr(defaults, key), "default"
@@ -225,9 +224,7 @@ class LearningRateResult:
         if self.fit.converged:
             sharp = float(self.fit.predict(effective_noise(batch_size, n)))
             out[optimizer] = quadratic_threshold(optimizer, sharp + hp.weight_decay, hp.momentum)
-        if self.noise is not None:
-            out[f"{optimizer}_mss"] = mean_square_threshold(optimizer, self.noise.mean, self.noise.at(batch_size),
-                                                            momentum=hp.momentum, weight_decay=hp.weight_decay)
+        out[f"{optimizer}_mss"] = self.mean_square(optimizer, batch_size)
         return out
 
     def mean_square(self, optimizer: str, batch_size: int, noise_scale: float = 1.0) -> float | None:

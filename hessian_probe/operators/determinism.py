@@ -51,7 +51,8 @@ def check_fixed_operator(op, seed: int = 0) -> float:
     if changed:
         raise NondeterministicError(f"the model's forward changes its buffer {changed[0]!r} in place: the operator "
                                     f"is not a fixed matrix; make the forward free of side effects, or pass {OVERRIDE}")
-    if not difference <= TOLERANCE.get(op.dtype, 1e-4):
+    tolerance = TOLERANCE.get(op.dtype, 1e-4)
+    if not difference <= tolerance:
         dropout = [n for n, m in module.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
         hint = (f" (the model has dropout layers, e.g. {dropout[0]!r}, and eval mode did not turn them off: is it "
                 "applied with training=True?)" if dropout else
@@ -59,7 +60,7 @@ def check_fixed_operator(op, seed: int = 0) -> float:
                 "or a loss that draws random numbers)")
         raise NondeterministicError(
             f"two products with the same vector differ by {difference:.2g} (relative; at most "
-            f"{TOLERANCE.get(op.dtype, 1e-4):g} expected in {str(op.dtype).removeprefix('torch.')}): the model or loss "
+            f"{tolerance:g} expected in {str(op.dtype).removeprefix('torch.')}): the model or loss "
             f"is not deterministic{hint}; fix it, or pass {OVERRIDE}")
     return difference
 

@@ -3,7 +3,7 @@
 A forward-over-reverse product keeps, per example and per vector, the forward's saved
 activations a few times over (primal, tangent, their gradients). Measured once with
 ``torch.autograd.graph.saved_tensors_hooks`` on one example, the bytes a saved per example give
-the bound ROWS_PER_BUDGET: rows <= FRACTION x available memory / (BYTES_PER_ACTIVATION x a).
+the bound rows <= FRACTION x available memory / (BYTES_PER_ACTIVATION x a).
 The bound only decides how a batch is split into pieces (the operator is the same; the rounding
 may differ in the last bits). Issue 19: a conv net's default spectrum asked for 64 GiB at once.
 """
