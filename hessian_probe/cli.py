@@ -8,6 +8,7 @@ files) or 2 (usage); ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -52,8 +53,13 @@ class ProbeGroup(click.Group):
         except click.UsageError as exc:  # a subcommand's bad option: one line, exit 2
             command = exc.ctx.command_path if exc.ctx else "hessian-probe"
             raise CommandError(f"{one_line(exc.format_message())} (see `{command} --help`)", 2) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt:  # outside an analysis run (which saves its pieces and says so): one line, 130
+            if _debugging(ctx):
+                raise
+            _ignore_further_interrupts()
+            raise CommandError("interrupted (Ctrl-C)", 130, on_every_rank=True) from None
         except InputError as exc:
             if _debugging(ctx):
                 raise
@@ -149,7 +155,8 @@ def problem_options(command: Callable, one_batch: bool = True) -> Callable:
                      help="Output folder [default: hessian-probe-<command>]."),
         click.option("--resume", is_flag=True,
                      help="Continue an interrupted run in --out: finished pieces (SLQ probe blocks, batches, "
-                          "thresholds) are read back, not recomputed; the numbers are those of an uninterrupted run."),
+                          "thresholds) are read back, not recomputed; the numbers are those of an uninterrupted run. An "
+                          "empty or missing --out starts afresh."),
         click.option("--overwrite", is_flag=True,
                      help="Write into a non-empty --out: this run's files replace their namesakes that hessian-probe "
                           "wrote (a namesake it did not write is refused; other files stay) and an interrupted run's "
@@ -181,10 +188,9 @@ class FiniteRange(click.FloatRange):
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         import math
 
-        converted = super().convert(value, param, ctx)
-        if not math.isfinite(converted):
+        if not math.isfinite(click.FLOAT.convert(value, param, ctx)):  # said before any range
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        return converted
+        return super().convert(value, param, ctx)
 
 
 PROBLEM_KEYS = ("checkpoint", "model", "model_args", "trust_checkpoint", "data", "samples", "batch_size",
@@ -249,6 +255,17 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _ignore_further_interrupts() -> None:
+    """From the first interruption until the process ends, Ctrl-C and SIGTERM do nothing more: a
+    stopping run counts its pieces, releases its folder and says so in one line, undisturbed (the
+    pieces themselves are written atomically: whole or absent)."""
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], compute: Callable,
          writer: Callable | None = None, products: dict[str, bool] | None = None) -> dict[str, Any]:
     """Load, compute, write; Ctrl-C or SIGTERM stop cleanly, keeping the finished pieces for --resume."""
@@ -261,11 +278,14 @@ def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], comp
     except ValueError:  # not the main thread: leave signals alone
         previous = None
     lock = OutputLock(run.out_dir)
+    interrupted = False
     try:
         return _load_compute_write(ctx, run, spec_options, compute, writer, products,
                                    lambda fingerprint: Journal.start(run.out_dir, fingerprint, resume=run.resume), lock)
     except KeyboardInterrupt as exc:
         how, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+        interrupted = True
+        _ignore_further_interrupts()  # a second Ctrl-C while the run stops changes nothing
         saved = saved_pieces(run.out_dir)
         message = (f": {saved} finished piece(s) saved in {run.out_dir / PARTIAL}; run the same command with "
                    "--resume to continue (in a config file: resume = true)" if saved else
@@ -273,7 +293,7 @@ def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], comp
         raise CommandError(f"interrupted ({how}){message}", code, on_every_rank=True) from None
     finally:
         lock.release()
-        if previous is not None:
+        if previous is not None and not interrupted:
             signal.signal(signal.SIGTERM, previous)
 
 
@@ -322,6 +342,7 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     record["provenance"] = provenance(env, run.name, (ctx.obj or {}).get("config"), spec, loaded, timings, digests)
     record["provenance"]["products"] = dataclasses.asdict(op.settings)
     record["provenance"]["resumed_pieces"] = journal.resumed
+    record["provenance"]["rejected_pieces"] = journal.rejected  # damaged or another run's: computed again
     record["provenance"]["evaluation_mode"] = evaluation_note(loaded.model)
     if op.name == "ggn":
         record["ggn_split"], split_warning = split_description(op.problem)
@@ -338,6 +359,8 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     journal.finish()
     if ctx.find_root().obj.get("echo", True):
         resumed = f" ({journal.resumed} finished piece(s) read back)" if journal.resumed else ""
+        if journal.rejected:
+            resumed += f" ({journal.rejected} damaged or foreign piece(s) in partial/ computed again)"
         click.echo(json.dumps(record, allow_nan=False) if run.as_json else
                    f"{summary(record)}\n  wrote {', '.join(written)} to {out_dir}/ in {timings['total_s']:.1f} s{resumed}")
     return record
@@ -398,7 +421,7 @@ def _operator_header(op: Any) -> dict[str, Any]:
 @click.option("--top-k", type=click.IntRange(min=0), default=5, show_default=True, help="Largest eigenvalues to report.")
 @click.option("--bottom-k", type=click.IntRange(min=0), default=3, show_default=True,
               help="Smallest (most negative) eigenvalues to report.")
-@click.option("--tol", type=FiniteRange(min=0, min_open=True), default=1e-6, show_default=True,
+@click.option("--tol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-6, show_default=True,
               help="Relative Ritz residual for extremal eigenvalues.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Lanczos step budget for eigenvalues.")
 @click.option("--trace-products", type=click.IntRange(min=3), default=99, show_default=True,
@@ -437,7 +460,7 @@ def spectrum(op, *, seed, progress, out_dir, loaded, journal, steps, probes, top
 @click.option("--top-k", type=click.IntRange(min=0), default=5, show_default=True, help="Largest eigenvalues to report.")
 @click.option("--bottom-k", type=click.IntRange(min=0), default=0, show_default=True,
               help="Smallest (most negative) eigenvalues to report.")
-@click.option("--tol", type=FiniteRange(min=0, min_open=True), default=1e-6, show_default=True,
+@click.option("--tol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-6, show_default=True,
               help="Relative Ritz residual |A v - theta v| <= tol |theta|.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Lanczos steps (or power iterations per eigenvalue) before giving up.")
@@ -609,7 +632,7 @@ def demo(ctx: click.Context, out_dir: Path, seed: int, as_json: bool, quiet: boo
 
 
 def _batch_sizes(text: str | None) -> list[int] | None:
-    if not text:
+    if text is None:
         return None
     try:
         sizes = sorted({int(v) for v in text.replace(" ", "").split(",") if v})
@@ -736,7 +759,7 @@ def scan_options(note: str = "") -> list[Callable]:
                      help="Smallest scanned batch size (at least 4 sizes below N are needed for the fit)." + note),
         click.option("--batches", "n_batches", type=click.IntRange(min=2), default=5, show_default=True,
                      help="Random batches per batch size." + note),
-        click.option("--tol", type=FiniteRange(min=0, min_open=True), default=1e-6, show_default=True,
+        click.option("--tol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-6, show_default=True,
                      help="Relative Ritz residual for each batch's extremal eigenvalues." + note),
     ]
 

@@ -45,8 +45,24 @@ class Shard:
 
 # How long a rank waits at a collective for the others. Spread work (a batch-size scan's batches)
 # can leave one rank waiting for the slowest for a long time, far beyond torch's default of
-# 10 minutes for NCCL; a rank that fails makes torchrun stop the others, so this bounds only a hang.
+# 10 minutes for NCCL; a rank that fails makes torchrun stop the others, so this bounds only a hang
+# (a rank alive but stuck). HESSIAN_PROBE_COLLECTIVE_TIMEOUT (seconds) sets it.
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
+TIMEOUT_ENV = "HESSIAN_PROBE_COLLECTIVE_TIMEOUT"
+
+
+def collective_timeout() -> timedelta:
+    """COLLECTIVE_TIMEOUT, or the seconds HESSIAN_PROBE_COLLECTIVE_TIMEOUT gives."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return COLLECTIVE_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise UsageError(f"{TIMEOUT_ENV}={text!r}: give the collective timeout in seconds, a positive number")
+    return timedelta(seconds=seconds)
 
 
 def launched() -> bool:
@@ -95,12 +111,13 @@ def initialise(device: str = "auto") -> str:
                              f"{torch.cuda.device_count()} CUDA device(s): use --nproc-per-node "
                              f"{torch.cuda.device_count()} or fewer")
         torch.cuda.set_device(torch.device(device))
+    timeout = collective_timeout()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", timeout=COLLECTIVE_TIMEOUT)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", timeout=timeout)
         atexit.register(shutdown)
     global _OBJECT_GROUP
     if _OBJECT_GROUP is None and dist.get_backend() != "gloo":  # objects travel through host memory, not the GPU
-        _OBJECT_GROUP = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
+        _OBJECT_GROUP = dist.new_group(backend="gloo", timeout=timeout)
     return device
 
 

@@ -333,11 +333,16 @@ def _validate_data(problem: Problem) -> None:
         if not isinstance(outputs, Tensor):
             raise ValueError(f"the model returns a {type(outputs).__name__}, not a tensor: "
                              "wrap it so that forward returns the outputs the loss takes")
+        if y.dtype == torch.bool:
+            raise ValueError("the targets are booleans: save class labels as integers (y.long()) or binary "
+                             "targets as floats (y.float())")
         problem.loss.validate(outputs, y)
         value = problem.loss(outputs, y)
         if not isinstance(value, Tensor) or value.ndim != 0:
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise ValueError(f"the loss must return the mean over the batch, a scalar; it returned {shape}")
+        if not value.is_floating_point():
+            raise ValueError(f"the loss must return a real floating-point scalar; it returned a {value.dtype} tensor")
         if not torch.isfinite(value):
             raise ValueError(f"the loss is not finite on batch {i}")
         if i == 0:

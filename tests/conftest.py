@@ -41,3 +41,15 @@ def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
     train_digits_mlp(path, seed=0, steps=30)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _signals_restored():
+    """A command interrupted in-process (CliRunner) ignores further Ctrl-C and SIGTERM until its
+    process ends, as a real one should; the test process gets its handlers back."""
+    import signal
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in handlers.items():
+        signal.signal(s, handler)

@@ -203,3 +203,51 @@ def test_a_killed_rank_stops_the_other_within_a_minute_with_one_line(tmp_path, c
     # the survivor sees its peer's sockets close at once; torchrun's SIGTERM to it may come first
     assert len(errors) == 1 and ("another process" in errors[0] or "SIGTERM" in errors[0]), stderr[-3000:]
     assert "--resume" in errors[0] and "Traceback" not in stderr.split("Error:")[0]
+
+
+@pytest.mark.slow
+def test_a_hung_rank_stops_the_other_within_the_collective_timeout(tmp_path, checkpoint):
+    """A rank alive but stuck (SIGSTOP) is bounded by HESSIAN_PROBE_COLLECTIVE_TIMEOUT: the other
+    rank's next collective fails after that long and it stops with one line naming --resume."""
+    import signal
+    import threading
+    import time
+
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", distributed.TIMEOUT_ENV: "8"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "hessian_probe",
+               "spectrum", "--checkpoint", str(checkpoint), "--model", "mlp", "--data", "digits", "--probes", "16",
+               "--probe-block", "2", "--steps", "60", "--quiet", "--out", str(out)]
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors: list[tuple[float, str]] = []
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in launcher.stderr:
+            lines.append(line)
+            if line.startswith("Error:"):
+                errors.append((time.monotonic(), line.strip()))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 240
+    while not list((out / "partial").glob("*.pt")):
+        assert launcher.poll() is None and time.monotonic() < deadline, "no piece saved before the hang"
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    stuck = int(max(workers, key=int))
+    os.kill(stuck, signal.SIGSTOP)
+    hung = time.monotonic()
+    try:
+        while not errors and time.monotonic() < hung + 60:
+            time.sleep(0.1)
+    finally:
+        os.kill(stuck, signal.SIGKILL)
+        launcher.communicate(timeout=120)
+    reader.join(10)
+    assert errors, "".join(lines)[-3000:]
+    (seen, line), = errors
+    print(f"hung rank: the other stopped {seen - hung:.1f} s after the SIGSTOP")
+    assert seen - hung < 8 + 20, seen - hung
+    assert "another process" in line and "--resume" in line, line
+    assert "Traceback" not in "".join(lines).split("Error:")[0]

@@ -128,6 +128,57 @@ def test_a_damaged_or_foreign_piece_is_computed_again(tmp_path):
     assert _journal(tmp_path, resume=True).own("b", lambda: 20.0) == 20.0
 
 
+SPECTRUM = ["spectrum", "--model", "mlp", "--data", "digits", "--samples", "60", "--probes", "4", "--probe-block", "2",
+            "--steps", "10", "--top-k", "1", "--quiet"]
+
+
+def test_the_record_counts_the_pieces_it_computed_again(tmp_path, checkpoint, monkeypatch):
+    out = tmp_path / "out"
+    args = [*SPECTRUM, "--checkpoint", checkpoint, "--out", out]
+    with monkeypatch.context() as patch:
+        patch.setattr(Journal, "finish", lambda self: None)  # as if killed after the last piece
+        ok(invoke(*args))
+    pieces = sorted((out / "partial").glob("*.pt"))
+    assert len(pieces) >= 2
+    damaged = bytearray(pieces[0].read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    pieces[0].write_bytes(bytes(damaged))
+    result = ok(invoke(*args, "--resume"))
+    assert "1 damaged or foreign piece(s) in partial/ computed again" in result.output
+    provenance = json.loads((out / "result.json").read_text())["provenance"]
+    assert provenance["rejected_pieces"] == 1 and provenance["resumed_pieces"] == len(pieces) - 1
+
+
+def test_a_second_ctrl_c_during_the_clean_stop_changes_nothing(tmp_path, checkpoint, monkeypatch):
+    """Ctrl-C after two pieces, then a real second SIGINT while the stop counts them: still one line
+    naming the saved pieces, exit 130, and --resume reads both back."""
+    import signal
+
+    from hessian_probe import journal
+
+    save, count = journal.Journal._save, journal.saved_pieces
+
+    def save_then_interrupt(self, key, value):
+        save(self, key, value)
+        if self.saved == 2:
+            raise KeyboardInterrupt
+
+    def count_while_pressed_again(folder):
+        os.kill(os.getpid(), signal.SIGINT)
+        return count(folder)
+
+    out = tmp_path / "out"
+    args = [*SPECTRUM, "--checkpoint", checkpoint, "--out", out]
+    with monkeypatch.context() as patch:
+        patch.setattr(journal.Journal, "_save", save_then_interrupt)
+        patch.setattr(journal, "saved_pieces", count_while_pressed_again)
+        refused(invoke(*args), 130, "interrupted (Ctrl-C): 2 finished piece(s) saved", "--resume")
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # until the process ends (conftest restores it)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    ok(invoke(*args, "--resume"))
+    assert json.loads((out / "result.json").read_text())["provenance"]["resumed_pieces"] == 2
+
+
 def test_a_resume_after_the_model_code_changed_is_refused(tmp_path, checkpoint, monkeypatch):
     code = tmp_path / "net.py"
     code.write_text("from hessian_probe.loading.builtin_models import mlp\n\ndef make():\n    return mlp()\n")

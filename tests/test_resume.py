@@ -52,7 +52,9 @@ def interrupt(args: list[str], checkpoint: Path, out: Path, how: signal.Signals,
         assert process.poll() is None, f"the run ended before it could be interrupted: {process.stderr.read()}"
         assert time.monotonic() < deadline, "no pieces saved in 300 s"
         time.sleep(0.05)
-    process.send_signal(how)
+    for _ in range(10 if how == signal.SIGINT else 1):  # Ctrl-C pressed again and again while it stops
+        process.send_signal(how)
+        time.sleep(0.02)
     stdout, stderr = process.communicate(timeout=120)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
@@ -79,6 +81,7 @@ def test_an_interrupted_spectrum_resumes_to_the_same_numbers(tmp_path, checkpoin
     else:  # a clean stop: one line saying how to go on
         assert stopped.returncode == (130 if how == signal.SIGINT else 143), stopped.stderr
         assert "--resume" in stopped.stderr and "Traceback" not in stopped.stderr
+        assert len(stopped.stderr.strip().splitlines()) == 1, stopped.stderr
     saved = len(list((out / "partial").glob("*.pt")))
     assert saved >= 2 and not (out / "result.json").exists()
     resumed = run(SPECTRUM, checkpoint, out, "--resume")
