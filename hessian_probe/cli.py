@@ -27,6 +27,7 @@ from .files import OWN_FILES, Manifest, OutputLock, refuse_foreign
 from .results import to_jsonable
 
 DEBUG_ENV = "HESSIAN_PROBE_DEBUG"
+OPERATOR_NAMES = ("hessian", "ggn", "fisher", "empirical-fisher")  # operators.OPERATORS, named without importing torch
 
 
 class CommandError(click.ClickException):
@@ -137,9 +138,12 @@ def problem_options(command: Callable, one_batch: bool = True) -> Callable:
         click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
                      help="Examples per forward pass (memory only: the operator does not depend on it)."),
         click.option("--loss", default="cross_entropy", show_default=True, metavar="NAME",
-                     help="cross_entropy | mse | package.module:fn (mean loss of outputs and targets)."),
-        click.option("--operator", type=click.Choice(["hessian", "ggn"]), default="hessian", show_default=True,
-                     help="Hessian or generalised Gauss-Newton matrix."),
+                     help="cross_entropy | mse | bce_with_logits | bce | package.module:fn (mean loss of outputs "
+                          "and targets)."),
+        click.option("--operator", type=click.Choice(list(OPERATOR_NAMES)), default="hessian", show_default=True,
+                     help="Hessian, generalised Gauss-Newton matrix, Fisher of the loss's predictive distribution "
+                          "(the GGN for cross_entropy, mse, bce_with_logits) or empirical Fisher (the examples' "
+                          "gradients' uncentred covariance at the data's labels)."),
         click.option("--params", default=None, metavar="PATTERN",
                      help="Only these parameters (comma-separated globs or module prefixes, e.g. 'fc2' or '*.weight')."),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:i."),
@@ -344,8 +348,8 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     record["provenance"]["resumed_pieces"] = journal.resumed
     record["provenance"]["rejected_pieces"] = journal.rejected  # damaged or another run's: computed again
     record["provenance"]["evaluation_mode"] = evaluation_note(loaded.model)
-    if op.name == "ggn":
-        record["ggn_split"], split_warning = split_description(op.problem)
+    if op.name != "hessian":  # J^T S J, split at the model's outputs
+        record["ggn_split"], split_warning = split_description(op.problem, op.name)
         if split_warning:
             record["warnings"] = [*record.get("warnings", []), split_warning]
     record = to_jsonable(record)

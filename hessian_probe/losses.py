@@ -36,6 +36,16 @@ class Loss(ABC):
     def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
         """S U for a block U of shape (k, *outputs.shape), S the Hessian of self(outputs, targets)."""
 
+    # whether output_fisher_matmat knows the predictive distribution the loss is the negative
+    # log-likelihood of (a user's loss does not say)
+    has_fisher: bool = False
+
+    def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:
+        """E_{y ~ p(y|outputs)}[g g^T] U, g the gradient of the loss in the outputs: the Fisher's
+        middle matrix. For outputs that are natural parameters it is the output Hessian, whatever
+        the targets (cross-entropy, MSE, BCE on logits)."""
+        raise NotImplementedError(f"the loss {self.name!r} gives no predictive distribution")
+
     def validate(self, outputs: Tensor, targets: Tensor) -> None:
         """Raise ValueError if targets cannot belong to these outputs."""
 
@@ -47,6 +57,11 @@ class CrossEntropy(Loss):
     """``F.cross_entropy`` with classes on dim 1; targets are class indices or probabilities."""
 
     name = "cross_entropy"
+
+    has_fisher = True
+
+    def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:  # natural parameters: S, any targets
+        return self.output_hessian_matmat(outputs, torch.zeros_like(outputs), U)
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs, targets)
@@ -89,6 +104,11 @@ class MeanSquaredError(Loss):
 
     name = "mse"
 
+    has_fisher = True
+
+    def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:  # natural parameters: S, any targets
+        return self.output_hessian_matmat(outputs, torch.zeros_like(outputs), U)
+
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         # Same value as F.mse_loss; written out because forward-over-reverse through
         # F.mse_loss fails in torch 2.13 ("ZeroTensors are immutable").
@@ -110,6 +130,11 @@ class BinaryCrossEntropyWithLogits(Loss):
 
     name = "bce_with_logits"
 
+    has_fisher = True
+
+    def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:  # natural parameters: S, any targets
+        return self.output_hessian_matmat(outputs, torch.zeros_like(outputs), U)
+
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         # softplus(z) - t z, the same value as F.binary_cross_entropy_with_logits, written out so
         # that forward-over-reverse works through it
@@ -129,6 +154,11 @@ class BinaryCrossEntropy(Loss):
     model's final sigmoid, whose curvature then stays out of it)."""
 
     name = "bce"
+
+    has_fisher = True
+
+    def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:  # E_t[t/p^2 + (1-t)/(1-p)^2], t ~ p
+        return U / (outputs * (1 - outputs) * outputs.numel())
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         log_p, log_q = torch.log(outputs).clamp(min=-100), torch.log1p(-outputs).clamp(min=-100)  # as torch clamps

@@ -20,12 +20,12 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from .files import save_figure  # noqa: E402
 from .linalg import pool_probes, smoothed_density  # noqa: E402
 
-COLOURS = {"hessian": "tab:blue", "ggn": "tab:orange"}
+COLOURS = {"hessian": "tab:blue", "ggn": "tab:orange", "fisher": "tab:green", "empirical-fisher": "tab:red"}
 CYCLE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
 LOG_FLOOR = 1e-7
 
 
-PSD_OPERATORS = ("ggn",)  # operators with no negative eigenvalues: no mass is ever drawn below 0
+PSD_OPERATORS = ("ggn", "fisher", "empirical-fisher")  # operators with no negative eigenvalues: no mass is ever drawn below 0
 DEGENERATE_BULK = 1e-3  # a central-99% window narrower than this x the whole range carries no shape
 
 

@@ -25,6 +25,7 @@ from hessian_probe.operators import curvature_operator
 from hessian_probe.problem import make_problem
 
 CONFIGS = Path(__file__).parent.parent / "configs"
+GOOD = ["--model", "mlp", "--data", "digits"]
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,14 @@ def test_eigs_with_eigenvectors_and_csv(tmp_path, checkpoint, trained):
         rows = list(csv.DictReader(fh))
     assert [float(r["eigenvalue"]) for r in rows] == record["top_eigenvalues"]
     assert all(r["converged"] == "True" and r["end"] == "top" for r in rows)
+
+
+def test_the_fisher_of_cross_entropy_is_the_ggn_and_the_empirical_fisher_is_not(tmp_path, checkpoint):
+    numbers = {kind: ok(invoke("eigs", "--checkpoint", checkpoint, *GOOD, "--samples", "300", "--operator", kind,
+                               "--top-k", 2, "--json", "--quiet", "--out", tmp_path / kind))["top_eigenvalues"]
+               for kind in ("ggn", "fisher", "empirical-fisher")}
+    assert numbers["fisher"] == numbers["ggn"]
+    assert abs(numbers["empirical-fisher"][0] - numbers["ggn"][0]) > 1e-3 * numbers["ggn"][0]
 
 
 def test_trace_equals_library(tmp_path, checkpoint, trained):
@@ -291,9 +300,6 @@ def test_config_equals_command_line(tmp_path, checkpoint):
     assert from_config["top_eigenvalues"] == from_shell["top_eigenvalues"]
     assert from_config["bottom_eigenvalues"] == from_shell["bottom_eigenvalues"]
     assert from_config["provenance"]["config"]["content"]["model_args"] == {"hidden": 32, "activation": "tanh"}
-
-
-GOOD = ["--model", "mlp", "--data", "digits"]
 
 
 def test_cuda_requested_without_cuda(tmp_path, checkpoint):

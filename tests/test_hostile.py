@@ -87,6 +87,7 @@ def bad_files(tmp_path_factory, checkpoint, trained):
         "    def state_dict(self, *a, **k):\n        return self.body.state_dict(*a, **k)\n"
         "def tuple_net():\n    return Tuple()\n"
         "def per_example_loss(out, y):\n    return torch.nn.functional.cross_entropy(out, y, reduction='none')\n"
+        "def mean_loss(out, y):\n    return torch.nn.functional.cross_entropy(out, y) + 0 * out.mean()\n"
         "def two_lines():\n    raise RuntimeError('first line\\nsecond line')\n"
     )
     (d / "unknown.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\ntopk = 3\ncolour = 1\n')
@@ -395,6 +396,8 @@ BAD_INPUTS = [
     ("Ctrl-C in the loss", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--loss", "{d}/user2.py:loss_interrupted"], 130,
      "interrupted (Ctrl-C)"),
     ("empty loss name", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--loss", ""], 2, "unknown loss ''"),
+    ("Fisher of a loss without a distribution", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--operator", "fisher",
+                                                 "--loss", "{d}/user.py:mean_loss"], 2, "use the empirical Fisher"),
     # --- options
     ("no Lanczos steps", ["spectrum", "--checkpoint", "{ckpt}", *GOOD, "--steps", "0"], 2, "--steps"),
     ("negative steps", ["spectrum", "--checkpoint", "{ckpt}", *GOOD, "--steps", "-1"], 2, "--steps"),
@@ -413,7 +416,7 @@ BAD_INPUTS = [
     ("no trace products", ["trace", "--checkpoint", "{ckpt}", *GOOD, "--products", "0"], 2, "--products"),
     ("too few trace products", ["trace", "--checkpoint", "{ckpt}", *GOOD, "--products", "2"], 2, "x>=3"),
     ("unknown trace method", ["trace", "--checkpoint", "{ckpt}", *GOOD, "--method", "exact"], 2, "--method"),
-    ("unknown operator", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--operator", "fisher"], 2, "'fisher' is not one of"),
+    ("unknown operator", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--operator", "kfac"], 2, "'kfac' is not one of"),
     ("empty parameter pattern", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--params", ""], 2, "empty parameter pattern"),
     ("parameter pattern of a comma", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--params", ","], 2,
      "empty parameter pattern"),

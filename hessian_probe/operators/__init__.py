@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from ..problem import Problem
 from .base import CurvatureOperator, DenseOperator, SampleOperator, ShiftedOperator
+from .fisher import EmpiricalFisherOperator, FisherOperator
 from .ggn import GGNOperator
 from .hessian import HessianOperator
 from .settings import ProductSettings, float32_precision
 
-OPERATORS: dict[str, type[SampleOperator]] = {"hessian": HessianOperator, "ggn": GGNOperator}
+OPERATORS: dict[str, type[SampleOperator]] = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator,
+                                              "empirical-fisher": EmpiricalFisherOperator}
 
 
 def curvature_operator(
@@ -20,7 +22,8 @@ def curvature_operator(
     max_rows: int | None = None,
     hessian_mode: str = "reverse",
 ) -> SampleOperator:
-    """The named curvature operator ('hessian' or 'ggn') of a problem's mean loss; the keywords
+    """The named curvature operator ('hessian', 'ggn', 'fisher', 'empirical-fisher') of a problem's
+    mean loss; the keywords
     choose how its products run (see :class:`ProductSettings`), never what they compute."""
     if kind not in OPERATORS:
         raise ValueError(f"unknown operator {kind!r}: use one of {sorted(OPERATORS)}")
@@ -30,6 +33,8 @@ def curvature_operator(
 __all__ = [
     "CurvatureOperator",
     "DenseOperator",
+    "EmpiricalFisherOperator",
+    "FisherOperator",
     "GGNOperator",
     "HessianOperator",
     "OPERATORS",

@@ -28,8 +28,13 @@ class GGNOperator(SampleOperator):
 
         outputs, pullback = vjp(network, problem.params)
         jacobian_tangents = vmap(lambda t: jvp(network, (problem.params,), (t,))[1])(tangents)
-        output_curvature = problem.loss.output_hessian_matmat(outputs.detach(), y, jacobian_tangents)
+        output_curvature = self.output_matmat(outputs.detach(), y, jacobian_tangents)
         return vmap(lambda u: pullback(u)[0])(output_curvature)
+
+    def output_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
+        """S U for the block U (k, *outputs.shape): here S is the loss's output Hessian; the Fisher
+        operators (fisher.py) put another PSD matrix there."""
+        return self.problem.loss.output_hessian_matmat(outputs, targets, U)
 
 
 SQUASHING = (nn.Sigmoid, nn.Softmax, nn.LogSoftmax, nn.Tanh)
@@ -44,11 +49,15 @@ def final_module(module: nn.Module) -> nn.Module:
         module = children[-1]
 
 
-def split_description(problem: Any) -> tuple[str, str | None]:
-    """Where G = J^T S J is split, in words, and a warning when the model ends in a squashing layer
-    (its curvature then sits in J, not in S: G is taken at the squashed outputs and is not the
-    Hessian's PSD part at the logits; issue 19, item 5)."""
-    where = f"at the model's outputs, with S the output Hessian of the loss {problem.loss.name!r}"
+MIDDLE = {"ggn": "the output Hessian", "fisher": "the expected output Hessian (y ~ p(y|x))",
+          "empirical-fisher": "the outer products of the output gradients at the labels"}
+
+
+def split_description(problem: Any, kind: str = "ggn") -> tuple[str, str | None]:
+    """Where G = J^T S J (or a Fisher, fisher.py) is split, in words, and a warning when the model
+    ends in a squashing layer (its curvature then sits in J, not in S: G is taken at the squashed
+    outputs and is not the Hessian's PSD part at the logits; issue 19, item 5)."""
+    where = f"at the model's outputs, with S {MIDDLE[kind]} of the loss {problem.loss.name!r}"
     last = final_module(problem.module)
     if not isinstance(last, SQUASHING):
         return where, None

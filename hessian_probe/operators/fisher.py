@@ -1,0 +1,54 @@
+"""Fisher matrices: the GGN's J^T (.) J with another output-space matrix in the middle.
+
+- Fisher of the model's predictive distribution (Amari 1998; Martens 2020, "New insights and
+  perspectives on the natural gradient method"): F = J^T E_{y ~ p(y|f)}[g g^T] J with g the
+  gradient of the loss in the outputs f, read as a negative log-likelihood. For a loss whose
+  outputs are the natural parameters (softmax cross-entropy, MSE, BCE on logits) the middle
+  matrix is the loss's output Hessian, so F = GGN exactly; for BCE on probabilities p it is
+  diag(1 / (p (1 - p))) / numel, the expected output Hessian (losses.py).
+- Empirical Fisher (Kunstner, Hennig & Balles 2019, "Limitations of the empirical Fisher
+  approximation"): E = (1/N) sum_n grad l_n grad l_n^T, the uncentred covariance of the
+  examples' gradients at the data's labels, which is not F. With L_b = (1/|b|) sum_n l_n and l_n
+  depending on example n's outputs only, g_n = grad_{f_n} l_n = |b| grad_{f_n} L_b (one
+  backward pass of the batch loss), and E_b = J^T S J with S U = (1/|b|) sum_n g_n <g_n, U_n>.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import grad
+
+from ..errors import UsageError
+from ..problem import Problem
+from .ggn import GGNOperator
+from .settings import ProductSettings
+
+
+class FisherOperator(GGNOperator):
+    """F = sum_b (|b|/N) J_b^T E_y[g g^T] J_b: the Fisher of the loss's predictive distribution."""
+
+    name = "fisher"
+
+    def __init__(self, problem: Problem, settings: ProductSettings | None = None) -> None:
+        if not problem.loss.has_fisher:
+            raise UsageError(f"the Fisher needs the predictive distribution the loss is the negative log-likelihood of, "
+                             f"and the loss {problem.loss.name!r} does not say it: use the empirical Fisher (the "
+                             "gradients' covariance at the data's labels) or the GGN")
+        super().__init__(problem, settings)
+
+    def output_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
+        return self.problem.loss.output_fisher_matmat(outputs, U)
+
+
+class EmpiricalFisherOperator(GGNOperator):
+    """E = sum_b (|b|/N) (1/|b|) sum_n grad l_n grad l_n^T: the examples' gradients' uncentred covariance."""
+
+    name = "empirical-fisher"
+
+    def output_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
+        n = len(outputs)
+        with torch.enable_grad():
+            per_example = grad(lambda o: self.problem.loss(o, targets))(outputs) * n  # g_n = |b| grad_{f_n} L_b
+        overlaps = (U * per_example).flatten(2).sum(2)  # <g_n, U_n>: (k, |b|)
+        return per_example * overlaps.reshape(*overlaps.shape, *[1] * (outputs.ndim - 1)) / n
