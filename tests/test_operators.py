@@ -172,7 +172,7 @@ def test_unknown_names_are_refused(digits):
     with pytest.raises(ValueError, match="unknown loss"):
         make_problem(mlp(), (x, y), "hinge")
     with pytest.raises(ValueError, match="unknown operator"):
-        curvature_operator(make_problem(mlp(), (x, y), "cross_entropy"), "fisher")
+        curvature_operator(make_problem(mlp(), (x, y), "cross_entropy"), "kfac")
 
 
 @pytest.mark.cuda
