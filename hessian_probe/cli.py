@@ -456,7 +456,7 @@ def spectrum(op, *, seed, progress, out_dir, loaded, journal, steps, probes, top
     result = run_spectrum(op, n_steps=steps, n_probes=probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
                           max_steps=max_steps, trace_products=trace_products, trace_method=trace_method,
                           seed=seed, progress=progress, reorth=reorth, basis=basis, probe_block=probe_block,
-                          journal=journal)
+                          pieces=journal)
     return result.to_dict(), []
 
 
@@ -688,7 +688,7 @@ def _learning_rates(op: Any, loaded: Any, seed: int, progress: Any, journal: Any
     result = learning_rates(problem, op.name, batch_sizes=sizes, n_batches=n_batches, tol=tol, subspace=subspace,
                             hyperparameters=hp, adam_state=adam_state, saved_state=saved, adam_horizon=adam_horizon,
                             calibrate_at=calibrate_at,
-                            recipe=recipe, density_steps=density_steps, seed=seed, progress=progress, journal=journal,
+                            recipe=recipe, density_steps=density_steps, seed=seed, progress=progress, pieces=journal,
                             settings=dataclasses.replace(op.settings, compile=False))
     return dataclasses.replace(result, checkpoint_optimizer={"kind": info.kind, "lr": info.lr,
                                                              "notes": list(info.notes)})
@@ -888,7 +888,7 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, op
     recipe = TrainingRecipe(steps=steps, seeds=seeds, blowup=blowup, precision=precision)
     validation = validate_learning_rates(op.problem, lr_result, recipe, optimizers=names, batch_sizes=sizes,
                                          criteria=kinds, saved_state=saved, seed=seed, progress=progress,
-                                         journal=journal)
+                                         pieces=journal)
     return ValidationReport(header=_operator_header(op), learning_rates=dataclasses.replace(
         lr_result, validation=validation)), []
 

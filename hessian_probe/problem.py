@@ -3,7 +3,8 @@
 The loss of a problem is the mean training loss over all its examples, exactly as a loop with
 ``reduction='mean'`` minimises it: batches b of unequal size are weighted by |b| / N.
 Under torchrun a problem may hold one rank's shard of the sample (``shard``): N is then the
-size of the whole sample, and sums over batches are completed by an all-reduce (distributed.py).
+size of the whole sample, and sums over batches are completed by an all-reduce over the problem's
+``group`` (protocols.Group; torchrun's is runtime.torchrun.GROUP).
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from . import distributed
-from .distributed import Shard
 from .dtypes import SUPPORTED_DTYPES
 from .errors import NonFiniteError, first_line
 from .losses import Loss, get_loss
 from .parameters import ParameterSpace, select_names
+from .protocols import SOLO, Group
+from .runtime.torchrun import GROUP, Shard, shard_bounds
 
 Batch = tuple[Tensor, Tensor]
 
@@ -29,7 +30,7 @@ Batch = tuple[Tensor, Tensor]
 @dataclass(frozen=True)
 class Problem:
     """Model, parameters (``params`` are the differentiated ones), buffers, loss and batches
-    (this rank's share of them when ``shard`` is set)."""
+    (this rank's share of them when ``shard`` is set, the sums completed over ``group``)."""
 
     module: nn.Module
     loss: Loss
@@ -38,6 +39,7 @@ class Problem:
     buffers: dict[str, Tensor]
     batches: tuple[Batch, ...]
     shard: Shard | None = None
+    group: Group = SOLO
 
     @property
     def space(self) -> ParameterSpace:
@@ -79,7 +81,7 @@ class Problem:
         if self.shard is None:
             return inputs, targets
         self._check_group()
-        parts = distributed.all_gather_objects((inputs.cpu(), targets.cpu()))
+        parts = self.group.all_gather_objects((inputs.cpu(), targets.cpu()))
         return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])  # host memory: may not fit a GPU
 
     def reduce(self, partial: Tensor) -> Tensor:
@@ -87,13 +89,13 @@ class Problem:
         if self.shard is None:
             return partial
         self._check_group()
-        return distributed.all_reduce_sum(partial)
+        return self.group.all_reduce_sum(partial)
 
     def _check_group(self) -> None:
-        if distributed.world_size() != self.shard.world_size or distributed.rank() != self.shard.rank:
+        if self.group.world_size != self.shard.world_size or self.group.rank != self.shard.rank:
             raise RuntimeError(f"this problem is shard {self.shard.rank} of {self.shard.world_size}: it needs the "
                                f"process of that rank in a group of that size (torchrun) to complete its sums, but "
-                               f"this is rank {distributed.rank()} of {distributed.world_size()}")
+                               f"this is rank {self.group.rank} of {self.group.world_size}")
 
     def weighted_batches(self) -> Iterator[tuple[Tensor, Tensor, float]]:
         """(x, y, |b|/N) for every batch, on the parameters' device: sum_b weight * batch mean =
@@ -136,7 +138,7 @@ class Problem:
     def with_batches(self, batches: Sequence[Batch]) -> Problem:
         """The same model and loss on other examples (e.g. one random batch of a scan), held
         whole by this process (never sharded)."""
-        problem = replace(self, batches=_prepare_batches(batches, self.device, self.dtype), shard=None)
+        problem = replace(self, batches=_prepare_batches(batches, self.device, self.dtype), shard=None, group=SOLO)
         _validate_data(problem)
         return problem
 
@@ -149,12 +151,13 @@ class Problem:
 
     def sharded(self, rank: int | None = None, world_size: int | None = None) -> Problem:
         """This rank's contiguous share of the sample (default: the current torchrun group's rank)."""
-        rank = distributed.rank() if rank is None else rank
-        world_size = distributed.world_size() if world_size is None else world_size
+        rank = GROUP.rank if rank is None else rank
+        world_size = GROUP.world_size if world_size is None else world_size
         if self.shard is not None:
             raise ValueError("the problem is sharded already")
         batches, shard = shard_batches(self.batches, rank, world_size)
-        return replace(self, batches=_prepare_batches(batches, self.device, self.dtype), shard=shard)
+        return replace(self, batches=_prepare_batches(batches, self.device, self.dtype), shard=shard,
+                       group=GROUP if shard is not None else SOLO)
 
     def cast(self, dtype: torch.dtype) -> Problem:
         """The same problem in another floating dtype (parameters, buffers and floating data), e.g.
@@ -197,7 +200,7 @@ def shard_batches(batches: Sequence[Batch], rank: int, world_size: int) -> tuple
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
     batches = [(x, y) for x, y in batches if len(x)]
     n = sum(len(x) for x, _ in batches)
-    start, stop = distributed.shard_bounds(n, rank, world_size)
+    start, stop = shard_bounds(n, rank, world_size)
     if len({tuple(x.shape[1:]) for x, _ in batches}) > 1 or len({tuple(y.shape[1:]) for _, y in batches}) > 1:
         raise ValueError("sharding over processes needs batches of one example shape; pass (inputs, targets)")
     inputs, targets = _joined(batches)
@@ -270,13 +273,15 @@ def make_problem(
     device: str | torch.device | None = None,
     batch_size: int | None = None,
     shard: tuple[int, int] | None = None,
+    group: Group | None = None,
 ) -> Problem:
     """Build a :class:`Problem`, evaluated in eval mode (dropout off, BN running statistics).
 
     ``data`` is either ``(inputs, targets)`` (split into chunks of ``chunk_size``, which only
     bounds memory: the operator is the same; ``batch_size`` is an older name for it) or an
     explicit sequence of batches. ``shard=(rank, world_size)`` keeps only that rank's share of
-    the examples (torchrun data parallelism; see :mod:`hessian_probe.distributed`).
+    the examples (torchrun data parallelism; see :mod:`hessian_probe.runtime.torchrun`), its sums
+    completed over ``group`` (default: torchrun's process group, runtime.torchrun.GROUP).
     ``params`` selects parameters by name pattern for blockwise curvature. Parameters, buffers
     and floating-point data are copied to ``device`` and ``dtype`` (default: the model's, with
     half precision raised to float32, which Krylov methods need); the module's own tensors and
@@ -314,6 +319,7 @@ def make_problem(
         buffers=buffers,
         batches=batches,
         shard=sharding,
+        group=(group or GROUP) if sharding is not None else SOLO,
     )
     _validate_data(problem)
     return problem

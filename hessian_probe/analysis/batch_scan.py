@@ -30,8 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import distributed
-from ..journal import NO_JOURNAL, Journal
+from ..protocols import COMPUTE_NOW, Pieces
 from ..linalg import EigenResult, SLQResult, extremal_eigs, slq
 from ..operators import CurvatureOperator, ProductSettings, curvature_operator
 from ..operators.preconditioned import PreconditionedOperator
@@ -269,7 +268,7 @@ def batch_scan(
     chunk_size: int | None = 1024,
     progress: Any = None,
     settings: ProductSettings | None = None,
-    journal: Journal = NO_JOURNAL,
+    pieces: Pieces = COMPUTE_NOW,
 ) -> BatchScanResult:
     """Measure the full sample, then ``n_batches`` random batches per size B < N.
 
@@ -278,7 +277,8 @@ def batch_scan(
     statistics); its reference subspaces are found to ``subspace_tol``.
     ``progress`` (optional) has ``stage(name, total, unit)`` and ``advance(k)``, like the CLI's bars;
     ``settings`` say how every operator's products run (operators.ProductSettings); the full
-    sample, each Adam reference and each batch are pieces of ``journal`` (saved as they finish)."""
+    sample, each Adam reference and each batch are ``pieces`` (protocols.Pieces: a resumable run
+    saves each as it finishes); under torchrun the batches are dealt out over ``problem.group``."""
     t0 = time.perf_counter()
     inputs, targets = problem.examples()
     n = len(inputs)
@@ -289,19 +289,19 @@ def batch_scan(
     plan = [(b, j) for b in sizes if b < n for j in range(n_batches)]
     adam_sizes = sorted(set(sizes) | {n}) if preconditioner is not None else []  # the full sample's row too
     if progress is not None:  # one bar over this process's batches (each batch is its own operator)
-        progress.stage("batch-size scan", distributed.my_share(len(plan)) + 1 + len(adam_sizes), unit="operator")
+        progress.stage("batch-size scan", problem.group.my_share(len(plan)) + 1 + len(adam_sizes), unit="operator")
 
     def advance() -> None:
         if progress is not None:
             progress.advance(1)
 
     # the full sample and Adam's references: every rank together, on its shard
-    full = journal.shared("full", lambda: measure_full(problem, kind, subspace=max(subspace, 1), tol=tol, seed=seed,
+    full = pieces.shared("full", lambda: measure_full(problem, kind, subspace=max(subspace, 1), tol=tol, seed=seed,
                                                        project=subspace > 0, settings=settings))
     advance()
     references = []
     for b in adam_sizes:
-        references.append(journal.shared(f"adam-subspace-{b}", lambda b=b: measure_adam_subspace(
+        references.append(pieces.shared(f"adam-subspace-{b}", lambda b=b: measure_adam_subspace(
             problem, kind, preconditioner(b), batch_size=b, subspace=max(subspace, 1), tol=subspace_tol, seed=seed,
             settings=settings)))
         advance()
@@ -321,10 +321,10 @@ def batch_scan(
         return measured
 
     # under torchrun each rank measures its own batches
-    measurements = distributed.spread(plan, lambda task: journal.own(f"batch-{task[0]}-{task[1]}",
+    measurements = problem.group.spread(plan, lambda task: pieces.own(f"batch-{task[0]}-{task[1]}",
                                                                      lambda: measure(task)))
     if density_steps:  # the full sample's density too, for spectra_by_batch.png
-        full = dataclasses.replace(full, density=journal.shared("full-density", lambda: slq(
+        full = dataclasses.replace(full, density=pieces.shared("full-density", lambda: slq(
             curvature_operator(problem, kind, **dataclasses.asdict(settings or ProductSettings())), density_steps,
             density_probes, seed=seed + 2)))
     record = dict(batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed, subspace=subspace,

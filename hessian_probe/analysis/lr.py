@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..journal import NO_JOURNAL, Journal
+from ..protocols import COMPUTE_NOW, Pieces
 from ..operators import ProductSettings
 from ..problem import Problem
 from ..results import saveable, to_jsonable
@@ -463,7 +463,7 @@ def learning_rates(
     seed: int = 0,
     settings: ProductSettings | None = None,
     progress: Any = None,
-    journal: Journal = NO_JOURNAL,
+    pieces: Pieces = COMPUTE_NOW,
 ) -> LearningRateResult:
     """Divergence thresholds per batch size and optimizer, and the rate to follow (module docstring).
 
@@ -491,12 +491,12 @@ def learning_rates(
     adam = moments = preconditioner = None
     if "adam" in optimizers:
         source = choose_source(adam_state, saved_state)
-        moments = journal.shared("gradient-moments", lambda: gradient_moments(problem))
+        moments = pieces.shared("gradient-moments", lambda: gradient_moments(problem))
         preconditioner, adam = preconditioning(source, moments, saved_state, hp.beta2, hp.eps, sizes, adam_horizon)
     scan = batch_scan(problem, operator, batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed,
                       subspace=subspace, preconditioner=preconditioner, density_steps=density_steps,
                       density_probes=density_probes, chunk_size=problem.chunk_size, progress=progress,
-                      settings=settings, journal=journal)
+                      settings=settings, pieces=pieces)
     summaries = scan.by_size()
     x = np.array([r.x for r in summaries])
     means = np.array([np.mean(r.lambda_max) for r in summaries])
@@ -516,20 +516,20 @@ def learning_rates(
                                 wall_time_s=time.perf_counter() - t0, moments_cost=n if moments is not None else 0)
     if calibrate_at is not None:
         result = calibrate(problem, result, calibrate_at, recipe or TrainingRecipe(), saved_state=saved_state,
-                           moments=moments, seed=seed, progress=progress, journal=journal)
+                           moments=moments, seed=seed, progress=progress, pieces=pieces)
         result = replace(result, wall_time_s=time.perf_counter() - t0)
     return result
 
 
 def calibrate(problem: Problem, result: LearningRateResult, batch_size: int, recipe: TrainingRecipe, *,
               saved_state: SavedAdamState | None = None, moments: Any = None, seed: int = 0, progress: Any = None,
-              journal: Journal = NO_JOURNAL) -> LearningRateResult:
+              pieces: Pieces = COMPUTE_NOW) -> LearningRateResult:
     """``result`` with a Calibration: each optimizer's blow-up threshold measured at ``batch_size``
     (validate_learning_rates: the prediction's hyperparameters and Adam state), and measured / best
     model as its factor."""
     validation = validate_learning_rates(problem, result, recipe, optimizers=result.optimizers, batch_sizes=[batch_size],
                                          criteria=("blowup",), saved_state=saved_state, moments=moments, seed=seed,
-                                         progress=progress, journal=journal)
+                                         progress=progress, pieces=pieces)
     measured = validation.thresholds  # one per optimizer, in result.optimizers' order
     factors = {t.optimizer: t.measured_lr / t.best_prediction if t.measured_lr is not None and t.best_prediction
                else None for t in measured}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..journal import NO_JOURNAL, Journal
+from ..protocols import COMPUTE_NOW, Pieces
 from ..linalg import EigenResult, SLQResult, SpectralDensity, TraceResult, extremal_eigs, slq, trace
 from ..linalg.eigs import default_max_steps
 from ..operators import SampleOperator
@@ -75,7 +75,7 @@ def spectrum(
     reorth: str = "full",
     basis: str = "auto",
     probe_block: int | None = None,
-    journal: Journal = NO_JOURNAL,
+    pieces: Pieces = COMPUTE_NOW,
 ) -> SpectrumResult:
     """SLQ (``n_steps`` x ``n_probes``), top/bottom eigenvalues to ``tol`` (at most ``max_steps``
     Lanczos steps), and the trace from ``trace_products`` products.
@@ -86,8 +86,8 @@ def spectrum(
     ``reorth='none'`` runs SLQ without a basis (densities and traces for models whose basis would
     not fit); the eigenvalues still come from their own reorthogonalised run, whose basis
     ``basis`` places ('auto', 'device' or 'host'). SLQ runs its probes in blocks of ``probe_block``
-    (default: all at once); each block, the eigenvalues and the trace are pieces of ``journal``
-    (saved as they finish, read back on a resume; see journal.py).
+    (default: all at once); each block, the eigenvalues and the trace are ``pieces``
+    (protocols.Pieces: a resumable run saves each as it finishes and reads it back).
     """
     requested = n_steps
     n_steps = min(n_steps, op.size)  # Lanczos spans the whole space in P steps: more add nothing
@@ -100,12 +100,12 @@ def spectrum(
     announce = progress.stage if progress is not None else (lambda stage, total: None)
     announce("SLQ", n_steps * n_probes)
     density_run = slq(op, n_steps, n_probes, seed=seed, reorth=reorth, basis=basis, probe_block=probe_block,
-                      run_block=lambda i, run: journal.shared(f"slq-{i}", run))
+                      run_block=lambda i, run: pieces.shared(f"slq-{i}", run))
     announce("eigenvalues", settings["max_steps"])
-    eigs = journal.shared("eigs", lambda: extremal_eigs(op, top_k, bottom_k, tol=tol, max_steps=max_steps,
+    eigs = pieces.shared("eigs", lambda: extremal_eigs(op, top_k, bottom_k, tol=tol, max_steps=max_steps,
                                                         seed=seed + 1000, basis=basis))
     announce("trace", trace_products)
-    trace_result = journal.shared("trace", lambda: trace(op, trace_products, method=trace_method, seed=seed + 2000))
+    trace_result = pieces.shared("trace", lambda: trace(op, trace_products, method=trace_method, seed=seed + 2000))
     return SpectrumResult(
         operator=op.name,
         n_params=op.size,

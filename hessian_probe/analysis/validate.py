@@ -27,8 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import distributed
-from ..journal import NO_JOURNAL, Journal
+from ..protocols import COMPUTE_NOW, Pieces
 from ..problem import Problem
 from ..results import saveable, to_jsonable
 from .adam import SavedAdamState, starting_state
@@ -304,7 +303,7 @@ def validate_learning_rates(problem: Problem, result: Any, recipe: TrainingRecip
                             optimizers: Sequence[str] = ("sgd", "momentum", "adam"),
                             batch_sizes: Sequence[int] | None = None, criteria: Sequence[str] = CRITERIA,
                             saved_state: SavedAdamState | None = None, moments: GradientMoments | None = None,
-                            seed: int = 0, progress: Any = None, journal: Journal = NO_JOURNAL) -> ValidationResult:
+                            seed: int = 0, progress: Any = None, pieces: Pieces = COMPUTE_NOW) -> ValidationResult:
     """Bisect the measured thresholds of ``optimizers`` at ``batch_sizes`` (default: up to four of the
     scan's sizes below N) and set them beside ``result``'s predictions (a LearningRateResult).
 
@@ -332,6 +331,7 @@ def validate_learning_rates(problem: Problem, result: Any, recipe: TrainingRecip
         raise ValueError("the prediction has no Adam threshold (learning_rates(..., optimizers without 'adam')?)")
     states = adam_starting_states(problem, result.adam.source if "adam" in optimizers else None, saved_state, moments)
     note = horizon_note(result, recipe) if "adam" in optimizers else None
+    group = problem.group  # the processes the runs are dealt out to
     problem = problem.gathered()  # training runs need every example; under torchrun each rank runs its own
     if progress is not None:
         progress.stage("training runs", None, unit="run")
@@ -346,7 +346,7 @@ def validate_learning_rates(problem: Problem, result: Any, recipe: TrainingRecip
             on_run=(lambda: progress.advance(1)) if progress is not None else None)
 
     tasks = [(b, name) for b in sizes for name in optimizers]
-    measured = distributed.spread(tasks, lambda task: journal.own(f"threshold-{task[0]}-{task[1]}",
+    measured = group.spread(tasks, lambda task: pieces.own(f"threshold-{task[0]}-{task[1]}",
                                                                   lambda: measure(task)))
     return ValidationResult(thresholds=tuple(t for group in measured for t in group), recipe=recipe,
                             batch_sizes=tuple(sizes), optimizers=tuple(optimizers), criteria=tuple(criteria),

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..operators.base import CurvatureOperator
-from .. import distributed
 from ..dtypes import SUPPORTED_DTYPES
 from ..errors import NonFiniteError
+from ..operators.base import CurvatureOperator
+from ..protocols import SOLO, Group
 from ..results import KernelResult, not_serialised, saveable
 from .probes import random_probes
 
@@ -47,19 +47,18 @@ BASIS_PLACES = ("auto", "device", "host")
 
 
 def allocate_basis(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, place: str = "auto",
-                   collective: bool = False) -> Tensor:
+                   group: Group = SOLO) -> Tensor:
     """Zeros for the basis: ``place='auto'`` puts them on ``device`` if they take at most
     DEVICE_BASIS_FRACTION of its free memory (always on a CPU), else in pinned host memory;
     'device' and 'host' force either (host memory is pinned when ``device`` is a GPU).
-    ``collective``: every torchrun rank decides alike, by the smallest free memory of all."""
+    Every process of ``group`` decides alike, by the smallest free memory of all."""
     if place not in BASIS_PLACES:
         raise ValueError(f"basis place must be one of {BASIS_PLACES}, got {place!r}")
     device = torch.device(device)
     if device.type == "cuda" and place != "device":
         nbytes = math.prod(shape) * dtype.itemsize
         free = torch.cuda.mem_get_info(device)[0]
-        if collective:
-            free = distributed.smallest(free)
+        free = group.smallest(free)
         if place == "host" or nbytes > free * DEVICE_BASIS_FRACTION:
             return torch.zeros(shape, dtype=dtype, pin_memory=True)
     return torch.zeros(shape, dtype=dtype, device=device)
@@ -125,7 +124,7 @@ class LanczosProcess:
         self.basis: Tensor | None = None
         if reorth == "full":
             self.place = basis
-            self.basis = allocate_basis((max(capacity, 2), self.k, op.size), op.dtype, op.device, basis, op.collective)
+            self.basis = allocate_basis((max(capacity, 2), self.k, op.size), op.dtype, op.device, basis, op.group)
             self.basis[0] = self.current
 
     @property
@@ -160,7 +159,7 @@ class LanczosProcess:
         alpha64 = alpha.double().cpu().numpy()
         beta64 = beta.double().cpu().numpy()
         if self.op.collective:  # every rank takes rank 0's coefficients: the same stops, restarts, steps
-            alpha64, beta64 = distributed.broadcast_from_main((alpha64, beta64))
+            alpha64, beta64 = self.op.group.broadcast_from_main((alpha64, beta64))
         if not (np.isfinite(alpha64).all() and np.isfinite(beta64).all()):
             bad = [int(rows[i]) + self.first_probe for i in np.flatnonzero(~(np.isfinite(alpha64) & np.isfinite(beta64)))]
             raise NonFiniteError("a Lanczos coefficient", "(overflow)", bad, row_name="probe", step=j + 1)
@@ -204,7 +203,7 @@ class LanczosProcess:
     def _store(self, j: int, index: slice | Tensor, vectors: Tensor) -> None:
         if j >= self.basis.shape[0]:
             grown = allocate_basis((2 * self.basis.shape[0], *self.basis.shape[1:]), self.basis.dtype, self.op.device,
-                                   self.place, self.op.collective)
+                                   self.place, self.op.group)
             grown[: self.basis.shape[0]] = self.basis.to(grown.device)
             self.basis = grown
         if self.basis.device != vectors.device and not isinstance(index, slice):

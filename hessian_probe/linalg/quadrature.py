@@ -133,7 +133,7 @@ def slq(
     the nodes are not an eigenvalue list. ``basis`` places the basis ('auto', 'device', 'host').
     ``probe_block`` runs the probes in blocks of that many (default: all at once), each block
     its own Lanczos run on its rows of the same seeded probes; ``run_block(i, run)`` (optional)
-    is called to run block i, e.g. to save it or read it back (journal.py).
+    is called to run block i, e.g. to save it or read it back (a protocols.Pieces).
     """
     t0 = time.perf_counter()
     probes = random_probes(n_probes, op.size, seed=seed, dtype=op.dtype, device=op.device)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..errors import InputError, NonFiniteError, first_line
 from ..problem import Problem
+from ..protocols import SOLO, Group
 from .settings import ProductSettings, float32_precision
 
 
@@ -40,6 +41,12 @@ class CurvatureOperator(ABC):
         """Products are all-reduced over torchrun's ranks (every rank must take every product)."""
         base = getattr(self, "base", None)
         return base.collective if isinstance(base, CurvatureOperator) else False
+
+    @property
+    def group(self) -> Group:
+        """The processes the products run over (protocols.Group): kernels ask it to agree."""
+        base = getattr(self, "base", None)
+        return base.group if isinstance(base, CurvatureOperator) else SOLO
 
     def matmat(self, V: Tensor) -> Tensor:
         """A V^T, returned as rows: (k, P) -> (k, P)."""
@@ -138,6 +145,7 @@ class SampleOperator(CurvatureOperator):
     dtype = property(lambda self: self.problem.dtype)
     device = property(lambda self: self.problem.device)
     collective = property(lambda self: self.problem.shard is not None)
+    group = property(lambda self: self.problem.group)
 
     @abstractmethod
     def batch_matmat(self, x: Tensor, y: Tensor, tangents: dict[str, Tensor]) -> dict[str, Tensor]:
