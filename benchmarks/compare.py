@@ -48,9 +48,8 @@ def set_precision(tf32: bool) -> None:
 
 def worker(args: argparse.Namespace) -> dict:
     """Run one (tool, job) and measure it; called in a subprocess by :func:`main`."""
-    import torch
-
     import tools
+    import torch
     from tools import MODULES, TOOLS
     from workloads import make_workload
 

@@ -35,12 +35,12 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 def worker(args: argparse.Namespace) -> None:
     """One rank of one configuration: build, shard, warm up, time SLQ, write this rank's figures."""
     import torch
+    from workloads import make_workload
 
     from hessian_probe import distributed
     from hessian_probe.linalg import slq
     from hessian_probe.operators import curvature_operator
     from hessian_probe.problem import make_problem
-    from workloads import make_workload
 
     device = distributed.initialise(args.device)
     device = "cpu" if device == "auto" else device

@@ -29,10 +29,11 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
+from workloads import WORKLOADS, make_workload  # noqa: E402
+
 from hessian_probe import curvature_operator, make_problem  # noqa: E402
 from hessian_probe.linalg import random_probes  # noqa: E402
 from hessian_probe.operators import float32_precision  # noqa: E402
-from workloads import WORKLOADS, make_workload  # noqa: E402
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:

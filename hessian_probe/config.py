@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 
-from .errors import UsageError, InputError
+from .errors import InputError, UsageError
+
 
 def read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():

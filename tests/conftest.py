@@ -13,7 +13,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import train_briefly  # noqa: E402
 
 from hessian_probe.demo import train_digits_mlp  # noqa: E402
-
 from hessian_probe.loading.builtin_models import mlp, small_cnn  # noqa: E402
 from hessian_probe.loading.datasets import load_digits  # noqa: E402
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-
 SPECTRUM = ["spectrum", "--model", "mlp", "--data", "digits", "--probes", "12", "--probe-block", "2", "--steps", "40",
             "--top-k", "2", "--bottom-k", "1", "--quiet"]
 LR = ["lr", "--model", "mlp", "--data", "digits", "--samples", "600", "--batch-sizes", "16,32,64,128", "--batches", "3",

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..protocols import COMPUTE_NOW, Pieces
 from ..linalg import EigenResult, SLQResult, extremal_eigs, slq
 from ..operators import CurvatureOperator, ProductSettings, curvature_operator
 from ..operators.preconditioned import PreconditionedOperator
 from ..problem import Problem, split_batches
+from ..protocols import COMPUTE_NOW, Pieces
 from ..results import saveable
 from .noise import effective_noise
 

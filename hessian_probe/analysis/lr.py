@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..protocols import COMPUTE_NOW, Pieces
 from ..operators import ProductSettings
 from ..problem import Problem
+from ..protocols import COMPUTE_NOW, Pieces
 from ..results import saveable, to_jsonable
 from .adam import AdamPreconditioning, SavedAdamState, choose_source, preconditioning
 from .batch_scan import BatchScanResult, BatchSizeSummary, batch_scan, default_batch_sizes

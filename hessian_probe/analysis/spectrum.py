@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocols import COMPUTE_NOW, Pieces
 from ..linalg import EigenResult, SLQResult, SpectralDensity, TraceResult, extremal_eigs, slq, trace
 from ..linalg.eigs import default_max_steps
 from ..operators import SampleOperator
+from ..protocols import COMPUTE_NOW, Pieces
 from ..results import to_jsonable
-
 
 GHOST_NOTE = ("SLQ ran without reorthogonalisation: its density and trace are valid (ghost copies of an "
               "outlier share the outlier's weight), but its nodes may repeat; the eigenvalues reported come "

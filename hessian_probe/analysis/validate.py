@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..protocols import COMPUTE_NOW, Pieces
 from ..problem import Problem
+from ..protocols import COMPUTE_NOW, Pieces
 from ..results import saveable, to_jsonable
 from .adam import SavedAdamState, starting_state
 from .noise import GradientMoments, gradient_moments

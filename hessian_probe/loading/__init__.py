@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import distributed
 from ..errors import InputError, UsageError
 from ..losses import get_loss
 from ..parameters import select_names
 from ..problem import Problem, make_problem
+from ..runtime import torchrun as distributed
 from .checkpoints import Checkpoint, fit_state_dict, load_checkpoint
 from .data import load_data
 from .datasets import subset_indices

@@ -1,0 +1,128 @@
+"""spectrum, eigs, trace: each parses its options and makes one library call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from ..runtime import torchrun as distributed
+from .options import BASIS_OPTION, FiniteRange
+from .running import analysis_command
+
+
+def _check_counts(op: Any, top_k: int, bottom_k: int) -> None:
+    if top_k + bottom_k == 0:
+        raise UsageError("ask for at least one eigenvalue: --top-k or --bottom-k")
+    if top_k + bottom_k > op.size:
+        raise UsageError(f"--top-k {top_k} plus --bottom-k {bottom_k} exceeds the {op.size} parameters measured")
+
+
+def _operator_header(op: Any) -> dict[str, Any]:
+    return {"operator": op.name, "n_params": op.size, "n_samples": op.problem.n_samples}
+
+
+# --- analysis commands ------------------------------------------------------------------------
+
+@analysis_command("spectrum")
+@click.option("--steps", type=click.IntRange(min=2), default=80, show_default=True, help="Lanczos steps per SLQ probe.")
+@click.option("--probes", type=click.IntRange(min=1), default=8, show_default=True, help="SLQ probes (run in lockstep).")
+@click.option("--top-k", type=click.IntRange(min=0), default=5, show_default=True, help="Largest eigenvalues to report.")
+@click.option("--bottom-k", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Smallest (most negative) eigenvalues to report.")
+@click.option("--tol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-6, show_default=True,
+              help="Relative Ritz residual for extremal eigenvalues.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Lanczos step budget for eigenvalues.")
+@click.option("--trace-products", type=click.IntRange(min=3), default=99, show_default=True,
+              help="Operator products for the trace estimate.")
+@click.option("--trace-method", type=click.Choice(["hutchpp", "hutchinson"]), default="hutchpp", show_default=True,
+              help="Hutch++ (lower variance for PSD operators) or plain Hutchinson.")
+@click.option("--reorth", type=click.Choice(["full", "none"]), default="full", show_default=True,
+              help="SLQ reorthogonalisation. none keeps no Lanczos basis (memory 2 x probes x P): the density and "
+                   "trace stay right (ghost copies of outliers share their weight); eigenvalues still come from "
+                   "their own reorthogonalised run.")
+@BASIS_OPTION
+@click.option("--probe-block", type=click.IntRange(min=1), default=None,
+              help="Run the SLQ probes in blocks of this many [default: all at once]: less memory, and each "
+                   "finished block is saved for --resume.")
+def spectrum(op, *, seed, progress, out_dir, loaded, journal, steps, probes, top_k, bottom_k, tol, max_steps,
+             trace_products, trace_method, reorth, basis, probe_block):
+    """Spectral density (SLQ), extremal eigenvalues and trace.
+
+    Writes result.json, eigenvalues.csv, density.png and density.pdf.
+
+    \b
+    Example (the demo's checkpoint):
+      hessian-probe spectrum --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits
+    """
+    from ..analysis import spectrum as run_spectrum
+
+    _check_counts(op, top_k, bottom_k)
+    result = run_spectrum(op, n_steps=steps, n_probes=probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
+                          max_steps=max_steps, trace_products=trace_products, trace_method=trace_method,
+                          seed=seed, progress=progress, reorth=reorth, basis=basis, probe_block=probe_block,
+                          pieces=journal)
+    return result.to_dict(), []
+
+
+@analysis_command("eigs")
+@click.option("--top-k", type=click.IntRange(min=0), default=5, show_default=True, help="Largest eigenvalues to report.")
+@click.option("--bottom-k", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Smallest (most negative) eigenvalues to report.")
+@click.option("--tol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-6, show_default=True,
+              help="Relative Ritz residual |A v - theta v| <= tol |theta|.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Lanczos steps (or power iterations per eigenvalue) before giving up.")
+@click.option("--method", type=click.Choice(["lanczos", "power"]), default="lanczos", show_default=True)
+@click.option("--eigenvectors", "save_vectors", is_flag=True,
+              help="Also save the eigenvectors (rows, per-parameter layout in the file) to eigenvectors.pt.")
+@BASIS_OPTION
+def eigs(op, *, seed, progress, out_dir, loaded, journal, top_k, bottom_k, tol, max_steps, method, save_vectors, basis):
+    """Extremal eigenvalues with Ritz residuals and converged flags.
+
+    Writes result.json and eigenvalues.csv (and eigenvectors.pt with --eigenvectors).
+
+    \b
+    Example: the 5 largest and 3 smallest Hessian eigenvalues of the last layer
+      hessian-probe eigs --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --top-k 5 --bottom-k 3 --params 2
+    """
+    from ..linalg import extremal_eigs
+    from ..linalg.eigs import default_max_steps
+
+    _check_counts(op, top_k, bottom_k)
+    limit = {"max_steps": max_steps, "basis": basis} if method == "lanczos" else {"max_iter": max_steps or 1000}
+    progress.stage("eigenvalues", default_max_steps(op.size, top_k + bottom_k, max_steps) if method == "lanczos" else None)
+    result = journal.shared("eigs", lambda: extremal_eigs(op, top_k, bottom_k, tol=tol, method=method, seed=seed,
+                                                          return_eigenvectors=save_vectors, **limit))
+    record = {**_operator_header(op), "top_eigenvalues": result.top_eigenvalues,
+              "bottom_eigenvalues": result.bottom_eigenvalues, "eigs": result, "converged": result.converged,
+              "warnings": result.notes,
+              "settings": dict(top_k=top_k, bottom_k=bottom_k, tol=tol, max_steps=max_steps, method=method, seed=seed)}
+    if not save_vectors or not distributed.is_main():
+        return record, []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from ..outputs import save_eigenvectors
+
+    save_eigenvectors(result, op.space, out_dir / "eigenvectors.pt")
+    return record, ["eigenvectors.pt"]
+
+
+@analysis_command("trace")
+@click.option("--products", type=click.IntRange(min=3), default=99, show_default=True,
+              help="Operator products to spend (Hutch++ splits them in three).")
+@click.option("--method", type=click.Choice(["hutchpp", "hutchinson"]), default="hutchpp", show_default=True,
+              help="Hutch++ (lower variance for PSD operators) or plain Hutchinson.")
+def trace(op, *, seed, progress, out_dir, loaded, journal, products, method):
+    """Trace by Hutch++ or Hutchinson, with its standard error.
+
+    \b
+    Example:
+      hessian-probe trace --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --operator ggn
+    """
+    from ..linalg import trace as estimate_trace
+
+    progress.stage("trace", products)
+    result = journal.shared("trace", lambda: estimate_trace(op, products, method=method, seed=seed))
+    return {**_operator_header(op), "trace": result, "warnings": list(result.warnings),
+            "settings": dict(products=products, method=method, seed=seed)}, []

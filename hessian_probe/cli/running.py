@@ -1,0 +1,210 @@
+"""How one analysis command runs: prepare the output folder, load the problem, build the operator,
+check it is one fixed matrix, call the command's body (one library call), write the record; Ctrl-C
+and SIGTERM stop cleanly, the finished pieces kept for --resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from .. import __version__
+from ..errors import UsageError, first_line
+from ..files import OWN_FILES, Manifest, OutputLock, refuse_foreign
+from ..results import to_jsonable
+from ..runtime import torchrun as distributed
+from .app import CommandError, _ignore_further_interrupts, main
+from .options import PROBLEM_KEYS, RECORD_FILES, problem_options
+
+
+def analysis_command(name: str, *, one_batch: bool = True, writer: Callable | None = None,
+                     may_hold: frozenset[str] = frozenset(), outputs: frozenset[str] = RECORD_FILES) -> Callable:
+    """Register an analysis command: ``body(op, *, seed, progress, out_dir, loaded, journal,
+    **command_options) -> (result, extra_files)``, the result a record (a dict) or a typed result with
+    ``to_dict()``; ``writer(record, out_dir, result) -> files`` saves the
+    record (default: result.json, eigenvalues.csv and density plots). ``may_hold``: files that
+    --out may already hold without --overwrite (validate-lr reads lr's outputs there); ``outputs``:
+    every file name the command may write (a namesake hessian-probe did not write is never replaced)."""
+
+    def register(body: Callable) -> Callable:
+        @functools.partial(problem_options, one_batch=one_batch)
+        @click.pass_context
+        @functools.wraps(body)
+        def command(ctx: click.Context, operator: str, out_dir: Path | None, as_json: bool, quiet: bool,
+                    resume: bool, overwrite: bool, **options: Any) -> dict[str, Any]:
+            spec_options = {k: options.pop(k, None) for k in PROBLEM_KEYS}
+            products = {"compile": options.pop("compile_products"), "tf32": options.pop("tf32")}
+            check = not options.pop("allow_nondeterministic")
+            run = RunOptions(name=name, operator=operator, out_dir=out_dir or Path(f"hessian-probe-{name}"),
+                             as_json=as_json, quiet=quiet, resume=resume, overwrite=overwrite, may_hold=may_hold,
+                             outputs=outputs, check_determinism=check,
+                             settings={"operator": operator, **options, "products": products})
+            return _run(ctx, run, spec_options, functools.partial(body, **options), writer, products)
+
+        return main.command(name)(command)
+
+    return register
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How one analysis command runs and where it writes (not what it computes, except ``settings``:
+    the command's own options, part of the fingerprint a resumed run must match)."""
+
+    name: str
+    operator: str
+    out_dir: Path
+    as_json: bool = False
+    quiet: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    may_hold: frozenset[str] = frozenset()
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    outputs: frozenset[str] = RECORD_FILES
+    check_determinism: bool = True
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interruption like Ctrl-C so that the run stops the same clean way."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], compute: Callable,
+         writer: Callable | None = None, products: dict[str, bool] | None = None) -> dict[str, Any]:
+    """Load, compute, write; Ctrl-C or SIGTERM stop cleanly, keeping the finished pieces for --resume."""
+    import signal
+
+    from ..runtime.journal import PARTIAL, Journal, saved_pieces
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    lock = OutputLock(run.out_dir)
+    interrupted = False
+    try:
+        return _load_compute_write(ctx, run, spec_options, compute, writer, products,
+                                   lambda fingerprint: Journal.start(run.out_dir, fingerprint, resume=run.resume), lock)
+    except KeyboardInterrupt as exc:
+        how, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+        interrupted = True
+        _ignore_further_interrupts()  # a second Ctrl-C while the run stops changes nothing
+        saved = saved_pieces(run.out_dir)
+        message = (f": {saved} finished piece(s) saved in {run.out_dir / PARTIAL}; run the same command with "
+                   "--resume to continue (in a config file: resume = true)" if saved else
+                   " before any piece finished; nothing to resume")
+        raise CommandError(f"interrupted ({how}){message}", code, on_every_rank=True) from None
+    finally:
+        lock.release()
+        if previous is not None and not interrupted:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], compute: Callable,
+                        writer: Callable | None, products: dict[str, bool] | None,
+                        start_journal: Callable[[dict[str, Any]], Any], lock: Any = None) -> dict[str, Any]:
+    from ..imports import IMPORTED_FILES, imported_code_digest
+    from ..loading import ProblemSpec, load_problem, parse_model_args
+    from ..operators import curvature_operator
+    from ..operators.determinism import check_fixed_operator, evaluation_note
+    from ..operators.ggn import split_description
+    from ..outputs import environment, file_digest, input_digests, plot_title, provenance, summary, write_record
+    from ..progress import ProductProgress
+
+    started = time.perf_counter()
+    env = environment()
+    device = distributed.initialise(spec_options["device"])  # under torchrun: join the group, cuda:LOCAL_RANK
+    spec = ProblemSpec(**{**spec_options, "checkpoint": str(spec_options["checkpoint"]), "device": device,
+                          "model_args": parse_model_args(spec_options["model_args"])})
+    out_dir = run.out_dir
+    # before any work: a run must not be lost to an unwritable folder, nor overwrite one (rank 0 writes)
+    distributed.on_main(lambda: _prepare_output(out_dir, run, lock))
+    IMPORTED_FILES.clear()  # the code digest covers what this run imports
+    loaded = distributed.everywhere(lambda: load_problem(spec))  # a file error stops every rank alike
+    op = curvature_operator(loaded.problem, run.operator, **(products or {}))
+    if run.check_determinism:  # two products, before any long work (operators/determinism.py)
+        check_fixed_operator(op, spec.seed)
+    digests = input_digests(spec)
+    # what fixes the numbers: files by content (not by how their paths are spelled), every option,
+    # the device and dtype actually used, the process count and the versions
+    inputs = {k: v for k, v in to_jsonable(dataclasses.asdict(spec)).items() if k != "checkpoint"}
+    if digests["data_sha256"]:
+        inputs.pop("data")
+    journal = start_journal({
+        "command": run.name, **inputs, **to_jsonable(run.settings), **digests,
+        "device_used": str(op.device.type), "dtype_used": str(op.dtype), "processes": distributed.world_size(),
+        "version": __version__, "torch": torch.__version__, "code_sha256": imported_code_digest(),
+        **{f"{name}_sha256": file_digest(out_dir / name) for name in sorted(run.may_hold) if (out_dir / name).is_file()}})
+    loaded_at = time.perf_counter()
+    with ProductProgress(quiet=run.quiet or not distributed.is_main(), label=f"{run.operator} ").attach(op) as progress:
+        result, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir, loaded=loaded,
+                                      journal=journal)
+    record = result.to_dict() if hasattr(result, "to_dict") else result
+    finished = time.perf_counter()
+    timings = {"load_s": loaded_at - started, "analysis_s": finished - loaded_at, "total_s": finished - started}
+    record["provenance"] = provenance(env, run.name, (ctx.obj or {}).get("config"), spec, loaded, timings, digests)
+    record["provenance"]["products"] = dataclasses.asdict(op.settings)
+    record["provenance"]["resumed_pieces"] = journal.resumed
+    record["provenance"]["rejected_pieces"] = journal.rejected  # damaged or another run's: computed again
+    record["provenance"]["evaluation_mode"] = evaluation_note(loaded.model)
+    if op.name != "hessian":  # J^T S J, split at the model's outputs
+        record["ggn_split"], split_warning = split_description(op.problem, op.name)
+        if split_warning:
+            record["warnings"] = [*record.get("warnings", []), split_warning]
+    record = to_jsonable(record)
+    if not distributed.is_main():  # every rank holds the same record; rank 0 writes and reports it
+        return record
+    if writer is None:
+        written = write_record(record, out_dir, title=plot_title(record)) + extra_files
+    else:
+        written = writer(record, out_dir, result) + extra_files
+    Manifest(out_dir).add(written)
+    journal.finish()
+    if ctx.find_root().obj.get("echo", True):
+        resumed = f" ({journal.resumed} finished piece(s) read back)" if journal.resumed else ""
+        if journal.rejected:
+            resumed += f" ({journal.rejected} damaged or foreign piece(s) in partial/ computed again)"
+        click.echo(json.dumps(record, allow_nan=False) if run.as_json else
+                   f"{summary(record)}\n  wrote {', '.join(written)} to {out_dir}/ in {timings['total_s']:.1f} s{resumed}")
+    return record
+
+
+def _prepare_output(out_dir: Path, run: RunOptions, lock: OutputLock | None = None) -> None:
+    """A writable output folder that holds nothing this run would overwrite, unless --overwrite or
+    --resume (which needs an interrupted run there, not a finished one); never a file hessian-probe
+    did not write there (the folder's manifest, files.py). Locked for this run when ``lock``."""
+    from ..runtime.journal import PARTIAL
+
+    if run.resume and run.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: choose one")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; choose a folder")
+    held = sorted(p.name for p in out_dir.iterdir() if p.name not in OWN_FILES) if out_dir.is_dir() else []
+    refuse_foreign(out_dir, [name for name in held if name in run.outputs])
+    foreign = [name for name in held if name not in run.may_hold]
+    if run.resume and foreign and PARTIAL not in held:
+        raise UsageError(f"--resume: {out_dir} holds no interrupted run (no partial/ folder); "
+                         "pass --overwrite to run again there, or choose another --out")
+    if foreign and not (run.resume or run.overwrite):
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UsageError(f"the output folder {out_dir} is not empty (it holds {shown}): pass --overwrite to replace "
+                         "its results, --resume to continue an interrupted run there, or choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {out_dir}: {exc.strerror or first_line(exc)}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise UsageError(f"the output folder {out_dir} is not writable; choose another with --out")
+    if lock is not None:
+        lock.acquire()
