@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all bench bench-wheels clean
+.PHONY: demo test lint test-all bench bench-wheels clean
 
 $(BIN)/hessian-probe: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,11 @@ $(BIN)/hessian-probe: pyproject.toml
 demo: $(BIN)/hessian-probe
 	$(BIN)/hessian-probe demo
 
-test: $(BIN)/hessian-probe
+test: $(BIN)/hessian-probe lint
 	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/hessian-probe
+	$(BIN)/ruff check hessian_probe tests benchmarks
 
 test-all: $(BIN)/hessian-probe
 	$(BIN)/python -m pytest -q -m ''

@@ -146,14 +146,16 @@ def markdown(cells: dict, args: argparse.Namespace, env: dict) -> str:
             f"{len(w.batches)} batches of {len(w.batches[0][0])}), {env['device_name']} ({env['device']}), "
             f"torch {env['torch']}, {'TF32' if args.tf32 else 'strict fp32'}, {env['date']}.\n"
             f"`{env['command']}`\n\n")
-    rows = ["| job | tool | status | wall s | x hessian-probe | products | ms / product | peak MiB | value | rel. diff | converged | notes |",
+    rows = ["| job | tool | status | wall s | x hessian-probe | products | ms / product | peak MiB | value | rel. diff "
+            "| converged | notes |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (tool, job), c in cells.items():
         if c.get("status") != "ok":
             rows.append(f"| {job} | {tool} | {c['status']} | | | | | | | | | |")
             continue
         approx = "~" if c["wall_full_s"] != c["wall_s"] else ""
-        wall = f"{approx}{c['wall_full_s']:.2f}" + (f" ({c['probes']} probe{'s' * (c['probes'] > 1)}: {c['wall_s']:.2f})" if approx else "")
+        wall = f"{approx}{c['wall_full_s']:.2f}" + (
+            f" ({c['probes']} probe{'s' * (c['probes'] > 1)}: {c['wall_s']:.2f})" if approx else "")
         rows.append("| " + " | ".join([
             job, tool, "ok", wall, f"{c['time_ratio']:.2f}" if "time_ratio" in c else "",
             str(c["products"]), f"{1e3 * c['s_per_product']:.2f}" if c["s_per_product"] else "",
@@ -186,7 +188,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.argv = argv
     args.peer_probes = args.peer_probes or args.probes
     args.forwarded = ["--workload", args.workload, "--device", args.device]
-    args.forwarded += [f for k in ("samples", "batch_size") if getattr(args, k) for f in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
+    args.forwarded += [f for k in ("samples", "batch_size") if getattr(args, k)
+                       for f in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
     args.forwarded += ["--tf32"] if args.tf32 else []
     args.forwarded += ["--trace-products", str(args.trace_products)]
     return args
@@ -208,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
             cells[(tool, job)] = run_cell(args, tool, job)
             c = cells[(tool, job)]
             print(f"{job:6s} {tool:24s} {c['status']:10s} "
-                  + (f"{c['wall_s']:8.2f} s {c['products']:5d} products value {c['value']}" if c["status"] == "ok" else ""),
+                  + (f"{c['wall_s']:8.2f} s {c['products']:5d} products value {c['value']}"
+                     if c["status"] == "ok" else ""),
                   file=sys.stderr, flush=True)
     agreement(cells, args)
     env = environment(args)
@@ -218,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         args.markdown.write_text(table)
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "workload": args.workload, "tf32": args.tf32,
-                                         "cells": [{"tool": t, "job": j, **c} for (t, j), c in cells.items()]}, indent=1))
+                                         "cells": [{"tool": t, "job": j, **c} for (t, j), c in cells.items()]},
+                                        indent=1))
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def launch(args: argparse.Namespace, processes: int, threads: int, reorth: str, 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
     script = [str(Path(__file__).resolve()), *common]
     command = ([sys.executable, *script] if processes == 1 else
-               [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *script])
+               [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+                *script])
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{processes} process(es) failed:\n{done.stderr[-3000:]}")

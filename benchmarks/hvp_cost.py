@@ -114,9 +114,11 @@ def main() -> None:
     if args.workload == "digits-mlp" and args.batch_size > 1792:
         parser.error("the digits give at most 1792 examples")
     rows = measure(args)
-    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "cpu"
-    header = {"workload": args.workload, "batch_size": args.batch_size, "device": device_name, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+    device_name = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+                   else platform.processor() or "cpu")
+    header = {"workload": args.workload, "batch_size": args.batch_size, "device": device_name,
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+              "command": " ".join(sys.argv)}
     if args.json:
         Path(args.json).write_text(json.dumps({**header, "rows": rows}, indent=1))
 

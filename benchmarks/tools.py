@@ -50,7 +50,8 @@ def _count_calls(obj: Any, method: str) -> list[int]:
 
 # --- hessian-probe ---------------------------------------------------------------------------
 
-def hessian_probe(job: str, model: nn.Module, batches, device: torch.device, probes: int, compile: bool = False) -> dict:
+def hessian_probe(job: str, model: nn.Module, batches, device: torch.device, probes: int,
+                  compile: bool = False) -> dict:
     from hessian_probe import curvature_operator, make_problem
     from hessian_probe.linalg import extremal_eigs, hutchinson, slq, smoothed_density
 
@@ -99,7 +100,8 @@ def pyhessian(job: str, model: nn.Module, batches, device: torch.device, probes:
         # tol=-inf: PyHessian's stopping test divides by the running mean without abs(), so any
         # finite tol stops it early whenever that mean is negative
         samples = h.trace(maxIter=TRACE_PRODUCTS, tol=-np.inf)
-        return _result(np.mean(samples), count[0], None, f"stderr {np.std(samples, ddof=1) / np.sqrt(len(samples)):.3g}")
+        return _result(np.mean(samples), count[0], None,
+                       f"stderr {np.std(samples, ddof=1) / np.sqrt(len(samples)):.3g}")
     if job == "slq":
         torch.eig = _torch_eig_shim  # PyHessian 0.1 calls torch.eig, removed from torch
         nodes, _ = h.density(iter=SLQ_STEPS, n_v=probes)

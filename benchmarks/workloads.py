@@ -143,7 +143,8 @@ def resnet18(n_samples: int = 2000, batch_size: int = 500) -> Workload:
     model = CifarResNet18()
     x = torch.randn(n_samples, 3, 32, 32, generator=generator)
     y = torch.randint(0, 10, (n_samples,), generator=generator)
-    return Workload("resnet18", model, _split(x, y, batch_size), "CIFAR ResNet-18, synthetic 3x32x32 images, 10 classes")
+    return Workload("resnet18", model, _split(x, y, batch_size),
+                    "CIFAR ResNet-18, synthetic 3x32x32 images, 10 classes")
 
 
 def transformer_lm(n_samples: int = 512, batch_size: int = 64, context: int = 128, vocab: int = 2048) -> Workload:

@@ -16,8 +16,17 @@ from .analysis import (
 )
 from .linalg import extremal_eigs, hutchinson, hutchpp, lanczos, slq, trace
 from .losses import get_loss
-from .operators import CurvatureOperator, DenseOperator, GGNOperator, HessianOperator, curvature_operator
+from .operators import (
+    CurvatureOperator,
+    DenseOperator,
+    EmpiricalFisherOperator,
+    FisherOperator,
+    GGNOperator,
+    HessianOperator,
+    curvature_operator,
+)
 from .problem import Problem, make_problem
+from .protocols import COMPUTE_NOW, SOLO, Group, Pieces
 
 __version__ = "0.1.0"
 
@@ -31,8 +40,14 @@ __all__ = [
     "learning_rates",
     "spectrum",
     "validate_learning_rates",
+    "COMPUTE_NOW",
     "DenseOperator",
+    "EmpiricalFisherOperator",
+    "FisherOperator",
     "GGNOperator",
+    "Group",
+    "Pieces",
+    "SOLO",
     "HessianOperator",
     "Problem",
     "__version__",

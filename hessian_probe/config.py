@@ -43,7 +43,8 @@ def command_line(path: Path, commands: Mapping[str, click.Command]) -> tuple[str
 def to_arguments(content: Mapping[str, Any], command: click.Command, path: Path | str = "config") -> list[str]:
     """Config keys to ``--option value`` arguments for ``command``; unknown keys are named."""
     options = {p.name: p for p in command.params if isinstance(p, click.Option) and p.name not in ("debug", "help")}
-    by_flag = {flag.lstrip("-").replace("-", "_"): p for p in options.values() for flag in p.opts if flag.startswith("--")}
+    by_flag = {flag.lstrip("-").replace("-", "_"): p
+               for p in options.values() for flag in p.opts if flag.startswith("--")}
     arguments = [p for p in command.params if isinstance(p, click.Argument)]
     positional: list[str] = []
     argv: list[str] = []
@@ -62,7 +63,8 @@ def to_arguments(content: Mapping[str, Any], command: click.Command, path: Path 
         else:
             unknown.append(key)
     if unknown:
-        valid = {flag.lstrip("-").replace("-", "_") for p in options.values() for flag in p.opts if flag.startswith("--")}
+        valid = {flag.lstrip("-").replace("-", "_")
+                 for p in options.values() for flag in p.opts if flag.startswith("--")}
         if "model_arg" in valid:
             valid = valid - {"model_arg"} | {"model_args"}
         valid = sorted(valid | {a.name for a in arguments})

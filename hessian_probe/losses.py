@@ -53,15 +53,21 @@ class Loss(ABC):
         return f"{type(self).__name__}()"
 
 
-class CrossEntropy(Loss):
-    """``F.cross_entropy`` with classes on dim 1; targets are class indices or probabilities."""
-
-    name = "cross_entropy"
+class NaturalParameterLoss(Loss):
+    """A loss whose outputs are the natural parameters of its distribution (an exponential family
+    with its canonical link): the Fisher's middle matrix is then the output Hessian, whatever the
+    targets (Martens 2020, section 9.2)."""
 
     has_fisher = True
 
-    def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:  # natural parameters: S, any targets
-        return self.output_hessian_matmat(outputs, torch.zeros_like(outputs), U)
+    def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:
+        return self.output_hessian_matmat(outputs, torch.zeros_like(outputs), U)  # S does not read the targets
+
+
+class CrossEntropy(NaturalParameterLoss):
+    """``F.cross_entropy`` with classes on dim 1; targets are class indices or probabilities."""
+
+    name = "cross_entropy"
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs, targets)
@@ -86,7 +92,8 @@ class CrossEntropy(Loss):
                     f"got {tuple(targets.shape[1:])} per example"
                 )
             # S = (sum_c t_c)(diag p - p p^T): the closed form below needs distributions
-            if targets.numel() and (targets.min() < 0 or not torch.allclose(targets.sum(1), torch.ones(()).to(targets), atol=1e-5)):
+            sums_to_one = torch.allclose(targets.sum(1), torch.ones(()).to(targets), atol=1e-5)
+            if targets.numel() and (targets.min() < 0 or not sums_to_one):
                 raise ValueError("probability targets must be non-negative and sum to 1 over the class dimension 1")
             return
         expected = (outputs.shape[0],) + tuple(outputs.shape[2:])
@@ -99,15 +106,10 @@ class CrossEntropy(Loss):
             )
 
 
-class MeanSquaredError(Loss):
+class MeanSquaredError(NaturalParameterLoss):
     """``F.mse_loss`` with mean over all elements: S = (2/numel) I."""
 
     name = "mse"
-
-    has_fisher = True
-
-    def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:  # natural parameters: S, any targets
-        return self.output_hessian_matmat(outputs, torch.zeros_like(outputs), U)
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         # Same value as F.mse_loss; written out because forward-over-reverse through
@@ -119,21 +121,17 @@ class MeanSquaredError(Loss):
 
     def validate(self, outputs: Tensor, targets: Tensor) -> None:
         if targets.shape != outputs.shape:
-            raise ValueError(f"mse targets must have the outputs' shape {tuple(outputs.shape)}, got {tuple(targets.shape)}")
+            raise ValueError(f"mse targets must have the outputs' shape {tuple(outputs.shape)}, "
+                             f"got {tuple(targets.shape)}")
 
 
-class BinaryCrossEntropyWithLogits(Loss):
+class BinaryCrossEntropyWithLogits(NaturalParameterLoss):
     """``F.binary_cross_entropy_with_logits`` (mean over all elements) on logits z, targets t in
     [0, 1]: S = diag(sigma(z)(1 - sigma(z))) / numel. With it the GGN is split at the logits, where
     it is the Hessian's PSD part (Martens 2020, "New insights and perspectives on the natural
     gradient method", section 8)."""
 
     name = "bce_with_logits"
-
-    has_fisher = True
-
-    def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:  # natural parameters: S, any targets
-        return self.output_hessian_matmat(outputs, torch.zeros_like(outputs), U)
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         # softplus(z) - t z, the same value as F.binary_cross_entropy_with_logits, written out so
@@ -176,7 +174,8 @@ class BinaryCrossEntropy(Loss):
 
 def _check_binary_targets(name: str, outputs: Tensor, targets: Tensor) -> None:
     if targets.shape != outputs.shape:
-        raise ValueError(f"{name} targets must have the outputs' shape {tuple(outputs.shape)}, got {tuple(targets.shape)}")
+        raise ValueError(f"{name} targets must have the outputs' shape {tuple(outputs.shape)}, "
+                         f"got {tuple(targets.shape)}")
     if not targets.is_floating_point() or (targets.numel() and (targets.min() < 0 or targets.max() > 1)):
         raise ValueError(f"{name} targets must be floats in [0, 1]")
 
@@ -232,4 +231,5 @@ def get_loss(spec: str | Loss | Callable[[Tensor, Tensor], Tensor]) -> Loss:
         if not callable(fn):
             raise ValueError(f"loss {spec!r} is not callable: need fn(outputs, targets) -> mean loss")
         return _torch_equivalent(fn) or CustomLoss(fn, name=spec)
-    raise ValueError(f"unknown loss {spec!r}: use one of {sorted(BUILTIN_LOSSES)} or package.module:function (file.py:function)")
+    raise ValueError(f"unknown loss {spec!r}: use one of {sorted(BUILTIN_LOSSES)} or package.module:function "
+                     "(file.py:function)")

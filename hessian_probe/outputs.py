@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 
-from . import __version__, distributed
+from . import __version__
 from .errors import InputError, first_line
 from .files import write_atomically, write_text_atomically
 from .plots import plot_densities
 from .results import to_jsonable
+from .runtime import torchrun as distributed
 
 
 def file_digest(path: str | Path) -> str:
@@ -132,7 +133,8 @@ def plot_title(record: Mapping[str, Any]) -> str:
     inputs = record.get("provenance", {}).get("inputs", {})
     what = f"{inputs.get('model') or 'model'} on {inputs.get('data', 'data')}"
     batch = inputs.get("batch_size")
-    return f"{what}: P = {record['n_params']:,}, N = {record['n_samples']:,}" + (f" (one batch of {batch})" if batch else "")
+    one_batch = f" (one batch of {batch})" if batch else ""
+    return f"{what}: P = {record['n_params']:,}, N = {record['n_samples']:,}" + one_batch
 
 
 def summary(record: Mapping[str, Any]) -> str:

@@ -25,7 +25,8 @@ CYCLE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:br
 LOG_FLOOR = 1e-7
 
 
-PSD_OPERATORS = ("ggn", "fisher", "empirical-fisher")  # operators with no negative eigenvalues: no mass is ever drawn below 0
+# operators with no negative eigenvalues: no mass is ever drawn below 0
+PSD_OPERATORS = ("ggn", "fisher", "empirical-fisher")
 DEGENERATE_BULK = 1e-3  # a central-99% window narrower than this x the whole range carries no shape
 
 
@@ -131,7 +132,8 @@ def plot_learning_rates(record: Mapping[str, Any], path: Path) -> None:
 
     for key, (label, colour) in LR_STYLES.items():
         for column, style, name in ((f"lr_recommended_{key}", "o-", "recommended"),
-                                    (f"lr_max_{key}_mss", "--", "mean-square"), (f"lr_max_{key}", ":", "fixed Hessian")):
+                                    (f"lr_max_{key}_mss", "--", "mean-square"),
+                                    (f"lr_max_{key}", ":", "fixed Hessian")):
             values = series(column)
             if np.isfinite(values).any():
                 left.plot(b, values, style, color=colour, lw=2 if name == "recommended" else 1,
@@ -193,7 +195,8 @@ def plot_batch_spectra(record: Mapping[str, Any], path: Path) -> None:
         full = d["batch_size"] == record["n_samples"]
         density = smoothed_density(*measure, grid=grid, variance=(0.005 * width) ** 2)
         axis.plot(grid, np.log10(density.values + LOG_FLOOR), color="black" if full else colour,
-                  lw=2 if full else 1, label=f"full sample (N = {d['batch_size']})" if full else f"B = {d['batch_size']}")
+                  lw=2 if full else 1,
+                  label=f"full sample (N = {d['batch_size']})" if full else f"B = {d['batch_size']}")
     axis.set(xlabel="eigenvalue", ylabel="log10(density + 1e-7)",
              title=f"{record['operator']} spectrum of one batch per batch size")
     axis.legend(fontsize=8)

@@ -333,7 +333,8 @@ def _validate_data(problem: Problem) -> None:
         try:
             outputs = problem.forward(problem.params, x)
         except RuntimeError as exc:
-            hint = " (the inputs are integers: convert images to float, e.g. x.float() / 255)" if not x.is_floating_point() else ""
+            hint = (" (the inputs are integers: convert images to float, e.g. x.float() / 255)"
+                    if not x.is_floating_point() else "")
             raise ValueError(f"the model cannot run on inputs of shape {tuple(x.shape)} (batch {i}): "
                              f"{first_line(exc)}; check that --data matches the model{hint}") from exc
         if not isinstance(outputs, Tensor):

@@ -37,13 +37,15 @@ def to_jsonable(value: Any) -> Any:
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
+    value = python_number(value)
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def python_number(value: Any) -> Any:
+    """A Python or numpy bool, int or float as Python's own; anything else unchanged."""
+    for kinds, python in (((bool, np.bool_), bool), ((int, np.integer), int), ((float, np.floating), float)):
+        if isinstance(value, kinds):
+            return python(value)
     return value
 
 
@@ -85,7 +87,8 @@ def to_state(value: Any) -> Any:
         name = type(value).__name__
         if RESULT_TYPES.get(name) is not type(value):
             raise TypeError(f"{name} is not a saveable result type")
-        return {"__result__": name, "fields": {f.name: to_state(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        fields = {f.name: to_state(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"__result__": name, "fields": fields}
     if isinstance(value, np.ndarray):
         return {"__array__": torch.from_numpy(np.ascontiguousarray(value).copy())}
     if isinstance(value, torch.Tensor):
@@ -96,13 +99,8 @@ def to_state(value: Any) -> Any:
         return {"__tuple__": [to_state(v) for v in value]}
     if isinstance(value, list):
         return [to_state(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value)
-    if value is None or isinstance(value, str):
+    value = python_number(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"cannot save a {type(value).__name__}")
 

@@ -23,12 +23,14 @@ def dense_hessian(model: nn.Module, loss_fn, inputs: Tensor, targets: Tensor, na
     blocks = hessian(loss)({n: every[n] for n in names})
     sizes = [every[n].numel() for n in names]
     return torch.cat(
-        [torch.cat([blocks[a][b].reshape(sa, sb) for b, sb in zip(names, sizes)], dim=1) for a, sa in zip(names, sizes)],
+        [torch.cat([blocks[a][b].reshape(sa, sb) for b, sb in zip(names, sizes)], dim=1)
+         for a, sa in zip(names, sizes)],
         dim=0,
     )
 
 
-def train_briefly(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, steps: int = 150, lr: float = 0.01) -> nn.Module:
+def train_briefly(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, steps: int = 150,
+                  lr: float = 0.01) -> nn.Module:
     """Full-batch Adam, seeded by the caller: a point that is trained but not at a minimum."""
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):

@@ -54,8 +54,8 @@ def library_problem(model: torch.nn.Module, samples: int | None = None):
 
 def test_spectrum_prints_and_writes_the_library_numbers(tmp_path, checkpoint, trained):
     out = tmp_path / "spec"
-    record = ok(invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--steps", 30, "--probes", 4,
-                       "--top-k", 3, "--bottom-k", 2, "--seed", 3, "--out", out, "--json", "--quiet"))
+    record = ok(invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--steps", 30,
+                       "--probes", 4, "--top-k", 3, "--bottom-k", 2, "--seed", 3, "--out", out, "--json", "--quiet"))
     op = curvature_operator(library_problem(trained), "hessian")
     expected = spectrum(op, n_steps=30, n_probes=4, top_k=3, bottom_k=2, seed=3).to_dict()
     for key in ("operator", "n_params", "n_samples", "top_eigenvalues", "bottom_eigenvalues", "settings"):
@@ -76,8 +76,8 @@ def test_spectrum_prints_and_writes_the_library_numbers(tmp_path, checkpoint, tr
     assert prov["inputs"]["optimizer_state"] is True and prov["timings"]["total_s"] > 0
     assert {"density.png", "density.pdf", "eigenvalues.csv"} <= {p.name for p in out.iterdir()}
     # the human summary shows the same top eigenvalue
-    summary = invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--steps", 30, "--probes", 4,
-                     "--top-k", 3, "--bottom-k", 2, "--seed", 3, "--out", tmp_path / "again", "--quiet")
+    summary = invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--steps", 30,
+                     "--probes", 4, "--top-k", 3, "--bottom-k", 2, "--seed", 3, "--out", tmp_path / "again", "--quiet")
     assert summary.exit_code == 0 and f"{expected['top_eigenvalues'][0]:.6g}" in summary.stdout
 
 
@@ -110,8 +110,8 @@ def test_spectrum_without_reorthogonalisation_keeps_density_trace_and_eigenvalue
 
 def test_eigs_with_eigenvectors_and_csv(tmp_path, checkpoint, trained):
     out = tmp_path / "eigs"
-    record = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--operator", "ggn", "--params", "2",
-                       "--top-k", 4, "--eigenvectors", "--out", out, "--json", "--quiet"))
+    record = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--operator", "ggn",
+                       "--params", "2", "--top-k", 4, "--eigenvectors", "--out", out, "--json", "--quiet"))
     problem = library_problem(trained).restricted("2")
     op = curvature_operator(problem, "ggn")
     expected = extremal_eigs(op, 4, 0, seed=0)
@@ -121,7 +121,8 @@ def test_eigs_with_eigenvectors_and_csv(tmp_path, checkpoint, trained):
     assert saved["parameter_names"] == ["2.weight", "2.bias"] and saved["top_eigenvectors"].shape == (4, 330)
     V, theta = saved["top_eigenvectors"], saved["top_eigenvalues"]
     residuals = (op.matmat(V) - theta[:, None] * V).norm(dim=1)
-    assert torch.allclose(residuals, torch.tensor(record["eigs"]["top_residuals"], dtype=V.dtype), rtol=1e-3, atol=1e-12)
+    assert torch.allclose(residuals, torch.tensor(record["eigs"]["top_residuals"], dtype=V.dtype),
+                          rtol=1e-3, atol=1e-12)
     with (out / "eigenvalues.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [float(r["eigenvalue"]) for r in rows] == record["top_eigenvalues"]
@@ -137,19 +138,21 @@ def test_the_fisher_of_cross_entropy_is_the_ggn_and_the_empirical_fisher_is_not(
 
 
 def test_trace_equals_library(tmp_path, checkpoint, trained):
-    record = ok(invoke("trace", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--method", "hutchinson",
-                       "--products", 20, "--seed", 5, "--out", tmp_path / "t", "--json", "--quiet"))
+    record = ok(invoke("trace", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits",
+                       "--method", "hutchinson", "--products", 20, "--seed", 5, "--out", tmp_path / "t",
+                       "--json", "--quiet"))
     expected = trace(curvature_operator(library_problem(trained), "hessian"), 20, method="hutchinson", seed=5)
     assert record["trace"]["estimate"] == expected.estimate and record["trace"]["stderr"] == expected.stderr
 
 
 def test_batch_size_analyses_one_seeded_batch(tmp_path, checkpoint):
-    args = ["eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--batch-size", 64, "--top-k", 1, "--json", "--quiet"]
+    args = ["eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--batch-size", 64,
+            "--top-k", 1, "--json", "--quiet"]
     first = ok(invoke(*args, "--seed", 1, "--out", tmp_path / "a"))
     again = ok(invoke(*args, "--seed", 1, "--out", tmp_path / "b"))
     other = ok(invoke(*args, "--seed", 2, "--out", tmp_path / "c"))
-    full = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--top-k", 1, "--json", "--quiet",
-                     "--out", tmp_path / "d"))
+    full = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--top-k", 1,
+                     "--json", "--quiet", "--out", tmp_path / "d"))
     assert first["n_samples"] == 64 and full["n_samples"] == 1797
     assert first["top_eigenvalues"] == again["top_eigenvalues"] != other["top_eigenvalues"]
     # small batches are sharper than the full sample (Granziol et al. 2022)
@@ -172,7 +175,8 @@ def _state(trained):
 @pytest.mark.parametrize("layout", ["bare", "state_dict", "model", "lightning", "dataparallel", "safetensors", "bin"])
 def test_checkpoint_layouts_load_the_same_weights(tmp_path, trained, layout):
     state = _state(trained)
-    path = tmp_path / {"lightning": "last.ckpt", "safetensors": "w.safetensors", "bin": "pytorch_model.bin"}.get(layout, "w.pt")
+    path = tmp_path / {"lightning": "last.ckpt", "safetensors": "w.safetensors",
+                       "bin": "pytorch_model.bin"}.get(layout, "w.pt")
     if layout == "safetensors":
         from safetensors.torch import save_file
 
@@ -199,10 +203,10 @@ def test_pickled_module_needs_trust_and_then_needs_no_model(tmp_path, trained):
     torch.save(trained, path)
     refused = invoke("eigs", "--checkpoint", path, "--data", "digits", "--top-k", 1, "--quiet", "--out", tmp_path / "a")
     assert refused.exit_code == 1 and "--trust-checkpoint" in refused.stderr
-    trusted = ok(invoke("eigs", "--checkpoint", path, "--data", "digits", "--trust-checkpoint", "--top-k", 1, "--json", "--quiet",
-                        "--out", tmp_path / "b"))
-    reference = ok(invoke("eigs", "--checkpoint", path, "--trust-checkpoint", "--model", "mlp", "--data", "digits", "--top-k", 1,
-                          "--json", "--quiet", "--out", tmp_path / "c"))
+    trusted = ok(invoke("eigs", "--checkpoint", path, "--data", "digits", "--trust-checkpoint", "--top-k", 1,
+                        "--json", "--quiet", "--out", tmp_path / "b"))
+    reference = ok(invoke("eigs", "--checkpoint", path, "--trust-checkpoint", "--model", "mlp", "--data", "digits",
+                          "--top-k", 1, "--json", "--quiet", "--out", tmp_path / "c"))
     assert trusted["top_eigenvalues"] == reference["top_eigenvalues"]
 
 
@@ -237,8 +241,8 @@ def test_data_specs_and_user_model_file(tmp_path, trained):
 
 
 def test_samples_takes_a_seeded_subset(tmp_path, checkpoint):
-    args = ["trace", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--samples", 300, "--json", "--quiet",
-            "--products", 9]
+    args = ["trace", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--samples", 300,
+            "--json", "--quiet", "--products", 9]
     a = ok(invoke(*args, "--out", tmp_path / "a"))
     b = ok(invoke(*args, "--out", tmp_path / "b"))
     assert a["n_samples"] == 300 and a["trace"]["estimate"] == b["trace"]["estimate"]
@@ -248,15 +252,15 @@ def test_samples_takes_a_seeded_subset(tmp_path, checkpoint):
 
 def test_plot_overlays_saved_results_and_refuses_others(tmp_path, checkpoint):
     for kind in ("hessian", "ggn"):
-        ok(invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--operator", kind, "--steps", 20,
-                  "--probes", 2, "--top-k", 1, "--bottom-k", 0, "--trace-products", 9, "--samples", 200, "--json",
-                  "--quiet", "--out", tmp_path / kind))
-    drawn = invoke("plot", tmp_path / "hessian", tmp_path / "ggn" / "result.json", "--out", tmp_path / "fig" / "both.png",
-                   "--label", "H", "--label", "G", "--title", "test")
+        ok(invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--operator", kind,
+                  "--steps", 20, "--probes", 2, "--top-k", 1, "--bottom-k", 0, "--trace-products", 9, "--samples", 200,
+                  "--json", "--quiet", "--out", tmp_path / kind))
+    drawn = invoke("plot", tmp_path / "hessian", tmp_path / "ggn" / "result.json",
+                   "--out", tmp_path / "fig" / "both.png", "--label", "H", "--label", "G", "--title", "test")
     assert drawn.exit_code == 0, drawn.output
     assert (tmp_path / "fig" / "both.png").stat().st_size > 10_000 and (tmp_path / "fig" / "both.pdf").exists()
-    ok(invoke("trace", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--products", 3, "--json", "--quiet",
-              "--out", tmp_path / "tr"))
+    ok(invoke("trace", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--products", 3,
+              "--json", "--quiet", "--out", tmp_path / "tr"))
     refused = invoke("plot", tmp_path / "tr", "--out", tmp_path / "x.png")
     assert refused.exit_code == 1 and "no spectral density" in refused.stderr
     mismatch = invoke("plot", tmp_path / "hessian", "--label", "a", "--label", "b")
@@ -264,7 +268,8 @@ def test_plot_overlays_saved_results_and_refuses_others(tmp_path, checkpoint):
 
 
 @pytest.mark.parametrize("name", ["spectrum", "eigs", "trace", "plot", "lr",
-                                  pytest.param("validate-lr", marks=pytest.mark.slow)])  # 35 s; test_lr covers the command
+                                  # 35 s; test_lr covers the command
+                                  pytest.param("validate-lr", marks=pytest.mark.slow)])
 def test_example_configs_run(tmp_path, checkpoint, name):
     """configs/*.toml run as written, next to a demo-like folder (the checkpoint and two results)."""
     demo = tmp_path / "hessian-probe-demo"
@@ -272,9 +277,9 @@ def test_example_configs_run(tmp_path, checkpoint, name):
     (demo / "checkpoint.pt").write_bytes(checkpoint.read_bytes())
     if name == "plot":
         for kind in ("hessian", "ggn"):
-            ok(invoke("spectrum", "--checkpoint", demo / "checkpoint.pt", "--model", "mlp", "--data", "digits", "--operator", kind,
-                      "--steps", 10, "--probes", 2, "--top-k", 1, "--bottom-k", 0, "--trace-products", 3,
-                      "--samples", 100, "--json", "--quiet", "--out", demo / kind))
+            ok(invoke("spectrum", "--checkpoint", demo / "checkpoint.pt", "--model", "mlp", "--data", "digits",
+                      "--operator", kind, "--steps", 10, "--probes", 2, "--top-k", 1, "--bottom-k", 0,
+                      "--trace-products", 3, "--samples", 100, "--json", "--quiet", "--out", demo / kind))
     result = invoke("run", CONFIGS / f"{name}.toml", cwd=tmp_path)
     assert result.exit_code == 0, result.output + repr(result.exception)
     written = [p for p in tmp_path.rglob("*") if p.suffix in (".json", ".png") and "demo" not in str(p.parent.name)]
@@ -290,13 +295,14 @@ def test_demo_config_is_the_demo_command():
 
 def test_config_equals_command_line(tmp_path, checkpoint):
     (tmp_path / "c.toml").write_text(
-        f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\ntop-k = 2\nbottom_k = 1\nquiet = true\n'
+        f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\n'
+        'top-k = 2\nbottom_k = 1\nquiet = true\n'
         f'json = true\nout = "{tmp_path / "a"}"\n[model_args]\nhidden = 32\nactivation = "tanh"\n'
     )
     from_config = ok(invoke("run", tmp_path / "c.toml"))
-    from_shell = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--model-arg", "hidden=32",
-                           "--model-arg", "activation=tanh", "--top-k", 2, "--bottom-k", 1, "--json", "--quiet",
-                           "--out", tmp_path / "b"))
+    from_shell = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits",
+                           "--model-arg", "hidden=32", "--model-arg", "activation=tanh", "--top-k", 2, "--bottom-k", 1,
+                           "--json", "--quiet", "--out", tmp_path / "b"))
     assert from_config["top_eigenvalues"] == from_shell["top_eigenvalues"]
     assert from_config["bottom_eigenvalues"] == from_shell["bottom_eigenvalues"]
     assert from_config["provenance"]["config"]["content"]["model_args"] == {"hidden": 32, "activation": "tanh"}

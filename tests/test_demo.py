@@ -34,7 +34,8 @@ def test_demo_writes_results_and_plots_in_under_a_minute(demo_run):
     assert "hessian" in output and "ggn" in output and "wrote" in output
     records = {}
     for kind in ("hessian", "ggn"):
-        assert {"result.json", "eigenvalues.csv", "density.png", "density.pdf"} <= {p.name for p in (out / kind).iterdir()}
+        assert ({"result.json", "eigenvalues.csv", "density.png", "density.pdf"}
+                <= {p.name for p in (out / kind).iterdir()})
         r = records[kind] = json.loads((out / kind / "result.json").read_text())
         assert r["operator"] == kind and r["provenance"]["command"] == "spectrum"
         assert r["n_params"] == 2410 and r["n_samples"] == 1797
@@ -57,8 +58,8 @@ def test_demo_checkpoint_is_a_user_checkpoint(demo_run, tmp_path):
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
     assert {"model_state_dict", "optimizer_state_dict"} <= set(saved)
     assert all("exp_avg_sq" in s for s in saved["optimizer_state_dict"]["state"].values())
-    again = CliRunner().invoke(main, ["spectrum", "--checkpoint", str(out / "checkpoint.pt"), "--model", "mlp", "--data", "digits",
-                                      "--out", str(tmp_path), "--json", "--quiet"])
+    again = CliRunner().invoke(main, ["spectrum", "--checkpoint", str(out / "checkpoint.pt"), "--model", "mlp",
+                                      "--data", "digits", "--out", str(tmp_path), "--json", "--quiet"])
     assert again.exit_code == 0
     record = json.loads(again.stdout)
     demo_record = json.loads((out / "hessian" / "result.json").read_text())
@@ -82,11 +83,12 @@ def test_installed_console_script_runs():
 def test_installed_console_script_analyses_and_refuses(demo_run, tmp_path):
     """A real process: the JSON it prints parses, and a bad input gives exit 1 and one stderr line."""
     out, _, _ = demo_run
-    done = subprocess.run([SCRIPT, "trace", "--checkpoint", str(out / "checkpoint.pt"), "--model", "mlp", "--data", "digits",
-                           "--products", "9", "--json", "--out", str(tmp_path / "t")],
+    done = subprocess.run([SCRIPT, "trace", "--checkpoint", str(out / "checkpoint.pt"), "--model", "mlp",
+                           "--data", "digits", "--products", "9", "--json", "--out", str(tmp_path / "t")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["trace"]["n_probes"] == 3
-    done = subprocess.run([SCRIPT, "spectrum", "--checkpoint", str(tmp_path / "missing.pt"), "--model", "mlp", "--data", "digits"],
+    done = subprocess.run([SCRIPT, "spectrum", "--checkpoint", str(tmp_path / "missing.pt"), "--model", "mlp",
+                           "--data", "digits"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and done.stderr.strip() == f"Error: checkpoint not found: {tmp_path / 'missing.pt'}"

@@ -185,10 +185,11 @@ def test_a_killed_rank_stops_the_other_within_a_minute_with_one_line(tmp_path, c
 
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "hessian_probe",
-               "spectrum", "--checkpoint", str(checkpoint), "--model", "mlp", "--data", "digits", "--probes", "16",
-               "--probe-block", "2", "--steps", "60", "--quiet", "--out", str(out)]
-    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "hessian_probe", "spectrum", "--checkpoint", str(checkpoint), "--model", "mlp", "--data", "digits",
+               "--probes", "16", "--probe-block", "2", "--steps", "60", "--quiet", "--out", str(out)]
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
     deadline = time.monotonic() + 240
     while not list((out / "partial").glob("*.pt")):
         assert launcher.poll() is None and time.monotonic() < deadline, "no piece saved before the kill"
@@ -215,10 +216,11 @@ def test_a_hung_rank_stops_the_other_within_the_collective_timeout(tmp_path, che
 
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", distributed.TIMEOUT_ENV: "8"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "hessian_probe",
-               "spectrum", "--checkpoint", str(checkpoint), "--model", "mlp", "--data", "digits", "--probes", "16",
-               "--probe-block", "2", "--steps", "60", "--quiet", "--out", str(out)]
-    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "hessian_probe", "spectrum", "--checkpoint", str(checkpoint), "--model", "mlp", "--data", "digits",
+               "--probes", "16", "--probe-block", "2", "--steps", "60", "--quiet", "--out", str(out)]
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
     errors: list[tuple[float, str]] = []
     lines: list[str] = []
 

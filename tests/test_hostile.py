@@ -90,11 +90,14 @@ def bad_files(tmp_path_factory, checkpoint, trained):
         "def mean_loss(out, y):\n    return torch.nn.functional.cross_entropy(out, y) + 0 * out.mean()\n"
         "def two_lines():\n    raise RuntimeError('first line\\nsecond line')\n"
     )
-    (d / "unknown.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\ntopk = 3\ncolour = 1\n')
+    (d / "unknown.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\n'
+                                    'topk = 3\ncolour = 1\n')
     (d / "syntax.toml").write_text('command = "eigs"\ncheckpoint = \n')
     (d / "nocommand.toml").write_text(f'checkpoint = "{checkpoint}"\n')
-    (d / "badtype.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\ntop_k = "many"\n')
-    (d / "badflag.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\nquiet = "yes"\n')
+    (d / "badtype.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\n'
+                                    'top_k = "many"\n')
+    (d / "badflag.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\n'
+                                    'quiet = "yes"\n')
     _more_bad_files(d, checkpoint, state)
     return d
 
@@ -167,8 +170,8 @@ def _more_bad_files(d: Path, checkpoint: Path, state: dict) -> None:
     (d / "unknown_command.toml").write_text('command = "fly"\n')
     (d / "binary.toml").write_bytes(b"\x00\xff\xfe garbage")
     (d / "folder.toml").mkdir()
-    (d / "list_value.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\n'
-                                       'top_k = [1, 2]\n')
+    (d / "list_value.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\n'
+                                       'data = "digits"\ntop_k = [1, 2]\n')
     (d / "no_checkpoint.toml").write_text('command = "eigs"\nmodel = "mlp"\ndata = "digits"\n')
     (d / "number_command.toml").write_text("command = 3\n")
     (d / "table.toml").write_text(f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\n'
@@ -200,14 +203,18 @@ BAD_INPUTS = [
     ("not a dict", ["eigs", "--checkpoint", "{d}/list.pt", *GOOD], 1, "not a state dict"),
     ("no weights in dict", ["eigs", "--checkpoint", "{d}/noweights.pt", *GOOD], 1, "no state dict"),
     ("missing and unexpected keys", ["eigs", "--checkpoint", "{d}/keys.pt", *GOOD], 1, "1 missing ('2.bias')"),
-    ("shape mismatch", ["eigs", "--checkpoint", "{ckpt}", "--model", "mlp", "--data", "digits", "--model-arg", "hidden=16"], 1,
-     "shape mismatch for '0.weight'"),
-    ("non-finite weights", ["eigs", "--checkpoint", "{d}/nan.pt", *GOOD], 1, "non-finite value(s) (NaN or inf) in '0.weight'"),
-    ("model module not importable", ["eigs", "--checkpoint", "{ckpt}", "--model", "no_such_module_xyz:make", "--data", "digits"], 1,
-     "no module named 'no_such_module_xyz'"),
-    ("model attribute missing", ["eigs", "--checkpoint", "{ckpt}", "--model", "json:no_factory", "--data", "digits"], 1, "no attribute"),
-    ("model factory fails", ["eigs", "--checkpoint", "{ckpt}", "--model", "{d}/broken.py:make", "--data", "digits"], 1, "boom"),
-    ("unknown model name", ["eigs", "--checkpoint", "{ckpt}", "--model", "resnet9000", "--data", "digits"], 1, "unknown model"),
+    ("shape mismatch", ["eigs", "--checkpoint", "{ckpt}", "--model", "mlp", "--data", "digits", "--model-arg",
+                        "hidden=16"], 1, "shape mismatch for '0.weight'"),
+    ("non-finite weights", ["eigs", "--checkpoint", "{d}/nan.pt", *GOOD], 1,
+     "non-finite value(s) (NaN or inf) in '0.weight'"),
+    ("model module not importable", ["eigs", "--checkpoint", "{ckpt}", "--model", "no_such_module_xyz:make",
+                                     "--data", "digits"], 1, "no module named 'no_such_module_xyz'"),
+    ("model attribute missing", ["eigs", "--checkpoint", "{ckpt}", "--model", "json:no_factory", "--data", "digits"], 1,
+     "no attribute"),
+    ("model factory fails", ["eigs", "--checkpoint", "{ckpt}", "--model", "{d}/broken.py:make", "--data", "digits"], 1,
+     "boom"),
+    ("unknown model name", ["eigs", "--checkpoint", "{ckpt}", "--model", "resnet9000", "--data", "digits"], 1,
+     "unknown model"),
     ("model arg rejected", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--model-arg", "depth=3"], 1, "does not accept"),
     ("model arg malformed", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--model-arg", "hidden"], 2, "key=value"),
     ("model missing", ["eigs", "--checkpoint", "{ckpt}", "--data", "digits"], 2, "--model is required"),
@@ -242,13 +249,14 @@ BAD_INPUTS = [
     ("plot file type", ["plot", "{d}/nodensity.json", "--out", "{d}/x.jpgg"], 2, "use a .png"),
     ("float class labels", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/floatlabels.pt"], 1,
      "save them as integers"),
-    ("integer images", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/uint8.pt"], 1, "convert images to float"),
+    ("integer images", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/uint8.pt"], 1,
+     "convert images to float"),
     ("numpy arrays in a .pt data file", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/numpy.pt"], 1,
      "torch.from_numpy"),
     ("dataset item fails", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/user.py:bad_dataset"], 1,
      "reading item 0 of the dataset"),
-    ("model returns a tuple", ["eigs", "--checkpoint", "{ckpt}", "--model", "{d}/user.py:tuple_net", "--data", "digits"],
-     1, "returns a tuple, not a tensor"),
+    ("model returns a tuple", ["eigs", "--checkpoint", "{ckpt}", "--model", "{d}/user.py:tuple_net",
+                               "--data", "digits"], 1, "returns a tuple, not a tensor"),
     ("loss not a scalar", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--loss", "{d}/user.py:per_example_loss"], 1,
      "a scalar"),
     ("multi-line error from user code", ["eigs", "--checkpoint", "{ckpt}", "--model", "{d}/user.py:two_lines",
@@ -272,14 +280,14 @@ BAD_INPUTS = [
     ("unknown basis place", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--basis", "gpu"], 2, "--basis"),
     ("unknown reorthogonalisation", ["spectrum", "--checkpoint", "{ckpt}", *GOOD, "--reorth", "partial"], 2,
      "--reorth"),
-    ("calibration at the full sample", ["lr", "--checkpoint", "{ckpt}", *GOOD, "--samples", "100", "--calibrate-at", "100"],
-     2, "below the sample"),
-    ("saved Adam state asked of a bare state dict", ["lr", "--checkpoint", "{d}/bare.pt", *GOOD, "--adam-state", "saved"],
-     2, "carries no usable Adam moments"),
+    ("calibration at the full sample", ["lr", "--checkpoint", "{ckpt}", *GOOD, "--samples", "100",
+                                        "--calibrate-at", "100"], 2, "below the sample"),
+    ("saved Adam state asked of a bare state dict", ["lr", "--checkpoint", "{d}/bare.pt", *GOOD,
+                                                     "--adam-state", "saved"], 2, "carries no usable Adam moments"),
     ("unknown Adam state", ["lr", "--checkpoint", "{ckpt}", *GOOD, "--adam-state", "fresh"], 2, "--adam-state"),
     ("subspace too large", ["lr", "--checkpoint", "{ckpt}", *GOOD, "--subspace", "99"], 2, "--subspace"),
-    ("unknown optimizer to validate", ["validate-lr", "--checkpoint", "{ckpt}", *GOOD, "--optimizers", "sgd,rmsprop"], 2,
-     "--optimizers takes"),
+    ("unknown optimizer to validate", ["validate-lr", "--checkpoint", "{ckpt}", *GOOD, "--optimizers", "sgd,rmsprop"],
+     2, "--optimizers takes"),
     ("unknown validation criterion", ["validate-lr", "--checkpoint", "{ckpt}", *GOOD, "--criteria", "loss"], 2,
      "--criteria takes"),
     ("no seeds", ["validate-lr", "--checkpoint", "{ckpt}", *GOOD, "--seeds", "0"], 2, "--seeds"),
@@ -295,7 +303,8 @@ BAD_INPUTS = [
     ("safetensors header length", ["eigs", "--checkpoint", "{d}/bad_header.safetensors", *GOOD], 1, "invalid header"),
     ("empty safetensors", ["eigs", "--checkpoint", "{d}/zero_bytes.safetensors", *GOOD], 1, "header too small"),
     ("state_dict holds a list", ["eigs", "--checkpoint", "{d}/state_dict_list.pt", *GOOD], 1, "has no state dict"),
-    ("infinite weight", ["eigs", "--checkpoint", "{d}/inf.pt", *GOOD], 1, "non-finite value(s) (NaN or inf) in '2.bias'"),
+    ("infinite weight", ["eigs", "--checkpoint", "{d}/inf.pt", *GOOD], 1,
+     "non-finite value(s) (NaN or inf) in '2.bias'"),
     ("weights with an extra dimension", ["eigs", "--checkpoint", "{d}/extra_dim.pt", *GOOD], 1,
      "checkpoint (1, 32, 64), model (32, 64)"),
     ("checkpoint link to itself", ["eigs", "--checkpoint", "{d}/loop.pt", *GOOD], 1, "checkpoint not found"),
@@ -303,7 +312,8 @@ BAD_INPUTS = [
     ("checkpoint missing", ["eigs", *GOOD], 2, "Missing option '--checkpoint'"),
     # --- data, again
     ("NaN inputs", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/nan_inputs.pt"], 1, "non-finite inputs"),
-    ("infinite inputs", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/inf_inputs.pt"], 1, "non-finite inputs"),
+    ("infinite inputs", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/inf_inputs.pt"], 1,
+     "non-finite inputs"),
     ("negative labels", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/negative_labels.pt"], 1,
      "found range [-5, 4]"),
     ("labels as a column", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/column_labels.pt"], 1,
@@ -319,7 +329,8 @@ BAD_INPUTS = [
     ("npz without x and y", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/arrays.npz"], 1, "x/y"),
     ("data file is a folder", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/folder.pt"], 1,
      "data file not found"),
-    ("tensors: without a path", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "tensors:"], 1, "data file not found"),
+    ("tensors: without a path", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "tensors:"], 1,
+     "data file not found"),
     ("digits with an unknown view", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "digits:foo"], 1,
      "no module named 'digits'"),
     ("empty data spec", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", ""], 2, "unknown data spec ''"),
@@ -417,11 +428,13 @@ BAD_INPUTS = [
     ("too few trace products", ["trace", "--checkpoint", "{ckpt}", *GOOD, "--products", "2"], 2, "x>=3"),
     ("unknown trace method", ["trace", "--checkpoint", "{ckpt}", *GOOD, "--method", "exact"], 2, "--method"),
     ("unknown operator", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--operator", "kfac"], 2, "'kfac' is not one of"),
-    ("empty parameter pattern", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--params", ""], 2, "empty parameter pattern"),
+    ("empty parameter pattern", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--params", ""], 2,
+     "empty parameter pattern"),
     ("parameter pattern of a comma", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--params", ","], 2,
      "empty parameter pattern"),
     ("negative seed", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--seed", "-1"], 2, "--seed"),
-    ("unknown eigensolver", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--method", "lanczo"], 2, "'lanczo' is not one of"),
+    ("unknown eigensolver", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--method", "lanczo"], 2,
+     "'lanczo' is not one of"),
     ("empty dtype", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--dtype", ""], 2, "--dtype"),
     ("empty device", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--device", ""], 2, "unknown device ''"),
     ("device index not a number", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--device", "cuda:x"], 2,
@@ -570,7 +583,8 @@ def test_any_config_parses_to_a_command_line_or_one_usage_error(command, entries
         except InputError as exc:  # UsageError is one: a clean, one-line refusal
             assert "\n" not in str(exc).strip()
             return
-        with contextlib.suppress(click.UsageError, click.BadParameter):  # what click refuses, the CLI reports in one line
+        # what click refuses, the CLI reports in one line
+        with contextlib.suppress(click.UsageError, click.BadParameter):
             COMMANDS[name].make_context(name, list(argv))
 
 

@@ -123,7 +123,8 @@ def test_hutchpp_is_exact_on_low_rank_psd_and_beats_hutchinson():
     spectrum = 1.0 / torch.arange(1, 301, dtype=F64) ** 2  # rotated: not diagonal, where Rademacher is exact
     decaying = DenseOperator(rotation @ torch.diag(spectrum) @ rotation.T)
     errors = {
-        method: np.mean([abs(trace(decaying, 60, method=method, seed=s).estimate - spectrum.sum().item()) for s in range(10)])
+        method: np.mean([abs(trace(decaying, 60, method=method, seed=s).estimate - spectrum.sum().item())
+                         for s in range(10)])
         for method in ("hutchinson", "hutchpp")
     }
     assert errors["hutchpp"] < 0.2 * errors["hutchinson"]
@@ -199,7 +200,8 @@ def test_eigenvectors_have_the_reported_residuals():
 def test_results_serialise_to_json_without_heavy_payloads():
     op = DenseOperator(random_symmetric(100, seed=13))
     eigs = json.loads(extremal_eigs(op, top_k=2, bottom_k=1, return_eigenvectors=True).to_json())
-    assert {"top_eigenvalues", "bottom_eigenvalues", "top_residuals", "top_converged", "n_products", "wall_time_s"} <= set(eigs)
+    assert {"top_eigenvalues", "bottom_eigenvalues", "top_residuals", "top_converged", "n_products",
+            "wall_time_s"} <= set(eigs)
     assert "top_eigenvectors" not in eigs
     density = json.loads(slq(op, 20, 3).to_json())
     assert len(density["nodes"]) == 3 and len(density["weights"][0]) == 20
@@ -256,11 +258,11 @@ def test_float32_residuals_bound_the_eigenvalue_error_and_orthogonality_is_check
     for theta, residual in zip(result.top_eigenvalues, result.top_residuals):
         assert residual > 0
         assert np.min(np.abs(exact - theta)) <= residual
-    process = LanczosProcess(DenseOperator(matrix), random_probes(1, n, seed=0, dtype=torch.float32, device="cpu"), reorth="full",
-                             capacity=41)
+    process = LanczosProcess(DenseOperator(matrix), random_probes(1, n, seed=0, dtype=torch.float32, device="cpu"),
+                             reorth="full", capacity=41)
     for _ in range(40):
         process.step()
     basis = process.basis[:41, 0].double()
     gram = basis @ basis.T
-    assert process.orthogonality_error(0) == pytest.approx(float((gram - torch.eye(41, dtype=torch.float64)).abs().max()),
-                                                           rel=1e-9, abs=1e-12)
+    assert process.orthogonality_error(0) == pytest.approx(
+        float((gram - torch.eye(41, dtype=torch.float64)).abs().max()), rel=1e-9, abs=1e-12)

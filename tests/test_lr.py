@@ -38,7 +38,8 @@ def least_squares():
 
 def exact_stability_threshold(per_example: list[np.ndarray], batch_size: int) -> float:
     """eta_c(B): the step where the second-moment map of SGD on a quadratic has spectral radius 1,
-    T = I - eta (H kron I + I kron H) + eta^2 [H kron H + (S - H kron H)/B] (with replacement; docs/theory.md section 3)."""
+    T = I - eta (H kron I + I kron H) + eta^2 [H kron H + (S - H kron H)/B]
+    (with replacement; docs/theory.md section 3)."""
     d = per_example[0].shape[0]
     H = sum(per_example) / len(per_example)
     S = sum(np.kron(h, h) for h in per_example) / len(per_example)
@@ -74,7 +75,8 @@ def test_scan_equals_dense_eigenvalues_and_tracks_the_exact_threshold(least_squa
         assert predicted == pytest.approx(2 / mean, rel=1e-15)
         exact = exact_stability_threshold(per_example, row.batch_size)
         ratios.append(predicted / exact)
-        print(f"B={row.batch_size:3d}  2/E lambda'(B) = {predicted:.4f}  eta_c(B) = {exact:.4f}  ratio {predicted / exact:.3f}")
+        print(f"B={row.batch_size:3d}  2/E lambda'(B) = {predicted:.4f}  eta_c(B) = {exact:.4f}  "
+              f"ratio {predicted / exact:.3f}")
     # measured band: 1.97 (B=2), 1.43, 1.25, 1.14, 1.08 (B=32): sharpness alone over-estimates the
     # mean-square threshold at tiny batches and converges to it as B grows
     assert all(0.9 < r < 2.5 for r in ratios)
@@ -182,7 +184,8 @@ def test_lr_on_the_digits_mlp(digits_lr):
         assert r["lr_max_sgd"] == pytest.approx(2 / r["lambda_max_mean"])
         assert r["lr_max_adam"] == pytest.approx(3.8 / (0.1 * r["adam_sharpness_mean"]))
         assert r["lr_max_sgd_batch_sharpness"] == pytest.approx(2 / r["batch_sharpness_mean"])
-        for opt, models in (("sgd", ("sgd", "sgd_mss", "sgd_batch_sharpness")), ("momentum", ("momentum", "momentum_mss")),
+        for opt, models in (("sgd", ("sgd", "sgd_mss", "sgd_batch_sharpness")),
+                            ("momentum", ("momentum", "momentum_mss")),
                             ("nesterov", ("nesterov", "nesterov_mss")), ("adam", ("adam", "adam_mss"))):
             # conservative by construction: 0.6 x the smallest model, never above any of them
             assert r[f"lr_recommended_{opt}"] == pytest.approx(0.6 * min(r[f"lr_max_{m}"] for m in models))
@@ -231,7 +234,8 @@ def test_lr_without_a_subspace_has_no_mean_square_thresholds(tmp_path):
     assert record["noise"] is None and record["cost"]["operator_products"].get("projections") is None
     for row in record["rows"]:
         assert all(row[f"lr_max_{opt}_mss"] is None for opt in ("sgd", "momentum", "nesterov", "adam"))
-        assert row["lr_recommended_sgd"] == pytest.approx(0.6 * min(row["lr_max_sgd"], row["lr_max_sgd_batch_sharpness"]))
+        assert row["lr_recommended_sgd"] == pytest.approx(
+            0.6 * min(row["lr_max_sgd"], row["lr_max_sgd_batch_sharpness"]))
 
 
 def test_measured_threshold_of_gradient_descent_on_least_squares(least_squares):
@@ -459,7 +463,8 @@ def test_adam_is_validated_from_the_state_its_prediction_assumed(small_mlp_probl
         assert {t.batch_size for t in validation.thresholds} == {16, 64}
         for b, (first, second, step) in seen.items():
             if source == "saved":
-                assert step == saved.step and torch.equal(second, saved.exp_avg_sq) and torch.equal(first, saved.exp_avg)
+                assert (step == saved.step and torch.equal(second, saved.exp_avg_sq)
+                        and torch.equal(first, saved.exp_avg))
             else:
                 assert step == SETTLED_STEP and torch.allclose(first, moments.mean)
                 assert torch.allclose(second, moments.batch_second_moment(b))

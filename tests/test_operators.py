@@ -83,7 +83,8 @@ def test_custom_loss_uses_the_same_gauss_newton(digits):
     v = random_probes(2, builtin.n_params, seed=3, dtype=F64, device="cpu")
     for kind in ("hessian", "ggn"):
         torch.testing.assert_close(
-            curvature_operator(builtin, kind).matmat(v), curvature_operator(custom, kind).matmat(v), rtol=1e-12, atol=1e-15
+            curvature_operator(builtin, kind).matmat(v), curvature_operator(custom, kind).matmat(v),
+            rtol=1e-12, atol=1e-15
         )
 
 
@@ -92,7 +93,8 @@ def test_mse_ggn_equals_hessian_for_a_linear_model():
     x, y = torch.randn(90, 5, generator=g, dtype=F64), torch.randn(90, 2, generator=g, dtype=F64)
     problem = make_problem(nn.Linear(5, 2).double(), (x, y), "mse", chunk_size=40)
     torch.testing.assert_close(
-        curvature_operator(problem, "ggn").to_dense(), curvature_operator(problem, "hessian").to_dense(), rtol=0, atol=1e-13
+        curvature_operator(problem, "ggn").to_dense(), curvature_operator(problem, "hessian").to_dense(),
+        rtol=0, atol=1e-13
     )
 
 
@@ -227,7 +229,8 @@ def test_a_product_that_fits_nowhere_names_the_fix(digits):
     op._product = no_memory
     with pytest.raises(InputError, match="does not fit in memory.*--probe-block"):
         op.matmat(torch.ones(2, op.size, dtype=F64))
-    op._product = lambda xs, ys, tangents: (_ for _ in ()).throw(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    op._product = lambda xs, ys, tangents: (_ for _ in ()).throw(
+        RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     with pytest.raises(RuntimeError, match="shapes"):  # any other error is not taken for a lack of memory
         op.matmat(torch.ones(2, op.size, dtype=F64))
 
@@ -243,7 +246,8 @@ def test_a_basis_in_host_memory_gives_the_same_numbers(digits, monkeypatch):
     on_device = slq(op, 30, 4), extremal_eigs(op, 2, 1, tol=1e-8)
     monkeypatch.setattr("hessian_probe.linalg.lanczos.DEVICE_BASIS_FRACTION", 0.0)
     on_host = slq(op, 30, 4), extremal_eigs(op, 2, 1, tol=1e-8)
-    assert "pinned host memory" in on_host[0].basis_memory["device"] and on_host[1].basis_memory["device"] == "cpu (pinned host memory)"
+    assert ("pinned host memory" in on_host[0].basis_memory["device"]
+            and on_host[1].basis_memory["device"] == "cpu (pinned host memory)")
     assert on_device[0].basis_memory["device"].startswith("cuda")
     for a, b in zip(on_device[0].nodes, on_host[0].nodes):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -280,8 +284,8 @@ def test_a_sample_kept_in_host_memory_gives_the_same_products(digits, kind, monk
     on_host = make_problem(model, (x, y), "cross_entropy", dtype=F64, device="cuda", chunk_size=500)
     assert on_host.batches[0][0].device.type == "cpu" and on_device.batches[0][0].device.type == "cuda"
     V = random_probes(3, on_device.n_params, seed=0, dtype=F64, device="cuda")
-    torch.testing.assert_close(curvature_operator(on_host, kind).matmat(V), curvature_operator(on_device, kind).matmat(V),
-                               rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(curvature_operator(on_host, kind).matmat(V),
+                               curvature_operator(on_device, kind).matmat(V), rtol=1e-12, atol=1e-15)
 
 
 def test_binary_cross_entropy_splits_the_ggn_where_the_user_chooses():

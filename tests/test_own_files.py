@@ -93,8 +93,9 @@ def test_outputs_replace_symbolic_links_instead_of_writing_through_them(tmp_path
 
 def test_the_pdf_twin_of_a_plot_is_not_replaced_unless_we_wrote_it(tmp_path, checkpoint):
     out = tmp_path / "spec"
-    ok(invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--samples", 60, "--steps", 8, "--probes", 2,
-              "--top-k", 1, "--bottom-k", 0, "--trace-products", 3, "--quiet", "--out", out))
+    ok(invoke("spectrum", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--samples", 60,
+              "--steps", 8, "--probes", 2, "--top-k", 1, "--bottom-k", 0, "--trace-products", 3, "--quiet",
+              "--out", out))
     (tmp_path / "report.pdf").write_bytes(b"%PDF-1.4 the user's report")
     result = ok(invoke("plot", out, "--out", tmp_path / "report.png"))
     assert (tmp_path / "report.pdf").read_bytes() == b"%PDF-1.4 the user's report"
@@ -336,8 +337,8 @@ def nets(tmp_path, checkpoint):
     ("batch_stats", "track_running_stats=False"),
 ], ids=["forced dropout", "stateful forward", "BatchNorm batch statistics"])
 def test_a_model_that_is_not_a_fixed_matrix_is_refused(nets, factory, cause):
-    args = ["trace", "--model", f"{nets / 'nets.py'}:{factory}", "--checkpoint", nets / "wrapped.pt", "--data", "digits",
-            "--samples", 60,
+    args = ["trace", "--model", f"{nets / 'nets.py'}:{factory}", "--checkpoint", nets / "wrapped.pt",
+            "--data", "digits", "--samples", 60,
             "--products", 3, "--quiet", "--out", nets / "o"]
     line = refused(invoke(*args), 1, cause, "--allow-nondeterministic")
     assert "Error:" in line
@@ -366,8 +367,8 @@ def test_the_determinism_guard_costs_two_products(checkpoint):
 def test_a_factory_that_exits_or_builds_on_meta_gets_one_line(nets, checkpoint):
     refused(invoke(*TRACE, "--checkpoint", checkpoint, "--model", f"{nets / 'nets.py'}:exits", "--out", nets / "o"), 1,
             "sys.exit(3)")
-    refused(invoke(*TRACE, "--checkpoint", checkpoint, "--model", f"{nets / 'nets.py'}:on_meta", "--out", nets / "o"), 1,
-            "meta device")
+    refused(invoke(*TRACE, "--checkpoint", checkpoint, "--model", f"{nets / 'nets.py'}:on_meta", "--out", nets / "o"),
+            1, "meta device")
 
 
 def test_a_code_running_pickle_is_named_as_such(tmp_path):
@@ -385,9 +386,10 @@ def test_a_code_running_pickle_is_named_as_such(tmp_path):
 
 def test_a_sum_reduced_loss_is_refused(nets, checkpoint):
     (nets / "losses.py").write_text("import torch.nn.functional as F\n\n"
-                                    "def summed(outputs, targets):\n    return F.cross_entropy(outputs, targets, reduction='sum')\n")
-    refused(invoke(*TRACE, "--checkpoint", checkpoint, "--loss", f"{nets / 'losses.py'}:summed", "--out", nets / "o"), 1,
-            "reduction='mean'")
+                                    "def summed(outputs, targets):\n"
+                                    "    return F.cross_entropy(outputs, targets, reduction='sum')\n")
+    refused(invoke(*TRACE, "--checkpoint", checkpoint, "--loss", f"{nets / 'losses.py'}:summed", "--out", nets / "o"),
+            1, "reduction='mean'")
 
 
 @pytest.mark.parametrize("key, value", [("momentum", -0.5), ("weight_decay", -1e-3), ("betas", (0.9, 1.5))])
@@ -395,7 +397,8 @@ def test_optimizer_state_out_of_range_is_refused(tmp_path, key, value):
     from hessian_probe.loading.builtin_models import mlp
 
     model = mlp()
-    optimizer = (torch.optim.Adam(model.parameters()) if key == "betas" else torch.optim.SGD(model.parameters(), lr=0.1))
+    optimizer = (torch.optim.Adam(model.parameters()) if key == "betas"
+                 else torch.optim.SGD(model.parameters(), lr=0.1))
     state = optimizer.state_dict()
     state["param_groups"][0][key] = value
     torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": state}, tmp_path / "c.pt")

@@ -44,8 +44,9 @@ def run(args: list[str], checkpoint: Path, out: Path, *extra: str) -> subprocess
 def interrupt(args: list[str], checkpoint: Path, out: Path, how: signal.Signals,
               pieces: int = 2) -> subprocess.CompletedProcess:
     """Start a run, wait until ``pieces`` pieces are saved, then send it ``how``; what it returned."""
-    process = subprocess.Popen(command(args, checkpoint, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if ours is ignored
+    process = subprocess.Popen(command(args, checkpoint, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               # even if ours is ignored
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while len(list((out / "partial").glob("*.pt"))) < pieces:
         assert process.poll() is None, f"the run ended before it could be interrupted: {process.stderr.read()}"

@@ -145,7 +145,8 @@ def test_recursions_follow_torch_optim_step_by_step(optimizer, options):
         h = (a @ a.T / 3).numpy()
         x = w.detach().numpy().copy()
         if z is None:  # torch's first step: the buffer starts at the first gradient (b = 0 before it)
-            z = np.concatenate([x, x_prev if optimizer == "momentum" else np.zeros(3)])[: 3 if optimizer == "sgd" else 6]
+            z = np.concatenate([x,
+                                x_prev if optimizer == "momentum" else np.zeros(3)])[: 3 if optimizer == "sgd" else 6]
         z = recursion(optimizer, lr, momentum, h)[0] @ z
         opt.zero_grad()
         (0.5 * w @ torch.from_numpy(h) @ w).backward()
@@ -154,7 +155,8 @@ def test_recursions_follow_torch_optim_step_by_step(optimizer, options):
 
 
 def test_settled_adam_is_heavy_ball_on_the_preconditioned_problem():
-    """torch Adam with v held fixed (beta2 -> 1, a step count that makes both bias corrections 1), m starting at 0, on w^T H w / 2:
+    """torch Adam with v held fixed (beta2 -> 1, a step count that makes both bias corrections 1), m starting
+    at 0, on w^T H w / 2:
     x' = x - lr (1 - beta1) D^-1 H x + beta1 (x - x_prev) with D = sqrt(v) + eps."""
     generator = torch.Generator().manual_seed(1)
     a = torch.randn(3, 3, generator=generator, dtype=F64)
@@ -163,7 +165,8 @@ def test_settled_adam_is_heavy_ball_on_the_preconditioned_problem():
     lr, beta1, eps = 0.05, 0.9, 1e-8
     w = torch.randn(3, generator=generator, dtype=F64, requires_grad=True)
     opt = torch.optim.Adam([w], lr=lr, betas=(beta1, 1 - 1e-15), eps=eps)
-    opt.state[w] = {"step": torch.tensor(1e18, dtype=F64), "exp_avg": torch.zeros(3, dtype=F64), "exp_avg_sq": v.clone()}
+    opt.state[w] = {"step": torch.tensor(1e18, dtype=F64), "exp_avg": torch.zeros(3, dtype=F64),
+                    "exp_avg_sq": v.clone()}
     d = (v.sqrt() + eps).numpy()
     x = x_prev = w.detach().numpy().copy()
     for _ in range(10):

@@ -121,7 +121,8 @@ def _unvalidated(problem, batches):
 
 def test_a_non_finite_product_names_its_batch_and_probe():
     op = curvature_operator(_problem_with_a_poisoned_example(60))
-    with pytest.raises(NonFiniteError, match=r"product is not finite on batch 2 \(25 examples\) for probe\(s\) \[0, 1, 2\] at Lanczos step 1"):
+    with pytest.raises(NonFiniteError, match=r"product is not finite on batch 2 \(25 examples\) for probe\(s\) "
+                                             r"\[0, 1, 2\] at Lanczos step 1"):
         slq(op, 5, 3)
     with pytest.raises(NonFiniteError, match=r"on batch 2 \(25 examples\) for vector\(s\) \[0\]"):
         op.matvec(torch.ones(op.size, dtype=torch.float64))

@@ -138,7 +138,8 @@ class BatchScanResult:
         for b in sorted({m.batch_size for m in self.measurements}):
             group = [m for m in self.measurements if m.batch_size == b]
             sharp = [m.adam_sharpness for m in group] if all(m.adam_sharpness is not None for m in group) else None
-            batch_sharp = [m.batch_sharpness for m in group] if all(m.batch_sharpness is not None for m in group) else None
+            batch_sharp = ([m.batch_sharpness for m in group]
+                           if all(m.batch_sharpness is not None for m in group) else None)
             rows.append(BatchSizeSummary(
                 batch_size=b, x=effective_noise(b, self.n_samples), n_batches=len(group),
                 lambda_max=[m.lambda_max for m in group], lambda_min=[m.lambda_min for m in group],

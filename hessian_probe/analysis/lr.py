@@ -373,7 +373,8 @@ def _rows(scan: BatchScanResult, hp: Hyperparameters, noise: SubspaceNoise | Non
             models[f"{opt}_mss"] = (mean_square_threshold(opt, noise.mean, noise.at(b), momentum=hp.momentum,
                                                           weight_decay=hp.weight_decay) if noise is not None else None)
             if opt == "sgd":
-                models["sgd_batch_sharpness"] = quadratic_threshold("sgd", _mean(sharp) + hp.weight_decay) if sharp else None
+                models["sgd_batch_sharpness"] = (quadratic_threshold("sgd", _mean(sharp) + hp.weight_decay)
+                                                 if sharp else None)
         rows.append(LearningRateRow(sizes=s, models=models,
                                     top_direction_std=float(noise.direction_std(b)[0]) if noise is not None else None))
     return rows
@@ -527,7 +528,8 @@ def calibrate(problem: Problem, result: LearningRateResult, batch_size: int, rec
     """``result`` with a Calibration: each optimizer's blow-up threshold measured at ``batch_size``
     (validate_learning_rates: the prediction's hyperparameters and Adam state), and measured / best
     model as its factor."""
-    validation = validate_learning_rates(problem, result, recipe, optimizers=result.optimizers, batch_sizes=[batch_size],
+    validation = validate_learning_rates(problem, result, recipe, optimizers=result.optimizers,
+                                         batch_sizes=[batch_size],
                                          criteria=("blowup",), saved_state=saved_state, moments=moments, seed=seed,
                                          progress=progress, pieces=pieces)
     measured = validation.thresholds  # one per optimizer, in result.optimizers' order

@@ -41,7 +41,8 @@ class SubspaceNoise:
     n_samples: int
 
     @classmethod
-    def from_batches(cls, mean: np.ndarray, projected: Sequence[tuple[int, np.ndarray]], n_samples: int) -> SubspaceNoise:
+    def from_batches(cls, mean: np.ndarray, projected: Sequence[tuple[int, np.ndarray]],
+                     n_samples: int) -> SubspaceNoise:
         """Sigma = mean over batches of D_j (x) D_j / x(B_j) from (B_j, H_Bj,k) pairs (batches with B_j < N):
         unbiased for every mix of batch sizes."""
         mean = 0.5 * (np.asarray(mean, dtype=float) + np.asarray(mean, dtype=float).T)

@@ -37,7 +37,8 @@ import numpy as np
 OPTIMIZERS = ("sgd", "momentum", "nesterov")
 
 
-def recursion(optimizer: str, lr: float, momentum: float, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def recursion(optimizer: str, lr: float, momentum: float,
+              mean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(A, U, V) of the linearised step z' = (A + U D V^T) z on a k-dim subspace with mean Hessian ``mean``."""
     k = mean.shape[0]
     eye, zero = np.eye(k), np.zeros((k, k))
@@ -52,7 +53,8 @@ def recursion(optimizer: str, lr: float, momentum: float, mean: np.ndarray) -> t
     raise ValueError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
 
 
-def second_moment_map(optimizer: str, lr: float, momentum: float, mean: np.ndarray, covariance: np.ndarray) -> np.ndarray:
+def second_moment_map(optimizer: str, lr: float, momentum: float, mean: np.ndarray,
+                      covariance: np.ndarray) -> np.ndarray:
     """T = A (x) A + (U (x) U) C (V (x) V)^T, acting on row-major vec(Z); C = E[D (x) D] (k^2 x k^2)."""
     a, u, v = recursion(optimizer, lr, momentum, mean)
     return np.kron(a, a) + np.kron(u, u) @ covariance @ np.kron(v, v).T
@@ -123,7 +125,8 @@ def mean_square_threshold(optimizer: str, mean: np.ndarray, covariance: np.ndarr
     return lo
 
 
-def adam_mean_square_threshold(mean: np.ndarray, covariance: np.ndarray, beta1: float, rtol: float = 1e-3) -> float | None:
+def adam_mean_square_threshold(mean: np.ndarray, covariance: np.ndarray, beta1: float,
+                               rtol: float = 1e-3) -> float | None:
     """Adam with a settled second moment: heavy ball with rho = beta1 and step lr (1 - beta1) on the
     preconditioned batch operators D^-1/2 H_B D^-1/2 (``mean``, ``covariance`` in their subspace)."""
     step = mean_square_threshold("momentum", mean, covariance, momentum=beta1, rtol=rtol)

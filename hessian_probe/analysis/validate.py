@@ -288,7 +288,8 @@ class ValidationResult:
 
 
 def adam_starting_states(problem: Problem, source: str | None, saved: SavedAdamState | None,
-                         moments: GradientMoments | None = None) -> Callable[[int], tuple[Tensor, Tensor, float]] | None:
+                         moments: GradientMoments | None = None,
+                         ) -> Callable[[int], tuple[Tensor, Tensor, float]] | None:
     """The Adam state a run at B starts from, for the source the prediction used."""
     if source is None:
         return None

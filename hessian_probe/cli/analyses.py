@@ -8,7 +8,7 @@ import click
 
 from ..errors import UsageError
 from ..runtime import torchrun as distributed
-from .options import BASIS_OPTION, FiniteRange
+from .options import BASIS_OPTION, eigenvalue_options, with_options
 from .running import analysis_command
 
 
@@ -27,13 +27,10 @@ def _operator_header(op: Any) -> dict[str, Any]:
 
 @analysis_command("spectrum")
 @click.option("--steps", type=click.IntRange(min=2), default=80, show_default=True, help="Lanczos steps per SLQ probe.")
-@click.option("--probes", type=click.IntRange(min=1), default=8, show_default=True, help="SLQ probes (run in lockstep).")
-@click.option("--top-k", type=click.IntRange(min=0), default=5, show_default=True, help="Largest eigenvalues to report.")
-@click.option("--bottom-k", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Smallest (most negative) eigenvalues to report.")
-@click.option("--tol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-6, show_default=True,
-              help="Relative Ritz residual for extremal eigenvalues.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Lanczos step budget for eigenvalues.")
+@click.option("--probes", type=click.IntRange(min=1), default=8, show_default=True,
+              help="SLQ probes (run in lockstep).")
+@with_options(eigenvalue_options(bottom_k=3, tol_help="Relative Ritz residual for extremal eigenvalues.",
+                                 max_steps_help="Lanczos step budget for eigenvalues."))
 @click.option("--trace-products", type=click.IntRange(min=3), default=99, show_default=True,
               help="Operator products for the trace estimate.")
 @click.option("--trace-method", type=click.Choice(["hutchpp", "hutchinson"]), default="hutchpp", show_default=True,
@@ -67,13 +64,8 @@ def spectrum(op, *, seed, progress, out_dir, loaded, journal, steps, probes, top
 
 
 @analysis_command("eigs")
-@click.option("--top-k", type=click.IntRange(min=0), default=5, show_default=True, help="Largest eigenvalues to report.")
-@click.option("--bottom-k", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Smallest (most negative) eigenvalues to report.")
-@click.option("--tol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-6, show_default=True,
-              help="Relative Ritz residual |A v - theta v| <= tol |theta|.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None,
-              help="Lanczos steps (or power iterations per eigenvalue) before giving up.")
+@with_options(eigenvalue_options(bottom_k=0, tol_help="Relative Ritz residual |A v - theta v| <= tol |theta|.",
+                                 max_steps_help="Lanczos steps (or power iterations per eigenvalue) before giving up."))
 @click.option("--method", type=click.Choice(["lanczos", "power"]), default="lanczos", show_default=True)
 @click.option("--eigenvectors", "save_vectors", is_flag=True,
               help="Also save the eigenvectors (rows, per-parameter layout in the file) to eigenvectors.pt.")
@@ -92,7 +84,8 @@ def eigs(op, *, seed, progress, out_dir, loaded, journal, top_k, bottom_k, tol, 
 
     _check_counts(op, top_k, bottom_k)
     limit = {"max_steps": max_steps, "basis": basis} if method == "lanczos" else {"max_iter": max_steps or 1000}
-    progress.stage("eigenvalues", default_max_steps(op.size, top_k + bottom_k, max_steps) if method == "lanczos" else None)
+    steps = default_max_steps(op.size, top_k + bottom_k, max_steps) if method == "lanczos" else None
+    progress.stage("eigenvalues", steps)
     result = journal.shared("eigs", lambda: extremal_eigs(op, top_k, bottom_k, tol=tol, method=method, seed=seed,
                                                           return_eigenvectors=save_vectors, **limit))
     record = {**_operator_header(op), "top_eigenvalues": result.top_eigenvalues,

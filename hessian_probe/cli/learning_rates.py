@@ -147,8 +147,9 @@ def lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, smallest_ba
     return _learning_rates(op, loaded, seed, progress, journal, batch_sizes=_batch_sizes(batch_sizes),
                            smallest_batch=smallest_batch, n_batches=n_batches, tol=tol, density_steps=density_steps,
                            safety=safety, subspace=subspace, adam_state=adam_state, adam_horizon=adam_horizon,
-                           calibrate_at=calibrate_at, recipe=recipe, given=dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                                                     beta1=beta1, beta2=beta2, eps=eps)), []
+                           calibrate_at=calibrate_at, recipe=recipe,
+                           given=dict(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                                      beta1=beta1, beta2=beta2, eps=eps)), []
 
 
 def _write_validation(record: dict[str, Any], out_dir: Path, result: Any) -> list[str]:
@@ -182,8 +183,8 @@ VALIDATION_COLUMNS = ["optimizer", "batch_size", "predicted_lr", "measured_lr", 
 @with_options(training_options())
 @with_options(scan_options(" Used when --out holds no lr outputs and the scan runs here."))
 @DENSITY_STEPS_OPTION
-def validate_lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, optimizers, criteria, steps, seeds, blowup,
-                precision, smallest_batch, n_batches, tol, density_steps):
+def validate_lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, optimizers, criteria, steps, seeds,
+                blowup, precision, smallest_batch, n_batches, tol, density_steps):
     """Measure the divergence threshold by short training runs and compare it with `lr`'s predictions.
 
     Reads lr.json and lr_state.pt from --out (run `hessian-probe lr` with the same --out first; if
@@ -208,7 +209,8 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, op
         raise UsageError(f"--batch-sizes: {sizes[-1]} is larger than the sample ({n} examples)")
     lr_result = distributed.on_main(lambda: _matching_lr_result(out_dir, op, loaded))
     if lr_result is None:
-        lr_result = _learning_rates(op, loaded, seed, progress, journal, batch_sizes=None, smallest_batch=smallest_batch,
+        lr_result = _learning_rates(op, loaded, seed, progress, journal, batch_sizes=None,
+                                    smallest_batch=smallest_batch,
                                     n_batches=n_batches, tol=tol, density_steps=density_steps)
     if not sizes and not lr_result.default_validation_sizes():
         raise UsageError(f"no batch size below the sample ({n} examples) to train at: pass --batch-sizes")
@@ -236,7 +238,8 @@ class ValidationReport:
                             "definition": validation.definition,
                             "settings": dict(batch_sizes=validation.batch_sizes, optimizers=validation.optimizers,
                                              criteria=validation.criteria, seed=validation.seed,
-                                             adam_state=validation.adam_source, **dataclasses.asdict(validation.recipe)),
+                                             adam_state=validation.adam_source,
+                                             **dataclasses.asdict(validation.recipe)),
                             "lr": self.learning_rates.to_dict(), "warnings": validation.warnings})
 
 

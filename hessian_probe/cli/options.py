@@ -35,7 +35,8 @@ def problem_options(command: Callable, one_batch: bool = True) -> Callable:
         click.option("--trust-checkpoint", is_flag=True,
                      help="Allow a fully pickled model (runs code from the file: only for files you trust)."),
         click.option("--data", required=True, metavar="SPEC",
-                     help="digits | digits:image | tensors:PATH (.pt/.npz) | torchvision:NAME:ROOT | package.module:factory."),
+                     help="digits | digits:image | tensors:PATH (.pt/.npz) | torchvision:NAME:ROOT | "
+                          "package.module:factory."),
         click.option("--samples", type=click.IntRange(min=1), default=None,
                      help="Use a seeded random subset of this many examples."),
         BATCH_SIZE_OPTION,
@@ -49,7 +50,8 @@ def problem_options(command: Callable, one_batch: bool = True) -> Callable:
                           "(the GGN for cross_entropy, mse, bce_with_logits) or empirical Fisher (the examples' "
                           "gradients' uncentred covariance at the data's labels)."),
         click.option("--params", default=None, metavar="PATTERN",
-                     help="Only these parameters (comma-separated globs or module prefixes, e.g. 'fc2' or '*.weight')."),
+                     help="Only these parameters (comma-separated globs or module prefixes, e.g. 'fc2' or "
+                          "'*.weight')."),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:i."),
         click.option("--dtype", type=click.Choice(["auto", "float32", "float64"]), default="auto", show_default=True,
                      help="Precision of the products (auto: float64 on CPU, float32 on GPU)."),
@@ -63,7 +65,8 @@ def problem_options(command: Callable, one_batch: bool = True) -> Callable:
                      help="Output folder [default: hessian-probe-<command>]."),
         click.option("--resume", is_flag=True,
                      help="Continue an interrupted run in --out: finished pieces (SLQ probe blocks, batches, "
-                          "thresholds) are read back, not recomputed; the numbers are those of an uninterrupted run. An "
+                          "thresholds) are read back, not recomputed; the numbers are those of an uninterrupted "
+                          "run. An "
                           "empty or missing --out starts afresh."),
         click.option("--overwrite", is_flag=True,
                      help="Write into a non-empty --out: this run's files replace their namesakes that hessian-probe "
@@ -79,6 +82,19 @@ def problem_options(command: Callable, one_batch: bool = True) -> Callable:
     if not one_batch:
         options.remove(BATCH_SIZE_OPTION)
     return with_options(options)(command)
+
+
+def eigenvalue_options(*, bottom_k: int, tol_help: str, max_steps_help: str) -> list[Callable]:
+    """--top-k, --bottom-k, --tol, --max-steps: which extremal eigenvalues, and to what accuracy."""
+    return [
+        click.option("--top-k", type=click.IntRange(min=0), default=5, show_default=True,
+                     help="Largest eigenvalues to report."),
+        click.option("--bottom-k", type=click.IntRange(min=0), default=bottom_k, show_default=True,
+                     help="Smallest (most negative) eigenvalues to report."),
+        click.option("--tol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-6,
+                     show_default=True, help=tol_help),
+        click.option("--max-steps", type=click.IntRange(min=1), default=None, help=max_steps_help),
+    ]
 
 
 def with_options(options: list[Callable]) -> Callable:
@@ -151,7 +167,8 @@ def scan_options(note: str = "") -> list[Callable]:
                      help="Smallest scanned batch size (at least 4 sizes below N are needed for the fit)." + note),
         click.option("--batches", "n_batches", type=click.IntRange(min=2), default=5, show_default=True,
                      help="Random batches per batch size." + note),
-        click.option("--tol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-6, show_default=True,
+        click.option("--tol", type=FiniteRange(min=0, max=1, min_open=True, max_open=True), default=1e-6,
+                     show_default=True,
                      help="Relative Ritz residual for each batch's extremal eigenvalues." + note),
     ]
 

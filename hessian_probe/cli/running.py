@@ -145,7 +145,8 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
         "command": run.name, **inputs, **to_jsonable(run.settings), **digests,
         "device_used": str(op.device.type), "dtype_used": str(op.dtype), "processes": distributed.world_size(),
         "version": __version__, "torch": torch.__version__, "code_sha256": imported_code_digest(),
-        **{f"{name}_sha256": file_digest(out_dir / name) for name in sorted(run.may_hold) if (out_dir / name).is_file()}})
+        **{f"{name}_sha256": file_digest(out_dir / name) for name in sorted(run.may_hold)
+           if (out_dir / name).is_file()}})
     loaded_at = time.perf_counter()
     with ProductProgress(quiet=run.quiet or not distributed.is_main(), label=f"{run.operator} ").attach(op) as progress:
         result, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir, loaded=loaded,
@@ -176,7 +177,8 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
         if journal.rejected:
             resumed += f" ({journal.rejected} damaged or foreign piece(s) in partial/ computed again)"
         click.echo(json.dumps(record, allow_nan=False) if run.as_json else
-                   f"{summary(record)}\n  wrote {', '.join(written)} to {out_dir}/ in {timings['total_s']:.1f} s{resumed}")
+                   f"{summary(record)}\n  wrote {', '.join(written)} to {out_dir}/ in "
+                   f"{timings['total_s']:.1f} s{resumed}")
     return record
 
 

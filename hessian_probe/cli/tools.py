@@ -113,10 +113,12 @@ def demo(ctx: click.Context, out_dir: Path, seed: int, as_json: bool, quiet: boo
         click.echo(f"trained a 64-32-10 tanh MLP on the 1,797 bundled digits; saved {checkpoint}")
     ctx.find_root().obj["echo"] = not as_json
     records = [ctx.invoke(spectrum, checkpoint=checkpoint, model="mlp", data="digits", operator=kind,
-                          out_dir=out_dir / kind, seed=seed, quiet=quiet, overwrite=True) for kind in ("hessian", "ggn")]
+                          out_dir=out_dir / kind, seed=seed, quiet=quiet, overwrite=True)
+               for kind in ("hessian", "ggn")]
     ctx.find_root().obj["echo"] = True
     plot_densities(records, [out_dir / "density.png", out_dir / "density.pdf"],
-                   title=f"digits MLP: Hessian and GGN, P = {records[0]['n_params']:,}, N = {records[0]['n_samples']:,}")
+                   title=f"digits MLP: Hessian and GGN, P = {records[0]['n_params']:,}, "
+                         f"N = {records[0]['n_samples']:,}")
     Manifest(out_dir).add(demo_files)
     if as_json:
         click.echo(json.dumps(to_jsonable(records), allow_nan=False))

@@ -313,7 +313,8 @@ def power_eigs(
 METHODS = {"lanczos": lanczos_eigs, "power": power_eigs}
 
 
-def extremal_eigs(op: CurvatureOperator, top_k: int = 1, bottom_k: int = 0, *, method: str = "lanczos", **kwargs) -> EigenResult:
+def extremal_eigs(op: CurvatureOperator, top_k: int = 1, bottom_k: int = 0, *, method: str = "lanczos",
+                  **kwargs) -> EigenResult:
     """Extremal eigenpairs by 'lanczos' (default, much faster) or 'power' iteration."""
     if method not in METHODS:
         raise ValueError(f"unknown eigen method {method!r}: use one of {sorted(METHODS)}")

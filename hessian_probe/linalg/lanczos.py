@@ -75,7 +75,8 @@ def project(Q: Tensor, w: Tensor, rows_per_slice: int = 16) -> Tensor:
         if Q.device == w.device:
             out[i] = Q[:, i].T @ (Q[:, i] @ w[i])
             continue
-        slices = (Q[a : a + rows_per_slice, i].to(w.device, non_blocking=True) for a in range(0, len(Q), rows_per_slice))
+        slices = (Q[a : a + rows_per_slice, i].to(w.device, non_blocking=True)
+                  for a in range(0, len(Q), rows_per_slice))
         out[i] = sum(q.T @ (q @ w[i]) for q in slices)  # sum over slices of Q_s Q_s^T w: one pass
     return out
 
@@ -151,7 +152,8 @@ class LanczosProcess:
         alpha = (w * q).sum(dim=1)
         w -= alpha[:, None] * q
         if self.basis is not None:
-            Q = self.basis[: j + 1] if every else self.basis[: j + 1, index.cpu() if self.basis.device != w.device else index]
+            on_host = self.basis.device != w.device
+            Q = self.basis[: j + 1] if every else self.basis[: j + 1, index.cpu() if on_host else index]
             for _ in range(2):
                 w -= project(Q, w)
         beta = w.norm(dim=1)
@@ -161,7 +163,8 @@ class LanczosProcess:
         if self.op.collective:  # every rank takes rank 0's coefficients: the same stops, restarts, steps
             alpha64, beta64 = self.op.group.broadcast_from_main((alpha64, beta64))
         if not (np.isfinite(alpha64).all() and np.isfinite(beta64).all()):
-            bad = [int(rows[i]) + self.first_probe for i in np.flatnonzero(~(np.isfinite(alpha64) & np.isfinite(beta64)))]
+            failed = np.flatnonzero(~(np.isfinite(alpha64) & np.isfinite(beta64)))
+            bad = [int(rows[i]) + self.first_probe for i in failed]
             raise NonFiniteError("a Lanczos coefficient", "(overflow)", bad, row_name="probe", step=j + 1)
         self.scale[rows] = np.maximum(self.scale[rows], np.maximum(np.abs(alpha64), beta64))
         stopped = beta64 <= self.breakdown_tol * self.scale[rows]
@@ -247,7 +250,8 @@ class LanczosProcess:
         """Bytes held by the Lanczos basis and where (None without reorthogonalisation)."""
         if self.basis is None:
             return None
-        where = str(self.basis.device) + (" (pinned host memory)" if self.basis.device.type == "cpu" and self.op.device.type != "cpu" else "")
+        pinned = self.basis.device.type == "cpu" and self.op.device.type != "cpu"
+        where = str(self.basis.device) + (" (pinned host memory)" if pinned else "")
         return {"bytes": self.basis.numel() * self.basis.element_size(), "device": where}
 
     def tridiagonal(self, probe: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:

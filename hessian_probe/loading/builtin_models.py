@@ -7,7 +7,8 @@ from torch import nn
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 
 
-def mlp(in_features: int = 64, hidden: int | tuple[int, ...] = 32, out_features: int = 10, activation: str = "tanh") -> nn.Sequential:
+def mlp(in_features: int = 64, hidden: int | tuple[int, ...] = 32, out_features: int = 10,
+        activation: str = "tanh") -> nn.Sequential:
     """Fully connected network: Linear -> activation -> ... -> Linear."""
     _check_activation(activation)
     widths = [in_features, *((hidden,) if isinstance(hidden, int) else hidden)]

@@ -113,7 +113,8 @@ def _torch_load(path: Path, trust: bool) -> Any:
                          + (f" ({detail.group(1).strip()})" if detail else "")) from None
     except (ModuleNotFoundError, AttributeError) as exc:
         if not trust:
-            raise InputError(f"cannot read checkpoint {path}: not a PyTorch file, or corrupt ({first_line(exc)})") from None
+            raise InputError(f"cannot read checkpoint {path}: not a PyTorch file, or corrupt "
+                             f"({first_line(exc)})") from None
         raise InputError(f"checkpoint {path} pickles a model whose code cannot be found ({first_line(exc)}): run from "
                          "the folder holding its module, or install it") from None
     except Exception as exc:  # torch.load fails in many ways on foreign or damaged bytes

@@ -140,7 +140,8 @@ def _call_factory(spec: str) -> Any:
 
 def _stack_dataset(dataset: Any, spec: str, samples: int | None, seed: int) -> tuple[Tensor, Tensor]:
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-        raise InputError(f"data {spec!r} gave a {type(dataset).__name__}: need a map-style Dataset or (inputs, targets)")
+        raise InputError(f"data {spec!r} gave a {type(dataset).__name__}: need a map-style Dataset or "
+                         "(inputs, targets)")
     if len(dataset) == 0:
         raise InputError(f"the dataset {spec!r} is empty")
     chosen = range(len(dataset)) if samples is None else _subset(len(dataset), samples, seed).tolist()
@@ -154,5 +155,6 @@ def _stack_dataset(dataset: Any, spec: str, samples: int | None, seed: int) -> t
         inputs = torch.stack([torch.as_tensor(x) for x, _ in items])
         targets = torch.stack([torch.as_tensor(y) for _, y in items])
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(f"the examples of {spec!r} are not (input, target) pairs of equal shapes: {first_line(exc)}") from None
+        raise InputError(f"the examples of {spec!r} are not (input, target) pairs of equal shapes: "
+                         f"{first_line(exc)}") from None
     return inputs, targets

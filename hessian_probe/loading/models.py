@@ -74,4 +74,5 @@ def _torchvision_model(name: str, args: dict[str, Any]) -> nn.Module:
         ) from None
     if name not in torchvision.models.list_models():
         raise InputError(f"unknown model {name!r}: not a built-in ({builtins}) nor a torchvision model name")
-    return _call(lambda **kw: torchvision.models.get_model(name, weights=None, **kw), args, f"torchvision model {name!r}")
+    return _call(lambda **kw: torchvision.models.get_model(name, weights=None, **kw), args,
+                 f"torchvision model {name!r}")

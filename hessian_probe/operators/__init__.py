@@ -27,7 +27,8 @@ def curvature_operator(
     choose how its products run (see :class:`ProductSettings`), never what they compute."""
     if kind not in OPERATORS:
         raise ValueError(f"unknown operator {kind!r}: use one of {sorted(OPERATORS)}")
-    return OPERATORS[kind](problem, ProductSettings(compile=compile, tf32=tf32, max_rows=max_rows, hessian_mode=hessian_mode))
+    settings = ProductSettings(compile=compile, tf32=tf32, max_rows=max_rows, hessian_mode=hessian_mode)
+    return OPERATORS[kind](problem, settings)
 
 
 __all__ = [

@@ -32,8 +32,8 @@ class FisherOperator(GGNOperator):
 
     def __init__(self, problem: Problem, settings: ProductSettings | None = None) -> None:
         if not problem.loss.has_fisher:
-            raise UsageError(f"the Fisher needs the predictive distribution the loss is the negative log-likelihood of, "
-                             f"and the loss {problem.loss.name!r} does not say it: use the empirical Fisher (the "
+            raise UsageError("the Fisher needs the predictive distribution the loss is the negative log-likelihood "
+                             f"of, and the loss {problem.loss.name!r} does not say it: use the empirical Fisher (the "
                              "gradients' covariance at the data's labels) or the GGN")
         super().__init__(problem, settings)
 

@@ -70,7 +70,8 @@ class Journal:
                     run_id = before.pop("run_id")
                 except (ValueError, OSError, KeyError, AttributeError, TypeError):
                     raise UsageError(f"--resume: {saved} is damaged or from an older version, so the saved pieces "
-                                     "cannot be trusted to belong to this run; pass --overwrite to start afresh") from None
+                                     "cannot be trusted to belong to this run; pass --overwrite to start "
+                                     "afresh") from None
                 _check_same_run(before, fingerprint, out_dir)
                 return str(run_id)
             remove_own_pieces(folder)
@@ -107,7 +108,8 @@ class Journal:
         torch.save(to_state(value), buffer)
         payload = buffer.getvalue()
         piece = {"format": PIECE_FORMAT, "run_id": self.run_id, "key": key,
-                 "sha256": hashlib.sha256(payload).hexdigest(), "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+                 "sha256": hashlib.sha256(payload).hexdigest(),
+                 "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
         write_atomically(path, lambda temporary: torch.save(piece, temporary))  # the piece is whole or absent
         self.saved += 1
 
