@@ -11,14 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from .files import save_figure  # noqa: E402
-from .linalg import pool_probes, smoothed_density  # noqa: E402
+from .files import save_figure
+from .linalg import pool_probes, smoothed_density
 
 COLOURS = {"hessian": "tab:blue", "ggn": "tab:orange", "fisher": "tab:green", "empirical-fisher": "tab:red"}
 CYCLE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
@@ -56,9 +54,11 @@ def plot_densities(
     bulk = np.linspace(max(b_lo - 0.1 * b_width, 0.0) if psd else b_lo - 0.1 * b_width, b_hi + 0.1 * b_width, 2000)
     same_kind = len({r["operator"] for r in results}) < len(results)
     if show_bulk:
-        fig, (linear, log) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+        fig = Figure(figsize=(12, 4.5), layout="constrained")  # no pyplot: the user's backend stays theirs
+        linear, log = fig.subplots(1, 2)
     else:
-        fig, log = plt.subplots(1, 1, figsize=(7, 4.5), constrained_layout=True)
+        fig = Figure(figsize=(7, 4.5), layout="constrained")
+        log = fig.subplots(1, 1)
         linear = None
     for i, (r, measure, label) in enumerate(zip(results, measures, labels)):
         colour = CYCLE[i % len(CYCLE)] if same_kind else COLOURS.get(r["operator"], CYCLE[i % len(CYCLE)])
@@ -93,7 +93,6 @@ def plot_densities(
         fig.suptitle(title)
     for path in paths:
         save_figure(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def _common_grid(measures: Sequence[tuple[np.ndarray, np.ndarray]], points: int) -> tuple[np.ndarray, float]:
@@ -125,7 +124,8 @@ def plot_learning_rates(record: Mapping[str, Any], path: Path) -> None:
     n = record["n_samples"]
     b = np.array([r["batch_size"] for r in rows], dtype=float)
     fit = record["fit"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.5), constrained_layout=True)
+    fig = Figure(figsize=(13, 6.5), layout="constrained")
+    left, right = fig.subplots(1, 2)
 
     def series(key: str) -> np.ndarray:
         return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
@@ -181,7 +181,6 @@ def plot_learning_rates(record: Mapping[str, Any], path: Path) -> None:
                     (f" (critical B ≈ {critical:.0f})" if critical else ""))
     right.legend(fontsize=8)
     save_figure(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def plot_batch_spectra(record: Mapping[str, Any], path: Path) -> None:
@@ -189,8 +188,9 @@ def plot_batch_spectra(record: Mapping[str, Any], path: Path) -> None:
     curves = sorted(record["densities"], key=lambda d: d["batch_size"])
     measures = [pool_probes(d["slq"]["nodes"], d["slq"]["weights"]) for d in curves]
     grid, width = _common_grid(measures, 3000)
-    fig, axis = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(curves)))
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    axis = fig.subplots()
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(curves)))
     for d, measure, colour in zip(curves, measures, colours):
         full = d["batch_size"] == record["n_samples"]
         density = smoothed_density(*measure, grid=grid, variance=(0.005 * width) ** 2)
@@ -201,4 +201,3 @@ def plot_batch_spectra(record: Mapping[str, Any], path: Path) -> None:
              title=f"{record['operator']} spectrum of one batch per batch size")
     axis.legend(fontsize=8)
     save_figure(fig, path, dpi=120)
-    plt.close(fig)

@@ -447,7 +447,6 @@ def _figure_of(records, monkeypatch, tmp_path):
 
     figures = []
     monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kw: figures.append(fig))
-    monkeypatch.setattr(plots.plt, "close", lambda fig: None)
     plots.plot_densities(records, [tmp_path / "d.png"])
     return figures[0]
 

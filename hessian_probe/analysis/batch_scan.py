@@ -193,7 +193,7 @@ def measure_batch(problem: Problem, kind: str, *, batch_size: int, index: int, t
                   density_probes: int = 4, settings: ProductSettings | None = None) -> BatchMeasurement:
     """Every statistic of one batch's operator (see the module docstring). ``adam_references``:
     reference size -> (D, Q) with Q the top eigenvectors (rows) of the full sample's D^-1/2 H D^-1/2."""
-    op = curvature_operator(problem, kind, **dataclasses.asdict(settings or ProductSettings()))
+    op = curvature_operator(problem, kind, settings=settings)
     eigs = extremal_eigs(op, 1, 1, tol=tol, seed=seed)
     products = {"eigenvalues": eigs.n_products}
     gradient = problem.gradient()
@@ -232,7 +232,7 @@ def measure_full(problem: Problem, kind: str, *, subspace: int, tol: float, seed
                  settings: ProductSettings | None = None) -> BatchMeasurement:
     """The full-sample operator: top-``subspace`` eigenpairs (the reference directions) and the
     bottom eigenvalue, its batch sharpness g^T H g / |g|^2 and (``project``) its projection Q H Q^T."""
-    op = curvature_operator(problem, kind, **dataclasses.asdict(settings or ProductSettings()))
+    op = curvature_operator(problem, kind, settings=settings)
     subspace = min(subspace, op.size)
     eigs = extremal_eigs(op, subspace, 1 if subspace < op.size else 0, tol=tol, seed=seed, return_eigenvectors=True)
     gradient = problem.gradient()
@@ -247,7 +247,7 @@ def measure_full(problem: Problem, kind: str, *, subspace: int, tol: float, seed
 def measure_adam_subspace(problem: Problem, kind: str, preconditioner: Tensor, *, batch_size: int, subspace: int,
                           tol: float, seed: int, settings: ProductSettings | None = None) -> AdamSubspace:
     """Top-k eigenpairs of the full sample's D^-1/2 H D^-1/2 at B, and its projection on them."""
-    op = PreconditionedOperator(curvature_operator(problem, kind, **dataclasses.asdict(settings or ProductSettings())),
+    op = PreconditionedOperator(curvature_operator(problem, kind, settings=settings),
                                 preconditioner)
     eigs = extremal_eigs(op, subspace, 0, tol=tol, seed=seed + 3, return_eigenvectors=True)
     return AdamSubspace(batch_size=batch_size, eigs=eigs, projected=_projection(op, eigs.top_eigenvectors))
@@ -326,7 +326,7 @@ def batch_scan(
                                                                      lambda: measure(task)))
     if density_steps:  # the full sample's density too, for spectra_by_batch.png
         full = dataclasses.replace(full, density=pieces.shared("full-density", lambda: slq(
-            curvature_operator(problem, kind, **dataclasses.asdict(settings or ProductSettings())), density_steps,
+            curvature_operator(problem, kind, settings=settings), density_steps,
             density_probes, seed=seed + 2)))
     record = dict(batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed, subspace=subspace,
                   subspace_tol=subspace_tol, density_steps=density_steps, density_probes=density_probes,

@@ -9,10 +9,8 @@ because unpickling it can run arbitrary code.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, first_line
+from ..imports import current_folder_importable
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optim", "optimizer_states")
@@ -96,10 +95,9 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
 
 
 def _torch_load(path: Path, trust: bool) -> Any:
-    if trust and os.getcwd() not in sys.path:  # a pickled model's class may live in the user's folder
-        sys.path.insert(0, os.getcwd())
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        with current_folder_importable():  # a pickled model's class may live in the user's folder
+            return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         found = refused_global(exc) or (None if trust else _unsafe_globals(path))
         if found and not trust:

@@ -21,13 +21,15 @@ def curvature_operator(
     tf32: bool = False,
     max_rows: int | None = None,
     hessian_mode: str = "reverse",
+    settings: ProductSettings | None = None,
 ) -> SampleOperator:
     """The named curvature operator ('hessian', 'ggn', 'fisher', 'empirical-fisher') of a problem's
-    mean loss; the keywords
-    choose how its products run (see :class:`ProductSettings`), never what they compute."""
+    mean loss; the keywords, or ``settings`` whole (which then replaces them), choose how its
+    products run (see :class:`ProductSettings`), never what they compute."""
     if kind not in OPERATORS:
         raise ValueError(f"unknown operator {kind!r}: use one of {sorted(OPERATORS)}")
-    settings = ProductSettings(compile=compile, tf32=tf32, max_rows=max_rows, hessian_mode=hessian_mode)
+    if settings is None:
+        settings = ProductSettings(compile=compile, tf32=tf32, max_rows=max_rows, hessian_mode=hessian_mode)
     return OPERATORS[kind](problem, settings)
 
 
