@@ -4,7 +4,8 @@ The loss of a problem is the mean training loss over all its examples, exactly a
 ``reduction='mean'`` minimises it: batches b of unequal size are weighted by |b| / N.
 Under torchrun a problem may hold one rank's shard of the sample (``shard``): N is then the
 size of the whole sample, and sums over batches are completed by an all-reduce over the problem's
-``group`` (protocols.Group; torchrun's is runtime.torchrun.GROUP).
+``group`` (protocols.Group; torchrun's is runtime.torchrun.GROUP). How the examples are chunked
+and shared out is batches.py; where they live (device or pinned host memory) is placement.py.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .batches import Batch, joined, shard_batches, split_batches
 from .dtypes import SUPPORTED_DTYPES
 from .errors import NonFiniteError, first_line
 from .losses import Loss, get_loss
 from .parameters import ParameterSpace, select_names
+from .placement import placed, prepare_batches
 from .protocols import SOLO, Group
-from .runtime.torchrun import GROUP, Shard, shard_bounds
-
-Batch = tuple[Tensor, Tensor]
+from .runtime.torchrun import GROUP, Shard
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class Problem:
     def examples(self) -> tuple[Tensor, Tensor]:
         """All inputs and all targets, the batches concatenated in order (a sharded problem
         gathers the shards from every rank, a collective call, and returns them in host memory)."""
-        inputs, targets = _joined(self.batches)
+        inputs, targets = joined(self.batches)
         if self.shard is None:
             return inputs, targets
         self._check_group()
@@ -138,7 +139,7 @@ class Problem:
     def with_batches(self, batches: Sequence[Batch]) -> Problem:
         """The same model and loss on other examples (e.g. one random batch of a scan), held
         whole by this process (never sharded)."""
-        problem = replace(self, batches=_prepare_batches(batches, self.device, self.dtype), shard=None, group=SOLO)
+        problem = replace(self, batches=prepare_batches(batches, self.device, self.dtype), shard=None, group=SOLO)
         _validate_data(problem)
         return problem
 
@@ -156,7 +157,7 @@ class Problem:
         if self.shard is not None:
             raise ValueError("the problem is sharded already")
         batches, shard = shard_batches(self.batches, rank, world_size)
-        return replace(self, batches=_prepare_batches(batches, self.device, self.dtype), shard=shard,
+        return replace(self, batches=prepare_batches(batches, self.device, self.dtype), shard=shard,
                        group=GROUP if shard is not None else SOLO)
 
     def cast(self, dtype: torch.dtype) -> Problem:
@@ -191,39 +192,6 @@ class Problem:
         )
 
 
-def shard_batches(batches: Sequence[Batch], rank: int, world_size: int) -> tuple[list[Batch], Shard | None]:
-    """Rank's contiguous share of the examples of ``batches``, in chunks as large as the largest
-    batch, and the Shard describing it (None for one process: the batches unchanged)."""
-    if world_size == 1:
-        return list(batches), None
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-    batches = [(x, y) for x, y in batches if len(x)]
-    n = sum(len(x) for x, _ in batches)
-    start, stop = shard_bounds(n, rank, world_size)
-    if len({tuple(x.shape[1:]) for x, _ in batches}) > 1 or len({tuple(y.shape[1:]) for _, y in batches}) > 1:
-        raise ValueError("sharding over processes needs batches of one example shape; pass (inputs, targets)")
-    inputs, targets = _joined(batches)
-    chunk = max(len(x) for x, _ in batches)
-    return split_batches(inputs[start:stop], targets[start:stop], chunk), Shard(rank, world_size, n)
-
-
-def _joined(batches: Sequence[Batch]) -> tuple[Tensor, Tensor]:
-    """All inputs and all targets of ``batches``, concatenated in order."""
-    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
-
-
-def split_batches(inputs: Tensor, targets: Tensor, chunk_size: int | None) -> list[Batch]:
-    """Consecutive chunks of ``chunk_size`` examples (the last may be smaller)."""
-    if len(inputs) != len(targets):
-        raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
-    if chunk_size is None or chunk_size >= len(inputs):
-        return [(inputs, targets)]
-    if chunk_size < 1:
-        raise ValueError(f"chunk size must be positive, got {chunk_size}")
-    return list(zip(inputs.split(chunk_size), targets.split(chunk_size)))
-
-
 @contextmanager
 def evaluation_mode(module: nn.Module) -> Iterator[None]:
     """Run with every submodule in eval mode (dropout off, BN running stats), then restore the modes."""
@@ -235,31 +203,6 @@ def evaluation_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
-
-
-def _cast(t: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Floating tensors to ``dtype``; integer labels and tokens to int64 (as torch expects); detached."""
-    t = t.detach()
-    if t.is_floating_point():
-        return t.to(device=device, dtype=dtype)
-    return t.to(device=device, dtype=torch.bool if t.dtype == torch.bool else torch.int64)
-
-
-DEVICE_DATA_FRACTION = 0.25  # the largest share of free GPU memory the sample may take there
-
-
-def _prepare_batches(batches: Sequence[Batch], device: torch.device, dtype: torch.dtype) -> tuple[Batch, ...]:
-    """The batches cast to ``dtype``, on ``device`` when they fit (at most DEVICE_DATA_FRACTION of
-    its free memory), else in pinned host memory (copied to the device batch by batch)."""
-    batches = [(x, y) for x, y in batches if len(x)]
-    if not batches:
-        raise ValueError("the dataset is empty: a curvature operator needs at least one example")
-    home = torch.device(device)
-    if home.type == "cuda":
-        nbytes = sum(t.numel() * (dtype.itemsize if t.is_floating_point() else 8) for b in batches for t in b)
-        if nbytes > DEVICE_DATA_FRACTION * torch.cuda.mem_get_info(home)[0]:
-            return tuple((_cast(x, "cpu", dtype).pin_memory(), _cast(y, "cpu", dtype).pin_memory()) for x, y in batches)
-    return tuple((_cast(x, home, dtype), _cast(y, home, dtype)) for x, y in batches)
 
 
 def make_problem(
@@ -295,12 +238,12 @@ def make_problem(
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"curvature products need float32 or float64, got {dtype}")
     device = torch.device(device) if device is not None else first.device
-    every = {n: _cast(p.detach(), device, dtype) for n, p in named.items()}
+    every = {n: placed(p.detach(), device, dtype) for n, p in named.items()}
     bad = [n for n, p in every.items() if not torch.isfinite(p).all()]
     if bad:
         raise ValueError(f"non-finite values in parameters: {', '.join(bad[:5])}")
     chosen = select_names(every, params)
-    buffers = {n: _cast(b.detach(), device, dtype) for n, b in model.named_buffers()}
+    buffers = {n: placed(b.detach(), device, dtype) for n, b in model.named_buffers()}
 
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
         batches = split_batches(*data, chunk_size or batch_size)
@@ -309,7 +252,7 @@ def make_problem(
     sharding = None
     if shard is not None:
         batches, sharding = shard_batches(batches, *shard)
-    batches = _prepare_batches(batches, device, dtype)
+    batches = prepare_batches(batches, device, dtype)
 
     problem = Problem(
         module=model,
