@@ -145,6 +145,30 @@ def test_trace_equals_library(tmp_path, checkpoint, trained):
     assert record["trace"]["estimate"] == expected.estimate and record["trace"]["stderr"] == expected.stderr
 
 
+def test_eigs_and_trace_records_are_their_library_calls_typed_results(tmp_path, checkpoint, trained):
+    """Each command is one library call: the record (less provenance) is the typed result's to_dict()."""
+    from hessian_probe.analysis import EigenvalueReport, TraceReport, eigenvalues
+    from hessian_probe.analysis.eigenvalues import trace as trace_report
+
+    op = curvature_operator(library_problem(trained).restricted("2"), "hessian")
+    for command, library in (
+        (["eigs", "--top-k", 2, "--bottom-k", 1, "--seed", 4], eigenvalues(op, 2, 1, seed=4)),
+        (["trace", "--products", 12, "--seed", 4], trace_report(op, 12, seed=4)),
+    ):
+        assert isinstance(library, EigenvalueReport | TraceReport)
+        record = ok(invoke(*command, "--checkpoint", checkpoint, *GOOD, "--params", "2", "--json", "--quiet",
+                           "--out", tmp_path / command[0]))
+        wall_times = ("wall_time_s",)
+        assert _without(record, ("provenance", *wall_times)) == _without(library.to_dict(), wall_times)
+
+
+def _without(record: object, keys: tuple[str, ...]) -> object:
+    """``record`` less ``keys``, at any depth."""
+    if isinstance(record, dict):
+        return {k: _without(v, keys) for k, v in record.items() if k not in keys}
+    return [_without(v, keys) for v in record] if isinstance(record, list) else record
+
+
 def test_batch_size_analyses_one_seeded_batch(tmp_path, checkpoint):
     args = ["eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--batch-size", 64,
             "--top-k", 1, "--json", "--quiet"]

@@ -2,9 +2,11 @@
 batch size (thresholds under batch noise, a recommended rate, calibration) and their validation by
 training."""
 
+from .eigenvalues import EigenvalueReport, TraceReport, eigenvalues
 from .lr import Hyperparameters, LearningRateResult, calibrate, learning_rates
 from .spectrum import SpectrumResult, spectrum
 from .validate import MeasuredThreshold, TrainingRecipe, ValidationResult, validate_learning_rates
 
-__all__ = ["Hyperparameters", "LearningRateResult", "MeasuredThreshold", "SpectrumResult", "TrainingRecipe",
-           "ValidationResult", "calibrate", "learning_rates", "spectrum", "validate_learning_rates"]
+__all__ = ["EigenvalueReport", "Hyperparameters", "LearningRateResult", "MeasuredThreshold", "SpectrumResult",
+           "TraceReport", "TrainingRecipe", "ValidationResult", "calibrate", "eigenvalues", "learning_rates",
+           "spectrum", "validate_learning_rates"]

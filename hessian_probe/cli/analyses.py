@@ -79,26 +79,18 @@ def eigs(op, *, seed, progress, out_dir, loaded, journal, top_k, bottom_k, tol, 
     Example: the 5 largest and 3 smallest Hessian eigenvalues of the last layer
       hessian-probe eigs --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --top-k 5 --bottom-k 3 --params 2
     """
-    from ..linalg import extremal_eigs
-    from ..linalg.eigs import default_max_steps
+    from ..analysis.eigenvalues import eigenvalues
 
     _check_counts(op, top_k, bottom_k)
-    limit = {"max_steps": max_steps, "basis": basis} if method == "lanczos" else {"max_iter": max_steps or 1000}
-    steps = default_max_steps(op.size, top_k + bottom_k, max_steps) if method == "lanczos" else None
-    progress.stage("eigenvalues", steps)
-    result = journal.shared("eigs", lambda: extremal_eigs(op, top_k, bottom_k, tol=tol, method=method, seed=seed,
-                                                          return_eigenvectors=save_vectors, **limit))
-    record = {**_operator_header(op), "top_eigenvalues": result.top_eigenvalues,
-              "bottom_eigenvalues": result.bottom_eigenvalues, "eigs": result, "converged": result.converged,
-              "warnings": result.notes,
-              "settings": dict(top_k=top_k, bottom_k=bottom_k, tol=tol, max_steps=max_steps, method=method, seed=seed)}
+    report = eigenvalues(op, top_k, bottom_k, tol=tol, max_steps=max_steps, method=method, seed=seed, basis=basis,
+                         return_eigenvectors=save_vectors, progress=progress, pieces=journal)
     if not save_vectors or not distributed.is_main():
-        return record, []
+        return report, []
     out_dir.mkdir(parents=True, exist_ok=True)
     from ..outputs import save_eigenvectors
 
-    save_eigenvectors(result, op.space, out_dir / "eigenvectors.pt")
-    return record, ["eigenvectors.pt"]
+    save_eigenvectors(report.eigs, op.space, out_dir / "eigenvectors.pt")
+    return report, ["eigenvectors.pt"]
 
 
 @analysis_command("trace")
@@ -113,9 +105,6 @@ def trace(op, *, seed, progress, out_dir, loaded, journal, products, method):
     Example:
       hessian-probe trace --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --operator ggn
     """
-    from ..linalg import trace as estimate_trace
+    from ..analysis.eigenvalues import trace as estimate_trace
 
-    progress.stage("trace", products)
-    result = journal.shared("trace", lambda: estimate_trace(op, products, method=method, seed=seed))
-    return {**_operator_header(op), "trace": result, "warnings": list(result.warnings),
-            "settings": dict(products=products, method=method, seed=seed)}, []
+    return estimate_trace(op, products, method=method, seed=seed, progress=progress, pieces=journal), []
