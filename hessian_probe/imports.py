@@ -6,12 +6,10 @@ Like uvicorn, the current directory is importable, so ``--model mymodels:make_ne
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,30 +65,25 @@ def import_object(spec: str, what: str) -> Any:
     return obj
 
 
-@contextlib.contextmanager
-def current_folder_importable() -> Iterator[str]:
-    """The current directory on sys.path while the block runs (user code lives there), then removed
-    again if it was not there before; yields the directory."""
+def current_folder_on_path() -> str:
+    """Put the current directory on sys.path (first), where user code lives, and keep it there: a
+    factory, a forward or a DataLoader worker may import a sibling module long after the import
+    that found it. Returns the directory; a no-op when it is there already."""
     cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
+    if cwd not in sys.path:
         sys.path.insert(0, cwd)
-    try:
-        yield cwd
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
+    return cwd
 
 
 def _import(name: str) -> Any:
-    with current_folder_importable() as cwd:
-        try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):
-                raise InputError(f"no module named {exc.name!r} (looked in the current directory "
-                                 f"{cwd} and the installed packages)") from None
-            raise
+    cwd = current_folder_on_path()
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and name.startswith(exc.name):
+            raise InputError(f"no module named {exc.name!r} (looked in the current directory "
+                             f"{cwd} and the installed packages)") from None
+        raise
 
 
 def _load_file(path: Path) -> Any:

@@ -46,6 +46,11 @@ class Loss(ABC):
         the targets (cross-entropy, MSE, BCE on logits)."""
         raise NotImplementedError(f"the loss {self.name!r} gives no predictive distribution")
 
+    def terms_per_example(self, outputs: Tensor) -> int:
+        """How many independent terms (each the negative log-likelihood of one distribution) the mean
+        loss averages per example: one for a user's loss, which names no distribution."""
+        return 1
+
     def validate(self, outputs: Tensor, targets: Tensor) -> None:
         """Raise ValueError if targets cannot belong to these outputs."""
 
@@ -72,6 +77,9 @@ class CrossEntropy(NaturalParameterLoss):
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs, targets)
 
+    def terms_per_example(self, outputs: Tensor) -> int:  # one categorical per position
+        return outputs[0, 0].numel()
+
     def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
         p = torch.softmax(outputs, dim=1)
         n_terms = outputs.numel() // outputs.shape[1]
@@ -96,6 +104,8 @@ class CrossEntropy(NaturalParameterLoss):
             if targets.numel() and (targets.min() < 0 or not sums_to_one):
                 raise ValueError("probability targets must be non-negative and sum to 1 over the class dimension 1")
             return
+        if targets.dtype == torch.bool:
+            raise ValueError("class labels are booleans: save them as integers (y.long())")
         expected = (outputs.shape[0],) + tuple(outputs.shape[2:])
         if tuple(targets.shape) != expected:
             raise ValueError(f"class-index targets must have shape {expected}, got {tuple(targets.shape)}")
@@ -115,6 +125,9 @@ class MeanSquaredError(NaturalParameterLoss):
         # Same value as F.mse_loss; written out because forward-over-reverse through
         # F.mse_loss fails in torch 2.13 ("ZeroTensors are immutable").
         return (outputs - targets).square().mean()
+
+    def terms_per_example(self, outputs: Tensor) -> int:  # one distribution per output element
+        return outputs[0].numel()
 
     def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
         return U * (2.0 / outputs.numel())
@@ -137,6 +150,9 @@ class BinaryCrossEntropyWithLogits(NaturalParameterLoss):
         # softplus(z) - t z, the same value as F.binary_cross_entropy_with_logits, written out so
         # that forward-over-reverse works through it
         return (F.softplus(outputs) - targets * outputs).mean()
+
+    def terms_per_example(self, outputs: Tensor) -> int:  # one distribution per output element
+        return outputs[0].numel()
 
     def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
         p = torch.sigmoid(outputs)
@@ -161,6 +177,9 @@ class BinaryCrossEntropy(Loss):
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         log_p, log_q = torch.log(outputs).clamp(min=-100), torch.log1p(-outputs).clamp(min=-100)  # as torch clamps
         return -(targets * log_p + (1 - targets) * log_q).mean()
+
+    def terms_per_example(self, outputs: Tensor) -> int:  # one distribution per output element
+        return outputs[0].numel()
 
     def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
         return U * ((targets / outputs.square() + (1 - targets) / (1 - outputs).square()) / outputs.numel())

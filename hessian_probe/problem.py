@@ -230,6 +230,8 @@ def make_problem(
     half precision raised to float32, which Krylov methods need); the module's own tensors and
     its train/eval mode are left untouched.
     """
+    if group is not None and shard is None:
+        raise ValueError("group= completes the sums of a shard: pass shard=(rank, world_size) with it")
     named = dict(model.named_parameters())
     if not named:
         raise ValueError("the model has no parameters")
@@ -283,9 +285,6 @@ def _validate_data(problem: Problem) -> None:
         if not isinstance(outputs, Tensor):
             raise ValueError(f"the model returns a {type(outputs).__name__}, not a tensor: "
                              "wrap it so that forward returns the outputs the loss takes")
-        if y.dtype == torch.bool:
-            raise ValueError("the targets are booleans: save class labels as integers (y.long()) or binary "
-                             "targets as floats (y.float())")
         problem.loss.validate(outputs, y)
         value = problem.loss(outputs, y)
         if not isinstance(value, Tensor) or value.ndim != 0:

@@ -160,6 +160,9 @@ def test_eigs_and_trace_records_are_their_library_calls_typed_results(tmp_path, 
                            "--out", tmp_path / command[0]))
         wall_times = ("wall_time_s",)
         assert _without(record, ("provenance", *wall_times)) == _without(library.to_dict(), wall_times)
+        keys = {"eigs": ["top_eigenvalues", "bottom_eigenvalues", "eigs", "converged"], "trace": ["trace"]}
+        assert list(record) == ["operator", "n_params", "n_samples", *keys[command[0]], "warnings", "settings",
+                                "provenance"]  # the public keys, in their order
 
 
 def _without(record: object, keys: tuple[str, ...]) -> object:

@@ -321,7 +321,7 @@ BAD_INPUTS = [
     ("inputs without features", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/flat_inputs.pt"], 1,
      "cannot run on inputs of shape (40,)"),
     ("boolean labels", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/bool_labels.pt"], 1,
-     "the targets are booleans"),
+     "class labels are booleans"),
     ("probabilities not summing to one", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data",
                                           "{d}/probabilities_not_summing.pt"], 1, "sum to 1"),
     ("data file of garbage", ["eigs", "--checkpoint", "{ckpt}", *GOOD, "--data", "{d}/garbage_data.pt"], 1,

@@ -180,6 +180,29 @@ def test_a_second_ctrl_c_during_the_clean_stop_changes_nothing(tmp_path, checkpo
     assert json.loads((out / "result.json").read_text())["provenance"]["resumed_pieces"] == 2
 
 
+def _interrupted(*_args, **_kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_outside_an_analysis_run_is_one_line_and_130(tmp_path, monkeypatch):
+    monkeypatch.setattr("hessian_probe.outputs.read_record", _interrupted)
+    result = invoke("plot", tmp_path / "result.json")
+    assert result.exit_code == 130 and result.stderr.strip().splitlines() == ["Error: interrupted (Ctrl-C)"]
+
+
+def test_a_caller_that_goes_on_gets_its_ctrl_c_back(tmp_path, monkeypatch):
+    """standalone_mode=False (a script, a notebook): the handlers are restored after the stop."""
+    import signal
+
+    import click
+
+    monkeypatch.setattr("hessian_probe.outputs.read_record", _interrupted)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(click.ClickException, match="interrupted"):
+        main.main(["plot", str(tmp_path / "result.json")], standalone_mode=False)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def test_a_resume_after_the_model_code_changed_is_refused(tmp_path, checkpoint, monkeypatch):
     code = tmp_path / "net.py"
     code.write_text("from hessian_probe.loading.builtin_models import mlp\n\ndef make():\n    return mlp()\n")

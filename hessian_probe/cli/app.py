@@ -34,6 +34,21 @@ class CommandError(click.ClickException):
 class ProbeGroup(click.Group):
     """Turns user errors (and, without --debug, unexpected failures) into one line and an exit code."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """A caller that goes on running afterwards (``standalone_mode=False``: a script, a notebook)
+        gets its Ctrl-C and SIGTERM handlers back after an interrupted run; a process about to exit
+        keeps ignoring them until it has (see _ignore_further_interrupts)."""
+        import signal
+
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            if not kwargs.get("standalone_mode", True):
+                with contextlib.suppress(ValueError, TypeError):  # not the main thread; a handler set outside Python
+                    for number, handler in handlers.items():
+                        signal.signal(number, handler)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

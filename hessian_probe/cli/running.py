@@ -19,7 +19,6 @@ import torch
 from .. import __version__
 from ..errors import UsageError, first_line
 from ..files import OWN_FILES, Manifest, OutputLock, refuse_foreign
-from ..imports import current_folder_importable
 from ..results import to_jsonable
 from ..runtime import torchrun as distributed
 from .app import CommandError, _ignore_further_interrupts, main
@@ -95,10 +94,8 @@ def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], comp
     lock = OutputLock(run.out_dir)
     interrupted = False
     try:
-        with current_folder_importable():  # the user's model, data and loss code, for the whole run
-            return _load_compute_write(ctx, run, spec_options, compute, writer, products,
-                                       lambda fingerprint: Journal.start(run.out_dir, fingerprint, resume=run.resume),
-                                       lock)
+        return _load_compute_write(ctx, run, spec_options, compute, writer, products,
+                                   lambda fingerprint: Journal.start(run.out_dir, fingerprint, resume=run.resume), lock)
     except KeyboardInterrupt as exc:
         how, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
         interrupted = True

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, first_line
-from ..imports import current_folder_importable
+from ..imports import current_folder_on_path
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optim", "optimizer_states")
@@ -95,9 +95,10 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
 
 
 def _torch_load(path: Path, trust: bool) -> Any:
+    if trust:
+        current_folder_on_path()  # a pickled model's class may live in the user's folder
     try:
-        with current_folder_importable():  # a pickled model's class may live in the user's folder
-            return torch.load(path, map_location="cpu", weights_only=not trust)
+        return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         found = refused_global(exc) or (None if trust else _unsafe_globals(path))
         if found and not trust:

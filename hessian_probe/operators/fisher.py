@@ -7,10 +7,15 @@
   matrix is the loss's output Hessian, so F = GGN exactly; for BCE on probabilities p it is
   diag(1 / (p (1 - p))) / numel, the expected output Hessian (losses.py).
 - Empirical Fisher (Kunstner, Hennig & Balles 2019, "Limitations of the empirical Fisher
-  approximation"): E = (1/N) sum_n grad l_n grad l_n^T, the uncentred covariance of the
-  examples' gradients at the data's labels, which is not F. With L_b = (1/|b|) sum_n l_n and l_n
-  depending on example n's outputs only, g_n = grad_{f_n} l_n = |b| grad_{f_n} L_b (one
-  backward pass of the batch loss), and E_b = J^T S J with S U = (1/|b|) sum_n g_n <g_n, U_n>.
+  approximation"): the uncentred covariance of the examples' gradients at the data's labels,
+  which is not F. The mean loss averages M = N D terms, D per example (Loss.terms_per_example:
+  positions for cross-entropy, outputs for MSE and BCE, 1 for a user's loss); example n's
+  negative log-likelihood is the sum of its terms, D l_n, so that
+  E = (1/M) sum_n grad(D l_n) grad(D l_n)^T = (D/N) sum_n grad l_n grad l_n^T has the Fisher's
+  normalisation: its expectation over labels drawn from the model is F. With
+  L_b = (1/|b|) sum_n l_n and l_n depending on example n's outputs only, g_n = grad_{f_n} l_n =
+  |b| grad_{f_n} L_b (one backward pass of the batch loss), and E_b = J^T S J with
+  S U = (D/|b|) sum_n g_n <g_n, U_n>.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ class FisherOperator(GGNOperator):
 
 
 class EmpiricalFisherOperator(GGNOperator):
-    """E = sum_b (|b|/N) (1/|b|) sum_n grad l_n grad l_n^T: the examples' gradients' uncentred covariance."""
+    """E = (D/N) sum_n grad l_n grad l_n^T: the examples' gradients' uncentred covariance, per term."""
 
     name = "empirical-fisher"
 
@@ -51,4 +56,5 @@ class EmpiricalFisherOperator(GGNOperator):
         with torch.enable_grad():
             per_example = grad(lambda o: self.problem.loss(o, targets))(outputs) * n  # g_n = |b| grad_{f_n} L_b
         overlaps = (U * per_example).flatten(2).sum(2)  # <g_n, U_n>: (k, |b|)
-        return per_example * overlaps.reshape(*overlaps.shape, *[1] * (outputs.ndim - 1)) / n
+        terms = self.problem.loss.terms_per_example(outputs)
+        return per_example * overlaps.reshape(*overlaps.shape, *[1] * (outputs.ndim - 1)) * (terms / n)

@@ -57,7 +57,8 @@ def split_description(problem: Any, kind: str = "ggn") -> tuple[str, str | None]
     """Where G = J^T S J (or a Fisher, fisher.py) is split, in words, and a warning when the model
     ends in a squashing layer (its curvature then sits in J, not in S: G is taken at the squashed
     outputs and is not the Hessian's PSD part at the logits; issue 19, item 5)."""
-    where = f"at the model's outputs, with S {MIDDLE[kind]} of the loss {problem.loss.name!r}"
+    middle = MIDDLE.get(kind, "the operator's output-space matrix")
+    where = f"at the model's outputs, with S {middle} of the loss {problem.loss.name!r}"
     last = final_module(problem.module)
     if not isinstance(last, SQUASHING):
         return where, None

@@ -193,6 +193,9 @@ def remove_own_pieces(folder: Path) -> None:
         folder.rmdir()
 
 
+NO_JOURNAL = Journal()  # saves nothing (older name; analyses now default to protocols.COMPUTE_NOW)
+
+
 def saved_pieces(out_dir: Path) -> int:
     """How many finished pieces an interrupted run left in ``out_dir``."""
     folder = out_dir / PARTIAL
