@@ -2,6 +2,33 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+# How the library names a setting in a message: `name`, the keyword of the library call; the
+# command line shows it as its flag (--name, as_flags), so that library messages name no CLI flag.
+SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def setting(name: str) -> str:
+    """A setting named in a message: `name`, which the command line shows as --name."""
+    return f"`{name}`"
+
+
+def as_flags(text: str) -> str:
+    """A library message as the command line says it: every `setting` becomes its --flag."""
+    return SETTING.sub(lambda m: "--" + m.group(1).replace("_", "-"), text)
+
+
+def flags_in_notes(value: Any, key: str = "") -> Any:
+    """``value`` with as_flags applied to the strings under 'warnings', 'notes' and 'note' keys, at any
+    depth (a record's messages; nothing else in it is touched)."""
+    if isinstance(value, dict):
+        return {k: flags_in_notes(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [flags_in_notes(v, key) for v in value]
+    return as_flags(value) if isinstance(value, str) and key in ("warnings", "notes", "note") else value
+
 
 class InputError(ValueError):
     """Bad data, model, checkpoint or file (exit code 1). A ValueError, so library callers catch it as one."""
@@ -25,7 +52,7 @@ class NonFiniteError(InputError):
         which = f" for {row_name}(s) {self.rows}" if self.rows else ""
         when = f" at Lanczos step {step}" if step is not None else ""
         super().__init__(f"{what} is not finite {where}{which}{when}: check the weights and data there "
-                         "(--dtype float64 rules out float32 overflow)")
+                         "(`dtype` float64 rules out float32 overflow)")
 
 
 def first_line(exc: BaseException) -> str:

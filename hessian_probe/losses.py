@@ -188,7 +188,7 @@ class BinaryCrossEntropy(Loss):
         _check_binary_targets(self.name, outputs, targets)
         if outputs.numel() and (outputs.min() <= 0 or outputs.max() >= 1):
             raise ValueError("bce needs probabilities strictly inside (0, 1) (a final sigmoid); for logits use "
-                             "--loss bce_with_logits")
+                             "`loss` bce_with_logits")
 
 
 def _check_binary_targets(name: str, outputs: Tensor, targets: Tensor) -> None:

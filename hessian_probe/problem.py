@@ -281,7 +281,7 @@ def _validate_data(problem: Problem) -> None:
             hint = (" (the inputs are integers: convert images to float, e.g. x.float() / 255)"
                     if not x.is_floating_point() else "")
             raise ValueError(f"the model cannot run on inputs of shape {tuple(x.shape)} (batch {i}): "
-                             f"{first_line(exc)}; check that --data matches the model{hint}") from exc
+                             f"{first_line(exc)}; check that `data` matches the model{hint}") from exc
         if not isinstance(outputs, Tensor):
             raise ValueError(f"the model returns a {type(outputs).__name__}, not a tensor: "
                              "wrap it so that forward returns the outputs the loss takes")

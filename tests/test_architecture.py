@@ -5,6 +5,7 @@ journal); no file of the command line is over 300 lines."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,30 @@ def test_an_analysis_runs_its_pieces_through_the_protocol_it_is_given():
     plain = spectrum(op, pieces=COMPUTE_NOW, **kwargs)
     assert list(recorded.eigs.top_eigenvalues) == list(plain.eigs.top_eigenvalues)
     assert recorded.trace.estimate == plain.trace.estimate
+
+
+MATHS = ("problem", "losses", "parameters", "batches", "placement", "operators", "linalg", "analysis")
+
+
+def test_the_maths_names_no_cli_flag():
+    """Library messages name a setting as `name` (errors.setting); the CLI shows it as --name."""
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+    for module, path in MODULES.items():
+        if module.split(".")[1:2] not in [[name] for name in MATHS]:
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+                      and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        named = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                 and isinstance(node.value, str) and id(node) not in docstrings and flag.search(node.value)]
+        assert not named, f"{module} names CLI flags: {named}"
+
+
+def test_the_command_line_shows_settings_as_flags():
+    from hessian_probe.errors import as_flags, flags_in_notes, setting
+
+    assert as_flags(f"rerun with {setting('adam_horizon')} 50") == "rerun with --adam-horizon 50"
+    record = {"warnings": ["use `smallest_batch` 8"], "path": "`kept`", "fit": {"notes": ["`eps`"]}}
+    assert flags_in_notes(record) == {"warnings": ["use --smallest-batch 8"], "path": "`kept`",
+                                      "fit": {"notes": ["--eps"]}}

@@ -227,7 +227,7 @@ def test_a_product_that_fits_nowhere_names_the_fix(digits):
         raise CPU_OOM
 
     op._product = no_memory
-    with pytest.raises(InputError, match="does not fit in memory.*--probe-block"):
+    with pytest.raises(InputError, match="does not fit in memory.*`probe_block`"):
         op.matmat(torch.ones(2, op.size, dtype=F64))
     op._product = lambda xs, ys, tangents: (_ for _ in ()).throw(
         RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

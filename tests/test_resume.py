@@ -127,6 +127,7 @@ def test_the_output_folder_is_never_overwritten_by_accident(tmp_path, checkpoint
     assert both.returncode == 2 and "choose one" in both.stderr
 
 
+@pytest.mark.slow  # 25-45 s; the resume path is the spectrum's and the scan's, tested above
 def test_an_interrupted_validation_resumes_to_the_same_thresholds(tmp_path, checkpoint):
     validate = ["validate-lr", "--model", "mlp", "--data", "digits", "--samples", "400", "--batch-sizes", "16,64",
                 "--optimizers", "sgd,adam", "--steps", "30", "--seeds", "1", "--precision", "0.1", "--quiet"]

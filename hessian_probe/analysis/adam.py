@@ -74,7 +74,7 @@ def _diagonal(v: Tensor, eps: float) -> Tensor:
     d = torch.sqrt(v) + eps
     if not bool((d > 0).all()):
         raise ValueError(f"Adam's preconditioner sqrt(v) + eps has {int((d <= 0).sum())} zero entries (eps = {eps:g} "
-                         "and a zero second moment there): set eps > 0 (--eps)")
+                         "and a zero second moment there): set eps > 0 (`eps`)")
     return d
 
 

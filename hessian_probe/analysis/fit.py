@@ -51,8 +51,8 @@ def fit_batch_size(x: np.ndarray, mean: np.ndarray, stderr: np.ndarray, n_sample
         return BatchSizeFit(lambda_inf=math.nan, lambda_inf_stderr=None, kappa=math.nan, kappa_stderr=None, p=math.nan,
                             p_stderr=None, critical_batch_size=None, n_points=len(x), rms_relative_residual=math.nan,
                             converged=False, message=f"{len(x)} batch sizes below N: the fit of 3 parameters with "
-                                                     "uncertainties needs at least 4 (lr --smallest-batch 8, or "
-                                                     "--batch-sizes with 4 sizes below N)")
+                                                     "uncertainties needs at least 4 (`smallest_batch` 8, or "
+                                                     "`batch_sizes` with 4 sizes below N)")
     # a floor keeps a point whose few batches happen to agree from dominating the fit
     sigma = np.maximum(stderr, np.maximum(0.25 * np.median(stderr), 1e-3 * np.abs(mean)) + 1e-12)
     start = (float(mean.min()) * 0.5, float(max(mean.max() - mean.min(), 1e-12) / max(x.max() ** 0.75, 1e-12)), 0.75)

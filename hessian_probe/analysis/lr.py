@@ -440,7 +440,7 @@ def _warnings(result_rows: Sequence[LearningRateRow], fit: BatchSizeFit, scan: B
             warnings.append("the saved Adam second moment is far from the one training at these batch sizes would "
                             f"settle to (median v_B / v_saved {shown}): the Adam thresholds assume a resumed run of "
                             f"{adam.horizon} steps (v moves 1 - beta2^T of the way to v_B in T steps); a longer run "
-                            "drifts further (lr --adam-horizon)")
+                            "drifts further (`adam_horizon`)")
     return warnings
 
 

@@ -361,4 +361,4 @@ def horizon_note(result: Any, recipe: TrainingRecipe) -> str | None:
     if adam is None or adam.source != "saved" or adam.horizon == recipe.steps:
         return None
     return (f"Adam's prediction carried the saved state {adam.horizon} steps forward, but the runs take "
-            f"{recipe.steps}: rerun lr with --adam-horizon {recipe.steps} to compare like with like")
+            f"{recipe.steps}: rerun lr with `adam_horizon` {recipe.steps} to compare like with like")

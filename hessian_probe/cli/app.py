@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import InputError, first_line, one_line
+from ..errors import InputError, as_flags, first_line, one_line
 from ..runtime import torchrun as distributed
 
 DEBUG_ENV = "HESSIAN_PROBE_DEBUG"
@@ -65,7 +65,7 @@ class ProbeGroup(click.Group):
         except InputError as exc:
             if _debugging(ctx):
                 raise
-            raise CommandError(one_line(str(exc)), exc.exit_code, _on_every_rank(exc)) from None
+            raise CommandError(as_flags(one_line(str(exc))), exc.exit_code, _on_every_rank(exc)) from None
         except Exception as exc:
             if _debugging(ctx):
                 raise
@@ -73,7 +73,7 @@ class ProbeGroup(click.Group):
                 raise CommandError(f"another process of this torchrun run stopped ({distributed.brief(exc)}); the "
                                    "finished pieces are saved: rerun the same command with --resume",
                                    on_every_rank=True) from None
-            raise CommandError(f"{first_line(exc)} (rerun with --debug for the traceback)",
+            raise CommandError(f"{as_flags(first_line(exc))} (rerun with --debug for the traceback)",
                                on_every_rank=_on_every_rank(exc)) from None
 
 

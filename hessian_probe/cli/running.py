@@ -17,7 +17,7 @@ import click
 import torch
 
 from .. import __version__
-from ..errors import UsageError, first_line
+from ..errors import UsageError, first_line, flags_in_notes
 from ..files import OWN_FILES, Manifest, OutputLock, refuse_foreign
 from ..results import to_jsonable
 from ..runtime import torchrun as distributed
@@ -163,7 +163,7 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
         record["ggn_split"], split_warning = split_description(op.problem, op.name)
         if split_warning:
             record["warnings"] = [*record.get("warnings", []), split_warning]
-    record = to_jsonable(record)
+    record = flags_in_notes(to_jsonable(record))  # the library names settings as `name`; here they are --flags
     if not distributed.is_main():  # every rank holds the same record; rank 0 writes and reports it
         return record
     if writer is None:

@@ -193,8 +193,8 @@ class SampleOperator(CurvatureOperator):
                 if piece == 1:
                     raise InputError(f"a {self.name or 'curvature'} product on one example with {k} vectors at once "
                                      f"does not fit in memory ({first_line(exc)}): ask for fewer at once "
-                                     "(--probe-block, --top-k), use --dtype float32, or a parameter block "
-                                     "(--params)") from None
+                                     "(`probe_block`, `top_k`), use `dtype` float32, or a parameter block "
+                                     "(`params`)") from None
                 self.max_rows = k * (piece // 2)
                 if x.is_cuda:
                     torch.cuda.empty_cache()

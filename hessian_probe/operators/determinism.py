@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import InputError
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}  # relative difference two equal products may show
-OVERRIDE = "--allow-nondeterministic"
+OVERRIDE = "`allow_nondeterministic`"
 
 
 class NondeterministicError(InputError):
@@ -39,7 +39,7 @@ def check_fixed_operator(op, seed: int = 0) -> float:
     if layers:
         raise NondeterministicError(
             f"BatchNorm layer {layers[0]!r} has track_running_stats=False: it normalises with the statistics of each "
-            f"chunk of examples, so every number would depend on --chunk-size; give it running statistics "
+            f"chunk of examples, so every number would depend on `chunk_size`; give it running statistics "
             f"(track_running_stats=True, from training), or pass {OVERRIDE}")
     generator = torch.Generator().manual_seed(seed + 7919)
     v = torch.randn(1, op.size, generator=generator, dtype=torch.float64).to(device=op.device, dtype=op.dtype)

@@ -66,4 +66,4 @@ def split_description(problem: Any, kind: str = "ggn") -> tuple[str, str | None]
     return where + f" (after the model's final {kind})", (
         f"the model ends in {kind}, so the GGN is taken at its outputs: the {kind}'s curvature is left out and the GGN "
         "is not the Hessian's PSD part at the logits; to split there, drop the final layer and use a loss on logits "
-        "(--loss bce_with_logits, cross_entropy)")
+        "(`loss` bce_with_logits, cross_entropy)")
