@@ -15,35 +15,39 @@ from ..results import to_jsonable
 
 
 @dataclass(frozen=True, kw_only=True)
-class EigenvalueReport:
-    """Extremal eigenvalues of one operator, with Ritz residuals and converged flags (``eigs``)."""
+class OperatorReport:
+    """What every one-operator record starts with: which operator, its size and its sample."""
 
     operator: str
     n_params: int
     n_samples: int
-    eigs: EigenResult
     settings: dict[str, Any] = field(default_factory=dict)
 
+    def header(self) -> dict[str, Any]:
+        return {"operator": self.operator, "n_params": self.n_params, "n_samples": self.n_samples}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EigenvalueReport(OperatorReport):
+    """Extremal eigenvalues of one operator, with Ritz residuals and converged flags (``eigs``)."""
+
+    eigs: EigenResult
+
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable({"operator": self.operator, "n_params": self.n_params, "n_samples": self.n_samples,
-                            "top_eigenvalues": self.eigs.top_eigenvalues,
+        return to_jsonable({**self.header(), "top_eigenvalues": self.eigs.top_eigenvalues,
                             "bottom_eigenvalues": self.eigs.bottom_eigenvalues, "eigs": self.eigs,
                             "converged": self.eigs.converged, "warnings": self.eigs.notes, "settings": self.settings})
 
 
 @dataclass(frozen=True, kw_only=True)
-class TraceReport:
+class TraceReport(OperatorReport):
     """The trace of one operator by Hutch++ or Hutchinson, with its standard error (``trace``)."""
 
-    operator: str
-    n_params: int
-    n_samples: int
     trace: TraceResult
-    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable({"operator": self.operator, "n_params": self.n_params, "n_samples": self.n_samples,
-                            "trace": self.trace, "warnings": list(self.trace.warnings), "settings": self.settings})
+        return to_jsonable({**self.header(), "trace": self.trace, "warnings": list(self.trace.warnings),
+                            "settings": self.settings})
 
 
 def eigenvalues(op: SampleOperator, top_k: int = 5, bottom_k: int = 0, *, tol: float = 1e-6,
