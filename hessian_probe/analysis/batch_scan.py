@@ -298,7 +298,7 @@ def batch_scan(
 
     # the full sample and Adam's references: every rank together, on its shard
     full = pieces.shared("full", lambda: measure_full(problem, kind, subspace=max(subspace, 1), tol=tol, seed=seed,
-                                                       project=subspace > 0, settings=settings))
+                                                      project=subspace > 0, settings=settings))
     advance()
     references = []
     for b in adam_sizes:
@@ -323,7 +323,7 @@ def batch_scan(
 
     # under torchrun each rank measures its own batches
     measurements = problem.group.spread(plan, lambda task: pieces.own(f"batch-{task[0]}-{task[1]}",
-                                                                     lambda: measure(task)))
+                                                                      lambda: measure(task)))
     if density_steps:  # the full sample's density too, for spectra_by_batch.png
         full = dataclasses.replace(full, density=pieces.shared("full-density", lambda: slq(
             curvature_operator(problem, kind, settings=settings), density_steps,

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, setting
 from ..operators import ProductSettings
 from ..problem import Problem
 from ..protocols import COMPUTE_NOW, Pieces
@@ -101,7 +101,7 @@ class Hyperparameters:
             elif saved is not None and (key != "momentum" or saved != 0):
                 if key != "nesterov" and not _in_range(key, saved):
                     raise InputError(f"the checkpoint's optimizer state has {key} = {saved!r}, outside "
-                                     f"[0, {UPPER_BOUNDS[key]:g}): pass --{key.replace('_', '-')} to set it")
+                                     f"[0, {UPPER_BOUNDS[key]:g}): pass {setting(key)} to set it")
                 values[key], sources[key] = saved, "checkpoint"
             else:
                 values[key], sources[key] = getattr(defaults, key), "default"
@@ -231,14 +231,7 @@ class LearningRateResult:
         """The mean-square threshold at B with the batch noise's covariance times ``noise_scale``
         (1: the measured noise, the ``<opt>_mss`` model; 0: the noiseless quadratic threshold in
         the subspace). Adam needs a scanned B."""
-        hp = self.hyperparameters
-        if optimizer == "adam":
-            reference = self.scan.adam_subspace(batch_size)
-            return _adam_mss(self.scan, batch_size, hp.beta1, noise_scale) if reference is not None else None
-        if self.noise is None:
-            return None
-        return mean_square_threshold(optimizer, self.noise.mean, noise_scale * self.noise.at(batch_size),
-                                     momentum=hp.momentum, weight_decay=hp.weight_decay)
+        return _mean_square(self.scan, self.noise, self.hyperparameters, optimizer, batch_size, noise_scale)
 
     def calibrated(self, optimizer: str, batch_size: int) -> float | None:
         """The calibrated threshold (None without a calibration): the best model times f at
@@ -367,17 +360,28 @@ def _rows(scan: BatchScanResult, hp: Hyperparameters, noise: SubspaceNoise | Non
         for opt in optimizers:
             if opt == "adam":
                 models["adam"] = adam_threshold(_mean(s.adam_sharpness), hp.beta1)
-                models["adam_mss"] = _adam_mss(scan, b, hp.beta1) if reference is not None else None
+                models["adam_mss"] = _mean_square(scan, noise, hp, "adam", b)
                 continue
             models[opt] = quadratic_threshold(opt, float(np.mean(s.lambda_max)) + hp.weight_decay, hp.momentum)
-            models[f"{opt}_mss"] = (mean_square_threshold(opt, noise.mean, noise.at(b), momentum=hp.momentum,
-                                                          weight_decay=hp.weight_decay) if noise is not None else None)
+            models[f"{opt}_mss"] = _mean_square(scan, noise, hp, opt, b)
             if opt == "sgd":
                 models["sgd_batch_sharpness"] = (quadratic_threshold("sgd", _mean(sharp) + hp.weight_decay)
                                                  if sharp else None)
         rows.append(LearningRateRow(sizes=s, models=models,
                                     top_direction_std=float(noise.direction_std(b)[0]) if noise is not None else None))
     return rows
+
+
+def _mean_square(scan: BatchScanResult, noise: SubspaceNoise | None, hp: Hyperparameters, optimizer: str,
+                 batch_size: int, noise_scale: float = 1.0) -> float | None:
+    """The ``<optimizer>_mss`` threshold at B with the batch noise's covariance times ``noise_scale``
+    (Adam's from its preconditioned subspaces, which need a scanned B)."""
+    if optimizer == "adam":
+        return _adam_mss(scan, batch_size, hp.beta1, noise_scale)
+    if noise is None:
+        return None
+    return mean_square_threshold(optimizer, noise.mean, noise_scale * noise.at(batch_size), momentum=hp.momentum,
+                                 weight_decay=hp.weight_decay)
 
 
 def _positive(eigenvalues: Sequence[float]) -> int:
@@ -394,6 +398,8 @@ def _adam_mss(scan: BatchScanResult, batch_size: int, beta1: float, noise_scale:
     projected on the top eigenvectors of the full sample's D_B^-1/2 H D_B^-1/2, pool into one Sigma
     (noise.SubspaceNoise), times ``noise_scale``; noiseless at B = N."""
     reference = scan.adam_subspace(batch_size)
+    if reference is None:  # an unscanned B
+        return None
     k = min(scan.subspace, _positive(reference.eigs.top_eigenvalues))
     if not k or reference.projected is None:
         return None

@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..linalg import EigenResult, SLQResult, SpectralDensity, TraceResult, extremal_eigs, slq, trace
+from ..linalg import EigenResult, SLQResult, SpectralDensity, TraceResult, slq
 from ..linalg.eigs import default_max_steps
 from ..operators import SampleOperator
 from ..protocols import COMPUTE_NOW, Pieces
 from ..results import to_jsonable
+from .eigenvalues import eigenvalues
+from .eigenvalues import trace as trace_report
 
 GHOST_NOTE = ("SLQ ran without reorthogonalisation: its density and trace are valid (ghost copies of an "
               "outlier share the outlier's weight), but its nodes may repeat; the eigenvalues reported come "
@@ -96,15 +98,14 @@ def spectrum(
                     probe_block=probe_block or n_probes)
     if requested > n_steps:
         settings["n_steps_requested"] = requested  # clamped to P
-    announce = progress.stage if progress is not None else (lambda stage, total: None)
-    announce("SLQ", n_steps * n_probes)
+    if progress is not None:
+        progress.stage("SLQ", n_steps * n_probes)
     density_run = slq(op, n_steps, n_probes, seed=seed, reorth=reorth, basis=basis, probe_block=probe_block,
                       run_block=lambda i, run: pieces.shared(f"slq-{i}", run))
-    announce("eigenvalues", settings["max_steps"])
-    eigs = pieces.shared("eigs", lambda: extremal_eigs(op, top_k, bottom_k, tol=tol, max_steps=max_steps,
-                                                        seed=seed + 1000, basis=basis))
-    announce("trace", trace_products)
-    trace_result = pieces.shared("trace", lambda: trace(op, trace_products, method=trace_method, seed=seed + 2000))
+    eigs = eigenvalues(op, top_k, bottom_k, tol=tol, max_steps=max_steps, seed=seed + 1000, basis=basis,
+                       progress=progress, pieces=pieces).eigs
+    trace_result = trace_report(op, trace_products, method=trace_method, seed=seed + 2000, progress=progress,
+                                pieces=pieces).trace
     return SpectrumResult(
         operator=op.name,
         n_params=op.size,

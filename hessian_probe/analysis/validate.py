@@ -332,7 +332,7 @@ def validate_learning_rates(problem: Problem, result: Any, recipe: TrainingRecip
         raise ValueError("the prediction has no Adam threshold (learning_rates(..., optimizers without 'adam')?)")
     states = adam_starting_states(problem, result.adam.source if "adam" in optimizers else None, saved_state, moments)
     note = horizon_note(result, recipe) if "adam" in optimizers else None
-    group = problem.group  # the processes the runs are dealt out to
+    processes = problem.group  # the runs are dealt out to them
     problem = problem.gathered()  # training runs need every example; under torchrun each rank runs its own
     if progress is not None:
         progress.stage("training runs", None, unit="run")
@@ -347,8 +347,8 @@ def validate_learning_rates(problem: Problem, result: Any, recipe: TrainingRecip
             on_run=(lambda: progress.advance(1)) if progress is not None else None)
 
     tasks = [(b, name) for b in sizes for name in optimizers]
-    measured = group.spread(tasks, lambda task: pieces.own(f"threshold-{task[0]}-{task[1]}",
-                                                                  lambda: measure(task)))
+    measured = processes.spread(tasks, lambda task: pieces.own(f"threshold-{task[0]}-{task[1]}",
+                                                               lambda: measure(task)))
     return ValidationResult(thresholds=tuple(t for group in measured for t in group), recipe=recipe,
                             batch_sizes=tuple(sizes), optimizers=tuple(optimizers), criteria=tuple(criteria),
                             seed=seed, adam_source=result.adam.source if "adam" in optimizers else None,
