@@ -36,9 +36,11 @@ class Loss(ABC):
     def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
         """S U for a block U of shape (k, *outputs.shape), S the Hessian of self(outputs, targets)."""
 
-    # whether output_fisher_matmat knows the predictive distribution the loss is the negative
-    # log-likelihood of (a user's loss does not say)
-    has_fisher: bool = False
+    @property
+    def has_fisher(self) -> bool:
+        """Whether output_fisher_matmat knows the predictive distribution the loss is the negative
+        log-likelihood of (a user's loss does not say)."""
+        return type(self).output_fisher_matmat is not Loss.output_fisher_matmat
 
     def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:
         """E_{y ~ p(y|outputs)}[g g^T] U, g the gradient of the loss in the outputs: the Fisher's
@@ -63,10 +65,16 @@ class NaturalParameterLoss(Loss):
     with its canonical link): the Fisher's middle matrix is then the output Hessian, whatever the
     targets (Martens 2020, section 9.2)."""
 
-    has_fisher = True
-
     def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:
         return self.output_hessian_matmat(outputs, torch.zeros_like(outputs), U)  # S does not read the targets
+
+
+class ElementwiseTerms:
+    """For a loss that is a mean over output elements, each one distribution's negative
+    log-likelihood (MSE, BCE): as many terms per example as it has outputs."""
+
+    def terms_per_example(self, outputs: Tensor) -> int:
+        return outputs[0].numel()
 
 
 class CrossEntropy(NaturalParameterLoss):
@@ -116,7 +124,7 @@ class CrossEntropy(NaturalParameterLoss):
             )
 
 
-class MeanSquaredError(NaturalParameterLoss):
+class MeanSquaredError(ElementwiseTerms, NaturalParameterLoss):
     """``F.mse_loss`` with mean over all elements: S = (2/numel) I."""
 
     name = "mse"
@@ -125,9 +133,6 @@ class MeanSquaredError(NaturalParameterLoss):
         # Same value as F.mse_loss; written out because forward-over-reverse through
         # F.mse_loss fails in torch 2.13 ("ZeroTensors are immutable").
         return (outputs - targets).square().mean()
-
-    def terms_per_example(self, outputs: Tensor) -> int:  # one distribution per output element
-        return outputs[0].numel()
 
     def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
         return U * (2.0 / outputs.numel())
@@ -138,7 +143,7 @@ class MeanSquaredError(NaturalParameterLoss):
                              f"got {tuple(targets.shape)}")
 
 
-class BinaryCrossEntropyWithLogits(NaturalParameterLoss):
+class BinaryCrossEntropyWithLogits(ElementwiseTerms, NaturalParameterLoss):
     """``F.binary_cross_entropy_with_logits`` (mean over all elements) on logits z, targets t in
     [0, 1]: S = diag(sigma(z)(1 - sigma(z))) / numel. With it the GGN is split at the logits, where
     it is the Hessian's PSD part (Martens 2020, "New insights and perspectives on the natural
@@ -151,9 +156,6 @@ class BinaryCrossEntropyWithLogits(NaturalParameterLoss):
         # that forward-over-reverse works through it
         return (F.softplus(outputs) - targets * outputs).mean()
 
-    def terms_per_example(self, outputs: Tensor) -> int:  # one distribution per output element
-        return outputs[0].numel()
-
     def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
         p = torch.sigmoid(outputs)
         return U * (p * (1 - p) / outputs.numel())
@@ -162,14 +164,12 @@ class BinaryCrossEntropyWithLogits(NaturalParameterLoss):
         _check_binary_targets(self.name, outputs, targets)
 
 
-class BinaryCrossEntropy(Loss):
+class BinaryCrossEntropy(ElementwiseTerms, Loss):
     """``F.binary_cross_entropy`` (mean over all elements) on probabilities p in (0, 1): S =
     diag(t / p^2 + (1 - t) / (1 - p)^2) / numel, the GGN split at the probabilities (after a
     model's final sigmoid, whose curvature then stays out of it)."""
 
     name = "bce"
-
-    has_fisher = True
 
     def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:  # E_t[t/p^2 + (1-t)/(1-p)^2], t ~ p
         return U / (outputs * (1 - outputs) * outputs.numel())
@@ -177,9 +177,6 @@ class BinaryCrossEntropy(Loss):
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         log_p, log_q = torch.log(outputs).clamp(min=-100), torch.log1p(-outputs).clamp(min=-100)  # as torch clamps
         return -(targets * log_p + (1 - targets) * log_q).mean()
-
-    def terms_per_example(self, outputs: Tensor) -> int:  # one distribution per output element
-        return outputs[0].numel()
 
     def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
         return U * ((targets / outputs.square() + (1 - targets) / (1 - outputs).square()) / outputs.numel())
