@@ -134,7 +134,7 @@ MATHS = ("problem", "losses", "parameters", "batches", "placement", "operators",
 
 def test_the_maths_names_no_cli_flag():
     """Library messages name a setting as `name` (errors.setting); the CLI shows it as --name."""
-    flag = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+    flag = re.compile(r"(?<![\w-])--([a-z][a-z-]+|$)")  # $: an f-string part before "{name}", e.g. "pass --"
     for module, path in MODULES.items():
         if module.split(".")[1:2] not in [[name] for name in MATHS]:
             continue
@@ -154,3 +154,12 @@ def test_the_command_line_shows_settings_as_flags():
     record = {"warnings": ["use `smallest_batch` 8"], "path": "`kept`", "fit": {"notes": ["`eps`"]}}
     assert flags_in_notes(record) == {"warnings": ["use --smallest-batch 8"], "path": "`kept`",
                                       "fit": {"notes": ["--eps"]}}
+
+
+def test_the_command_line_names_every_operator_and_the_plots_know_which_are_psd():
+    from hessian_probe.cli.options import OPERATOR_NAMES
+    from hessian_probe.operators import OPERATORS
+    from hessian_probe.plots import COLOURS, PSD_OPERATORS
+
+    assert OPERATOR_NAMES == tuple(OPERATORS) and set(COLOURS) == set(OPERATORS)
+    assert set(PSD_OPERATORS) == set(OPERATORS) - {"hessian"}  # J^T S J with S PSD; the Hessian is indefinite

@@ -17,10 +17,12 @@ DEBUG_ENV = "HESSIAN_PROBE_DEBUG"
 
 
 class CommandError(click.ClickException):
-    """One line on stderr and a chosen exit code, no traceback. Under torchrun, an error every
-    rank raised alike is printed by rank 0 only; another rank's own error names the rank."""
+    """One line on stderr and a chosen exit code, no traceback, the library's `settings` shown as
+    --flags (errors.as_flags). Under torchrun, an error every rank raised alike is printed by rank 0
+    only; another rank's own error names the rank."""
 
     def __init__(self, message: str, exit_code: int = 1, on_every_rank: bool = False) -> None:
+        message = as_flags(message)
         rank = distributed.rank()
         super().__init__(f"[rank {rank}] {message}" if rank else message)
         self.exit_code = exit_code
@@ -65,7 +67,7 @@ class ProbeGroup(click.Group):
         except InputError as exc:
             if _debugging(ctx):
                 raise
-            raise CommandError(as_flags(one_line(str(exc))), exc.exit_code, _on_every_rank(exc)) from None
+            raise CommandError(one_line(str(exc)), exc.exit_code, _on_every_rank(exc)) from None
         except Exception as exc:
             if _debugging(ctx):
                 raise
@@ -73,7 +75,7 @@ class ProbeGroup(click.Group):
                 raise CommandError(f"another process of this torchrun run stopped ({distributed.brief(exc)}); the "
                                    "finished pieces are saved: rerun the same command with --resume",
                                    on_every_rank=True) from None
-            raise CommandError(f"{as_flags(first_line(exc))} (rerun with --debug for the traceback)",
+            raise CommandError(f"{first_line(exc)} (rerun with --debug for the traceback)",
                                on_every_rank=_on_every_rank(exc)) from None
 
 
