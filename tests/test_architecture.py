@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).parent.parent / "hessian_probe"
 
 LAYERS = [  # lowest first; a module may import its own layer and the ones below
     ("leaves", ["protocols", "runtime", "losses", "parameters", "results", "files", "errors", "imports", "dtypes",
-                "config", "batches", "placement", "__version__"]),
+                "config", "batches", "placement", "seeds", "__version__"]),
     ("problem", ["problem"]),
     ("operators", ["operators"]),
     ("linalg", ["linalg"]),
     ("analysis", ["analysis"]),
-    ("input and output", ["loading", "outputs", "plots", "progress", "demo"]),
+    ("input and output", ["loading", "io", "outputs", "plots", "progress", "demo"]),
     ("command line", ["cli", "__main__", "distributed", "journal"]),  # distributed, journal: old names of runtime's
 ]
 

@@ -4,9 +4,10 @@ training."""
 
 from .eigenvalues import EigenvalueReport, TraceReport, eigenvalues
 from .lr import Hyperparameters, LearningRateResult, calibrate, learning_rates
+from .lr_check import ValidationReport, check_learning_rates
 from .spectrum import SpectrumResult, spectrum
 from .validate import MeasuredThreshold, TrainingRecipe, ValidationResult, validate_learning_rates
 
 __all__ = ["EigenvalueReport", "Hyperparameters", "LearningRateResult", "MeasuredThreshold", "SpectrumResult",
-           "TraceReport", "TrainingRecipe", "ValidationResult", "calibrate", "eigenvalues", "learning_rates",
-           "spectrum", "validate_learning_rates"]
+           "TraceReport", "TrainingRecipe", "ValidationReport", "ValidationResult", "calibrate",
+           "check_learning_rates", "eigenvalues", "learning_rates", "spectrum", "validate_learning_rates"]

@@ -36,6 +36,7 @@ from ..operators.preconditioned import PreconditionedOperator
 from ..problem import Problem, split_batches
 from ..protocols import COMPUTE_NOW, Pieces
 from ..results import saveable
+from ..seeds import derive
 from .noise import effective_noise
 
 __all__ = ["AdamSubspace", "BatchMeasurement", "BatchScanResult", "BatchSizeSummary", "batch_indices", "batch_scan",
@@ -207,7 +208,8 @@ def measure_batch(problem: Problem, kind: str, *, batch_size: int, index: int, t
         products["projections"] = len(subspace)
     adam = ok = adam_projected = None
     if preconditioner is not None:
-        top = extremal_eigs(PreconditionedOperator(op, preconditioner), 1, 0, tol=tol, seed=seed + 1)
+        top = extremal_eigs(PreconditionedOperator(op, preconditioner), 1, 0, tol=tol,
+                            seed=derive(seed, "adam-sharpness"))
         adam, ok = float(top.top_eigenvalues[0]), bool(top.converged)
         products["adam_sharpness"] = top.n_products
     if adam_references:
@@ -220,7 +222,7 @@ def measure_batch(problem: Problem, kind: str, *, batch_size: int, index: int, t
             adam_projected[b] = (y.to(block) @ block.T).double().cpu().numpy()
             start += len(y)
         products["adam_projections"] = start
-    density = slq(op, density_steps, density_probes, seed=seed + 2) if density_steps else None
+    density = slq(op, density_steps, density_probes, seed=derive(seed, "batch-density")) if density_steps else None
     if density is not None:
         products["density"] = density.n_products
     return BatchMeasurement(batch_size=batch_size, index=index, eigs=eigs, adam_sharpness=adam, adam_converged=ok,
@@ -249,7 +251,7 @@ def measure_adam_subspace(problem: Problem, kind: str, preconditioner: Tensor, *
     """Top-k eigenpairs of the full sample's D^-1/2 H D^-1/2 at B, and its projection on them."""
     op = PreconditionedOperator(curvature_operator(problem, kind, settings=settings),
                                 preconditioner)
-    eigs = extremal_eigs(op, subspace, 0, tol=tol, seed=seed + 3, return_eigenvectors=True)
+    eigs = extremal_eigs(op, subspace, 0, tol=tol, seed=derive(seed, "adam-subspace"), return_eigenvectors=True)
     return AdamSubspace(batch_size=batch_size, eigs=eigs, projected=_projection(op, eigs.top_eigenvectors))
 
 
@@ -315,7 +317,8 @@ def batch_scan(
         idx = batch_indices(n, b, seed, j)
         batch_problem = problem.with_batches(split_batches(inputs[idx], targets[idx], chunk_size))
         measured = measure_batch(
-            batch_problem, kind, batch_size=b, index=j, seed=seed + 7 * j, tol=tol, subspace=basis,
+            batch_problem, kind, batch_size=b, index=j, seed=derive(seed, "batch-measurement", j), tol=tol,
+            subspace=basis,
             preconditioner=preconditioner(b) if preconditioner is not None else None, adam_references=adam_references,
             density_steps=density_steps if j == 0 else 0, density_probes=density_probes, settings=settings)
         advance()
@@ -327,7 +330,7 @@ def batch_scan(
     if density_steps:  # the full sample's density too, for spectra_by_batch.png
         full = dataclasses.replace(full, density=pieces.shared("full-density", lambda: slq(
             curvature_operator(problem, kind, settings=settings), density_steps,
-            density_probes, seed=seed + 2)))
+            density_probes, seed=derive(seed, "batch-density"))))
     record = dict(batch_sizes=sizes, n_batches=n_batches, tol=tol, seed=seed, subspace=subspace,
                   subspace_tol=subspace_tol, density_steps=density_steps, density_probes=density_probes,
                   preconditioned=preconditioner is not None)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..linalg import EigenResult, TraceResult, extremal_eigs
 from ..linalg import trace as estimate_trace
-from ..linalg.eigs import default_max_steps
+from ..linalg.eigs import check_counts, default_max_steps
 from ..operators import SampleOperator
 from ..protocols import COMPUTE_NOW, Pieces
 from ..results import to_jsonable
@@ -57,6 +57,7 @@ def eigenvalues(op: SampleOperator, top_k: int = 5, bottom_k: int = 0, *, tol: f
     """The ``top_k`` largest and ``bottom_k`` smallest eigenvalues to relative Ritz residual ``tol``
     (linalg.extremal_eigs: Lanczos with at most ``max_steps`` steps, or shifted power iteration
     with as many iterations per eigenvalue, default 1000), one piece of ``pieces``."""
+    check_counts(op, top_k, bottom_k)
     lanczos = method == "lanczos"
     limit = {"max_steps": max_steps, "basis": basis} if lanczos else {"max_iter": max_steps or 1000}
     if progress is not None:

@@ -30,13 +30,13 @@ table in docs/theory.md. These are divergence thresholds, not optimal rates.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, setting
+from ..errors import UsageError, setting
 from ..operators import ProductSettings
 from ..problem import Problem
 from ..protocols import COMPUTE_NOW, Pieces
@@ -44,7 +44,9 @@ from ..results import saveable, to_jsonable
 from .adam import AdamPreconditioning, SavedAdamState, choose_source, preconditioning
 from .batch_scan import BatchScanResult, BatchSizeSummary, batch_scan, default_batch_sizes
 from .fit import BatchSizeFit, fit_batch_size
+from .hyperparameters import Hyperparameters
 from .noise import SubspaceNoise, effective_noise, gradient_moments
+from .optimizer_state import OptimizerInfo, found_hyperparameters, optimizer_state_of, saved_adam_state
 from .stability import adam_mean_square_threshold, mean_square_threshold, quadratic_threshold
 from .validate import OPTIMIZERS, MeasuredThreshold, TrainingRecipe, ValidationResult, validate_learning_rates
 
@@ -61,51 +63,6 @@ BEST_MODEL = {"sgd": "sgd_mss", "momentum": "momentum_mss", "nesterov": "nestero
 RECOMMENDED_FRACTION = 0.6  # of the smallest model threshold (docs/theory.md, validity table)
 CALIBRATED_FRACTION = 0.7  # of min(calibrated, best model) (docs/theory.md)
 FLAT = 1e-6  # directions with curvature below FLAT x lambda_1 are left out of the mean-square models
-
-
-UPPER_BOUNDS = {"momentum": 1.0, "weight_decay": math.inf, "beta1": 1.0, "beta2": 1.0, "eps": math.inf}  # [0, bound)
-
-
-def _in_range(key: str, value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return False
-    return 0 <= value < UPPER_BOUNDS[key]
-
-
-@saveable
-@dataclass(frozen=True, kw_only=True)
-class Hyperparameters:
-    """What the thresholds depend on, and where each value came from ('checkpoint' or 'option')."""
-
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    safety: float = 1.0
-    sources: dict | None = None
-
-    @classmethod
-    def resolve(cls, given: dict, found: dict, safety: float = 1.0) -> Hyperparameters:
-        """Each of momentum, nesterov, weight_decay, beta1, beta2, eps: the value ``given``
-        explicitly, else the one ``found`` in the checkpoint (a zero momentum counts as absent),
-        else the default; ``sources`` records which."""
-        defaults = cls()
-        values, sources = {}, {}
-        for key in ("momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"):
-            mine, saved = given.get(key), found.get(key)
-            if mine is not None:
-                values[key] = mine
-                sources[key] = "option" + (f" (checkpoint had {saved})" if saved is not None else "")
-            elif saved is not None and (key != "momentum" or saved != 0):
-                if key != "nesterov" and not _in_range(key, saved):
-                    raise InputError(f"the checkpoint's optimizer state has {key} = {saved!r}, outside "
-                                     f"[0, {UPPER_BOUNDS[key]:g}): pass {setting(key)} to set it")
-                values[key], sources[key] = saved, "checkpoint"
-            else:
-                values[key], sources[key] = getattr(defaults, key), "default"
-        return cls(**values, safety=safety, sources=sources)
 
 
 def sgd_threshold(sharpness: float, weight_decay: float = 0.0) -> float | None:
@@ -454,11 +411,13 @@ def learning_rates(
     problem: Problem,
     operator: str = "hessian",
     *,
+    hyperparameters: Hyperparameters | Mapping[str, Any] | None = None,
+    optimizer_state: Mapping[str, Any] | None = None,
     batch_sizes: Sequence[int] | None = None,
+    smallest_batch: int = 16,
     n_batches: int = 5,
     tol: float = 1e-6,
     subspace: int = 8,
-    hyperparameters: Hyperparameters | None = None,
     optimizers: Sequence[str] = OPTIMIZERS,
     adam_state: str = "auto",
     saved_state: SavedAdamState | None = None,
@@ -474,13 +433,18 @@ def learning_rates(
 ) -> LearningRateResult:
     """Divergence thresholds per batch size and optimizer, and the rate to follow (module docstring).
 
-    ``batch_sizes``: default powers of two from 16 below N, then N. ``subspace``: k, the number
-    of the full sample's top eigenvectors the mean-square thresholds use (their cost is k
-    products per batch and a (2k)^2 eigenproblem per B). ``adam_state``: 'saved' (the
-    checkpoint's moments, ``saved_state``), 'estimated' (v_B from per-example gradients) or
-    'auto' (saved when given); a saved state is carried ``adam_horizon`` steps forward at each B
-    (adam.py). ``calibrate_at``: measure each optimizer's blow-up threshold at this
-    B by training (``recipe``) and carry the factor to every B. The other options are batch_scan's.
+    ``batch_sizes``: default powers of two from ``smallest_batch`` below N, then N. ``subspace``:
+    k, the number of the full sample's top eigenvectors the mean-square thresholds use (their cost
+    is k products per batch and a (2k)^2 eigenproblem per B). ``optimizer_state``: a torch
+    ``optimizer.state_dict()`` over ``problem.module.parameters()`` (a checkpoint's): it supplies
+    the hyperparameters not given and, unless ``saved_state`` is, Adam's saved moments; the result
+    records what it held (``checkpoint_optimizer``). ``hyperparameters``: a Hyperparameters, used
+    as it is, or a mapping of the values given (None: not given; ``safety`` among them), the rest
+    read from ``optimizer_state`` or defaulted (Hyperparameters.resolve). ``adam_state``: 'saved'
+    (the saved moments), 'estimated' (v_B from per-example gradients) or 'auto' (saved when there
+    are some); a saved state is carried ``adam_horizon`` steps forward at each B (adam.py).
+    ``calibrate_at``: measure each optimizer's blow-up threshold at this B by training
+    (``recipe``) and carry the factor to every B. The other options are batch_scan's.
     """
     import time
 
@@ -488,13 +452,17 @@ def learning_rates(
     unknown = set(optimizers) - set(OPTIMIZERS)
     if unknown or not optimizers:
         raise ValueError(f"optimizers must be among {', '.join(OPTIMIZERS)}")
-    hp = hyperparameters or Hyperparameters()
     n = problem.n_samples
-    sizes = sorted(set(batch_sizes or default_batch_sizes(n)) | ({calibrate_at} if calibrate_at else set()))
-    if sizes[0] < 1 or sizes[-1] > n:
-        raise ValueError(f"batch sizes must lie in 1..{n} (the sample), got {sizes[0]}..{sizes[-1]}")
+    given = sorted(set(batch_sizes or default_batch_sizes(n, smallest_batch)))
+    if given[0] < 1:
+        raise UsageError(f"{setting('batch_sizes')} must be positive integers, got {given[0]}")
+    if given[-1] > n:
+        raise UsageError(f"{setting('batch_sizes')}: {given[-1]} is larger than the sample ({n} examples)")
     if calibrate_at is not None and not 1 <= calibrate_at < n:
-        raise ValueError(f"the calibration batch size must lie in 1..{n - 1} (below the sample), got {calibrate_at}")
+        raise UsageError(f"{setting('calibrate_at')} {calibrate_at}: calibrate at a batch size below the sample "
+                         f"({n} examples)")
+    sizes = sorted(set(given) | ({calibrate_at} if calibrate_at else set()))
+    hp, saved_state, found = _from_optimizer_state(problem, hyperparameters, optimizer_state, saved_state, adam_state)
     adam = moments = preconditioner = None
     if "adam" in optimizers:
         source = choose_source(adam_state, saved_state)
@@ -521,11 +489,35 @@ def learning_rates(
     result = LearningRateResult(scan=scan, fit=fit, hyperparameters=hp, rows=tuple(rows), noise=noise, adam=adam,
                                 optimizers=tuple(optimizers), warnings=tuple(_warnings(rows, fit, scan, adam)),
                                 wall_time_s=time.perf_counter() - t0, moments_cost=n if moments is not None else 0)
+    if found is not None:
+        result = replace(result, checkpoint_optimizer={"kind": found.kind, "lr": found.lr, "notes": list(found.notes)})
     if calibrate_at is not None:
         result = calibrate(problem, result, calibrate_at, recipe or TrainingRecipe(), saved_state=saved_state,
                            moments=moments, seed=seed, progress=progress, pieces=pieces)
         result = replace(result, wall_time_s=time.perf_counter() - t0)
     return result
+
+
+def _from_optimizer_state(problem: Problem, hyperparameters: Hyperparameters | Mapping[str, Any] | None,
+                          optimizer_state: Mapping[str, Any] | None, saved_state: SavedAdamState | None,
+                          adam_state: str) -> tuple[Hyperparameters, SavedAdamState | None, OptimizerInfo | None]:
+    """The hyperparameters (given values win over the optimizer state's), Adam's saved moments (given,
+    else the optimizer state's) and what the optimizer state held (None when there was none)."""
+    found = None
+    if optimizer_state is not None:
+        found = optimizer_state_of(optimizer_state, problem)
+        saved_state = saved_state if saved_state is not None else saved_adam_state(found, problem)
+        if adam_state == "saved" and saved_state is None:
+            raise UsageError(f"{setting('adam_state')} saved: the checkpoint carries no usable Adam moments "
+                             "(exp_avg_sq with a step count, one parameter group, matching shapes); use "
+                             f"{setting('adam_state')} estimated")
+    if isinstance(hyperparameters, Hyperparameters):
+        return hyperparameters, saved_state, found
+    given = dict(hyperparameters or {})
+    safety = given.pop("safety", None)
+    hp = Hyperparameters.resolve(given, found_hyperparameters(found) if found is not None else {},
+                                 safety=1.0 if safety is None else safety)
+    return hp, saved_state, found
 
 
 def calibrate(problem: Problem, result: LearningRateResult, batch_size: int, recipe: TrainingRecipe, *,

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..linalg import EigenResult, SLQResult, SpectralDensity, TraceResult, slq
-from ..linalg.eigs import default_max_steps
+from ..linalg.eigs import check_counts, default_max_steps
 from ..operators import SampleOperator
 from ..protocols import COMPUTE_NOW, Pieces
 from ..results import to_jsonable
+from ..seeds import derive
 from .eigenvalues import eigenvalues
 from .eigenvalues import trace as trace_report
 
@@ -81,7 +82,7 @@ def spectrum(
     """SLQ (``n_steps`` x ``n_probes``), top/bottom eigenvalues to ``tol`` (at most ``max_steps``
     Lanczos steps), and the trace from ``trace_products`` products.
 
-    Each part draws its own probes (seeds ``seed``, ``seed + 1000``, ``seed + 2000``), so the
+    Each part draws its own probes (``seed`` and the streams seeds.derive names), so the
     SLQ trace and the Hutch++ trace are independent estimates. ``progress.stage(name, total_products)``
     is called as each part starts (the CLI's progress bars; see ``hessian_probe.progress``).
     ``reorth='none'`` runs SLQ without a basis (densities and traces for models whose basis would
@@ -90,6 +91,7 @@ def spectrum(
     (default: all at once); each block, the eigenvalues and the trace are ``pieces``
     (protocols.Pieces: a resumable run saves each as it finishes and reads it back).
     """
+    check_counts(op, top_k, bottom_k)  # before the SLQ's work
     requested = n_steps
     n_steps = min(n_steps, op.size)  # Lanczos spans the whole space in P steps: more add nothing
     settings = dict(n_steps=n_steps, n_probes=n_probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
@@ -102,10 +104,10 @@ def spectrum(
         progress.stage("SLQ", n_steps * n_probes)
     density_run = slq(op, n_steps, n_probes, seed=seed, reorth=reorth, basis=basis, probe_block=probe_block,
                       run_block=lambda i, run: pieces.shared(f"slq-{i}", run))
-    eigs = eigenvalues(op, top_k, bottom_k, tol=tol, max_steps=max_steps, seed=seed + 1000, basis=basis,
-                       progress=progress, pieces=pieces).eigs
-    trace_result = trace_report(op, trace_products, method=trace_method, seed=seed + 2000, progress=progress,
-                                pieces=pieces).trace
+    eigs = eigenvalues(op, top_k, bottom_k, tol=tol, max_steps=max_steps, seed=derive(seed, "spectrum-eigenvalues"),
+                       basis=basis, progress=progress, pieces=pieces).eigs
+    trace_result = trace_report(op, trace_products, method=trace_method, seed=derive(seed, "spectrum-trace"),
+                                progress=progress, pieces=pieces).trace
     return SpectrumResult(
         operator=op.name,
         n_params=op.size,

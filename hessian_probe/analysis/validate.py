@@ -31,6 +31,7 @@ from ..problem import Problem
 from ..protocols import COMPUTE_NOW, Pieces
 from ..results import saveable, to_jsonable
 from .adam import SavedAdamState, starting_state
+from .hyperparameters import OptimizerHyperparameters
 from .noise import GradientMoments, gradient_moments
 
 CRITERIA = ("blowup", "no_progress")
@@ -39,7 +40,7 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 
 @saveable
 @dataclass(frozen=True, kw_only=True)
-class TrainingRecipe:
+class TrainingRecipe(OptimizerHyperparameters):
     """How a validating run trains: its length, its divergence test, the bisection, and the
     optimizers' hyperparameters (validate_learning_rates takes these from the prediction)."""
 
@@ -48,11 +49,6 @@ class TrainingRecipe:
     blowup: float = 10.0
     precision: float = 0.05
     seeds: int = 3
-    momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0  # coupled L2 for the SGD family, as in the thresholds 2/(lambda' + wd)
     dtype: str = "float32"  # training runs in float32, as training does, whatever the problem's dtype
 
     def definition(self, criterion: str) -> str:
@@ -315,8 +311,7 @@ def validate_learning_rates(problem: Problem, result: Any, recipe: TrainingRecip
     t0 = time.perf_counter()
     recipe = recipe or TrainingRecipe()
     hp = result.hyperparameters
-    recipe = dataclasses.replace(recipe, momentum=hp.momentum, beta1=hp.beta1, beta2=hp.beta2, eps=hp.eps,
-                                 weight_decay=hp.weight_decay)
+    recipe = dataclasses.replace(recipe, **hp.optimizer_values())
     unknown = set(optimizers) - set(OPTIMIZERS)
     if unknown or not optimizers:
         raise ValueError(f"optimizers must be among {', '.join(OPTIMIZERS)}, got {', '.join(optimizers) or 'none'}")

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
-from ..errors import UsageError
 from ..runtime import torchrun as distributed
 from .options import BASIS_OPTION, eigenvalue_options, with_options
 from .running import analysis_command
-
-
-def _check_counts(op: Any, top_k: int, bottom_k: int) -> None:
-    if top_k + bottom_k == 0:
-        raise UsageError("ask for at least one eigenvalue: --top-k or --bottom-k")
-    if top_k + bottom_k > op.size:
-        raise UsageError(f"--top-k {top_k} plus --bottom-k {bottom_k} exceeds the {op.size} parameters measured")
-
-
-def _operator_header(op: Any) -> dict[str, Any]:
-    return {"operator": op.name, "n_params": op.size, "n_samples": op.problem.n_samples}
-
 
 # --- analysis commands ------------------------------------------------------------------------
 
@@ -55,12 +40,10 @@ def spectrum(op, *, seed, progress, out_dir, loaded, journal, steps, probes, top
     """
     from ..analysis import spectrum as run_spectrum
 
-    _check_counts(op, top_k, bottom_k)
-    result = run_spectrum(op, n_steps=steps, n_probes=probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
+    return run_spectrum(op, n_steps=steps, n_probes=probes, top_k=top_k, bottom_k=bottom_k, tol=tol,
                           max_steps=max_steps, trace_products=trace_products, trace_method=trace_method,
                           seed=seed, progress=progress, reorth=reorth, basis=basis, probe_block=probe_block,
-                          pieces=journal)
-    return result.to_dict(), []
+                          pieces=journal), []
 
 
 @analysis_command("eigs")
@@ -81,13 +64,12 @@ def eigs(op, *, seed, progress, out_dir, loaded, journal, top_k, bottom_k, tol, 
     """
     from ..analysis.eigenvalues import eigenvalues
 
-    _check_counts(op, top_k, bottom_k)
     report = eigenvalues(op, top_k, bottom_k, tol=tol, max_steps=max_steps, method=method, seed=seed, basis=basis,
                          return_eigenvectors=save_vectors, progress=progress, pieces=journal)
     if not save_vectors or not distributed.is_main():
         return report, []
     out_dir.mkdir(parents=True, exist_ok=True)
-    from ..outputs import save_eigenvectors
+    from ..io.saved import save_eigenvectors
 
     save_eigenvectors(report.eigs, op.space, out_dir / "eigenvectors.pt")
     return report, ["eigenvectors.pt"]

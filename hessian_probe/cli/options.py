@@ -121,9 +121,6 @@ PROBLEM_KEYS = ("checkpoint", "model", "model_args", "trust_checkpoint", "data",
                 "chunk_size", "loss", "params", "device", "dtype", "seed")
 
 
-RECORD_FILES = frozenset({"result.json", "eigenvalues.csv", "density.png", "density.pdf", "eigenvectors.pt"})
-
-
 
 BASIS_OPTION = click.option(
     "--basis", type=click.Choice(["auto", "device", "host"]), default="auto", show_default=True,

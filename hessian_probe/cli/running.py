@@ -4,12 +4,14 @@ and SIGTERM stop cleanly, the finished pieces kept for --resume."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +19,22 @@ import click
 import torch
 
 from .. import __version__
-from ..errors import UsageError, first_line, flags_in_notes
+from ..errors import UsageError, first_line
 from ..files import OWN_FILES, Manifest, OutputLock, refuse_foreign
+from ..io.names import RECORD_FILES
 from ..results import to_jsonable
 from ..runtime import torchrun as distributed
 from .app import CommandError, _ignore_further_interrupts, main
-from .options import PROBLEM_KEYS, RECORD_FILES, problem_options
+from .options import PROBLEM_KEYS, problem_options
 
 
-def analysis_command(name: str, *, one_batch: bool = True, writer: Callable | None = None,
-                     may_hold: frozenset[str] = frozenset(), outputs: frozenset[str] = RECORD_FILES) -> Callable:
+def analysis_command(name: str, *, one_batch: bool = True, may_hold: frozenset[str] = frozenset(),
+                     outputs: frozenset[str] = RECORD_FILES) -> Callable:
     """Register an analysis command: ``body(op, *, seed, progress, out_dir, loaded, journal,
-    **command_options) -> (result, extra_files)``, the result a record (a dict) or a typed result with
-    ``to_dict()``; ``writer(record, out_dir, result) -> files`` saves the
-    record (default: result.json, eigenvalues.csv and density plots). ``may_hold``: files that
-    --out may already hold without --overwrite (validate-lr reads lr's outputs there); ``outputs``:
-    every file name the command may write (a namesake hessian-probe did not write is never replaced)."""
+    **command_options) -> (result, extra_files)``, the result typed; its writer and summary are its
+    type's (io.formats.format_of). ``may_hold``: files that --out may already hold without
+    --overwrite (validate-lr reads lr's outputs there); ``outputs``: every file name the command may
+    write (a namesake hessian-probe did not write is never replaced)."""
 
     def register(body: Callable) -> Callable:
         @functools.partial(problem_options, one_batch=one_batch)
@@ -47,7 +49,7 @@ def analysis_command(name: str, *, one_batch: bool = True, writer: Callable | No
                              as_json=as_json, quiet=quiet, resume=resume, overwrite=overwrite, may_hold=may_hold,
                              outputs=outputs, check_determinism=check,
                              settings={"operator": operator, **options, "products": products})
-            return _run(ctx, run, spec_options, functools.partial(body, **options), writer, products)
+            return _run(ctx, run, spec_options, functools.partial(body, **options), products)
 
         return main.command(name)(command)
 
@@ -72,6 +74,19 @@ class RunOptions:
     check_determinism: bool = True
 
 
+_ECHO: contextvars.ContextVar[bool] = contextvars.ContextVar("hessian_probe_echo", default=True)
+
+
+@contextlib.contextmanager
+def silently() -> Iterator[None]:
+    """Analysis commands invoked inside print nothing (the demo prints its own lines)."""
+    token = _ECHO.set(False)
+    try:
+        yield
+    finally:
+        _ECHO.reset(token)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an interruption like Ctrl-C so that the run stops the same clean way."""
 
@@ -81,7 +96,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], compute: Callable,
-         writer: Callable | None = None, products: dict[str, bool] | None = None) -> dict[str, Any]:
+         products: dict[str, bool] | None = None) -> dict[str, Any]:
     """Load, compute, write; Ctrl-C or SIGTERM stop cleanly, keeping the finished pieces for --resume."""
     import signal
 
@@ -94,7 +109,7 @@ def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], comp
     lock = OutputLock(run.out_dir)
     interrupted = False
     try:
-        return _load_compute_write(ctx, run, spec_options, compute, writer, products,
+        return _load_compute_write(ctx, run, spec_options, compute, products,
                                    lambda fingerprint: Journal.start(run.out_dir, fingerprint, resume=run.resume), lock)
     except KeyboardInterrupt as exc:
         how, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
@@ -112,14 +127,14 @@ def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], comp
 
 
 def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], compute: Callable,
-                        writer: Callable | None, products: dict[str, bool] | None,
+                        products: dict[str, bool] | None,
                         start_journal: Callable[[dict[str, Any]], Any], lock: Any = None) -> dict[str, Any]:
     from ..imports import IMPORTED_FILES, imported_code_digest
+    from ..io.formats import format_of, run_record
+    from ..io.records import environment, file_digest, input_digests, provenance
     from ..loading import ProblemSpec, load_problem, parse_model_args
     from ..operators import curvature_operator
     from ..operators.determinism import check_fixed_operator, evaluation_note
-    from ..operators.ggn import split_description
-    from ..outputs import environment, file_digest, input_digests, plot_title, provenance, summary, write_record
     from ..progress import ProductProgress
 
     started = time.perf_counter()
@@ -151,33 +166,22 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     with ProductProgress(quiet=run.quiet or not distributed.is_main(), label=f"{run.operator} ").attach(op) as progress:
         result, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir, loaded=loaded,
                                       journal=journal)
-    record = result.to_dict() if hasattr(result, "to_dict") else result
     finished = time.perf_counter()
     timings = {"load_s": loaded_at - started, "analysis_s": finished - loaded_at, "total_s": finished - started}
-    record["provenance"] = provenance(env, run.name, (ctx.obj or {}).get("config"), spec, loaded, timings, digests)
-    record["provenance"]["products"] = dataclasses.asdict(op.settings)
-    record["provenance"]["resumed_pieces"] = journal.resumed
-    record["provenance"]["rejected_pieces"] = journal.rejected  # damaged or another run's: computed again
-    record["provenance"]["evaluation_mode"] = evaluation_note(loaded.model)
-    if op.name != "hessian":  # J^T S J, split at the model's outputs
-        record["ggn_split"], split_warning = split_description(op.problem, op.name)
-        if split_warning:
-            record["warnings"] = [*record.get("warnings", []), split_warning]
-    record = flags_in_notes(to_jsonable(record))  # the library names settings as `name`; here they are --flags
+    made = provenance(env, run.name, (ctx.obj or {}).get("config"), spec, loaded, timings, digests)
+    record = run_record(result, op, made, resumed=journal.resumed, rejected=journal.rejected,
+                        evaluation_mode=evaluation_note(loaded.model))
     if not distributed.is_main():  # every rank holds the same record; rank 0 writes and reports it
         return record
-    if writer is None:
-        written = write_record(record, out_dir, title=plot_title(record)) + extra_files
-    else:
-        written = writer(record, out_dir, result) + extra_files
+    written = format_of(result).write(record, out_dir, result) + extra_files
     Manifest(out_dir).add(written)
     journal.finish()
-    if ctx.find_root().obj.get("echo", True):
+    if _ECHO.get():
         resumed = f" ({journal.resumed} finished piece(s) read back)" if journal.resumed else ""
         if journal.rejected:
             resumed += f" ({journal.rejected} damaged or foreign piece(s) in partial/ computed again)"
         click.echo(json.dumps(record, allow_nan=False) if run.as_json else
-                   f"{summary(record)}\n  wrote {', '.join(written)} to {out_dir}/ in "
+                   f"{format_of(result).summary(record)}\n  wrote {', '.join(written)} to {out_dir}/ in "
                    f"{timings['total_s']:.1f} s{resumed}")
     return record
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from ..results import to_jsonable
 from ..runtime import torchrun as distributed
 from .analyses import spectrum
 from .app import DEBUG_OPTION, CommandError, main
+from .running import silently
 
 # --- plot, run, demo -----------------------------------------------------------------------------
 
@@ -32,7 +34,7 @@ def plot(results: tuple[Path, ...], out_file: Path, labels: tuple[str, ...], tit
       hessian-probe plot hessian-probe-demo/hessian hessian-probe-demo/ggn --out both.png
     """
     from ..files import written_by_us
-    from ..outputs import read_record
+    from ..io.saved import read_record
     from ..plots import plot_densities
 
     if out_file.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
@@ -111,11 +113,10 @@ def demo(ctx: click.Context, out_dir: Path, seed: int, as_json: bool, quiet: boo
     Manifest(out_dir).add(["checkpoint.pt"])
     if not as_json:
         click.echo(f"trained a 64-32-10 tanh MLP on the 1,797 bundled digits; saved {checkpoint}")
-    ctx.find_root().obj["echo"] = not as_json
-    records = [ctx.invoke(spectrum, checkpoint=checkpoint, model="mlp", data="digits", operator=kind,
-                          out_dir=out_dir / kind, seed=seed, quiet=quiet, overwrite=True)
-               for kind in ("hessian", "ggn")]
-    ctx.find_root().obj["echo"] = True
+    with silently() if as_json else contextlib.nullcontext():
+        records = [ctx.invoke(spectrum, checkpoint=checkpoint, model="mlp", data="digits", operator=kind,
+                              out_dir=out_dir / kind, seed=seed, quiet=quiet, overwrite=True)
+                   for kind in ("hessian", "ggn")]
     plot_densities(records, [out_dir / "density.png", out_dir / "density.pdf"],
                    title=f"digits MLP: Hessian and GGN, P = {records[0]['n_params']:,}, "
                          f"N = {records[0]['n_samples']:,}")

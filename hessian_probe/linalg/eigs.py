@@ -30,8 +30,10 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
+from ..errors import UsageError, setting
 from ..operators.base import CurvatureOperator, ShiftedOperator
 from ..results import KernelResult, not_serialised, saveable
+from ..seeds import derive
 from .lanczos import LanczosProcess
 from .probes import random_probes
 
@@ -73,11 +75,14 @@ class EigenResult(KernelResult):
         return notes
 
 
-def _check_counts(op: CurvatureOperator, top_k: int, bottom_k: int) -> None:
+def check_counts(op: CurvatureOperator, top_k: int, bottom_k: int) -> None:
+    """At least one eigenvalue, and no more than the operator has (a UsageError, a ValueError)."""
     if top_k < 0 or bottom_k < 0 or top_k + bottom_k == 0:
-        raise ValueError(f"ask for at least one eigenvalue (top_k={top_k}, bottom_k={bottom_k})")
+        raise UsageError(f"ask for at least one eigenvalue: {setting('top_k')} or {setting('bottom_k')} "
+                         f"(got {top_k} and {bottom_k})")
     if top_k + bottom_k > op.size:
-        raise ValueError(f"cannot find {top_k} + {bottom_k} eigenvalues of a {op.size} x {op.size} operator")
+        raise UsageError(f"cannot find {setting('top_k')} {top_k} plus {setting('bottom_k')} {bottom_k} eigenvalues: "
+                         f"that exceeds the {op.size} parameters measured")
 
 
 def _floor(dtype: torch.dtype, scale: float) -> float:
@@ -144,13 +149,13 @@ def lanczos_eigs(
 ) -> EigenResult:
     """Top-k and bottom-k algebraic eigenpairs by Lanczos with full reorthogonalisation
     (``basis``: where the basis lives, 'auto', 'device' or 'host')."""
-    _check_counts(op, top_k, bottom_k)
+    check_counts(op, top_k, bottom_k)
     t0 = time.perf_counter()
     wanted = top_k + bottom_k
     max_steps = default_max_steps(op.size, wanted, max_steps)
     start = random_probes(1, op.size, seed=seed, dtype=op.dtype, device=op.device)
-    process = LanczosProcess(op, start, reorth="full", capacity=min(max_steps + 1, 64), restart=True, seed=seed + 1,
-                             basis=basis)
+    process = LanczosProcess(op, start, reorth="full", capacity=min(max_steps + 1, 64), restart=True,
+                             seed=derive(seed, "eigs-restart"), basis=basis)
 
     def accepted(theta: np.ndarray, residuals: np.ndarray) -> np.ndarray:
         return residuals <= np.maximum(tol * np.abs(theta), _floor(op.dtype, process.scale[0]))
@@ -222,7 +227,8 @@ def _deflated_power(
     values, residuals, converged = [], [], []
     products = steps = 0
     for i in range(k):
-        v = random_probes(1, op.size, seed=seed + i, dtype=op.dtype, device=op.device, distribution="gaussian")[0]
+        v = random_probes(1, op.size, seed=derive(seed, "power-start", i), dtype=op.dtype, device=op.device,
+                          distribution="gaussian")[0]
         theta, residual, ok = 0.0, float("inf"), False
         for _ in range(max_iter):
             for u in found:
@@ -264,7 +270,7 @@ def power_eigs(
     First the dominant eigenvalue d (|d| >= |lambda| for all lambda); then power iteration on
     A - s I with s = -|d| (top end) and on |d| I - A (bottom end), both PSD.
     """
-    _check_counts(op, top_k, bottom_k)
+    check_counts(op, top_k, bottom_k)
     t0 = time.perf_counter()
     dominant = _deflated_power(op, 1, tol=tol, max_iter=max_iter, seed=seed)
     radius = abs(dominant.values[0]) * (1 + 1e-3)
@@ -274,7 +280,8 @@ def power_eigs(
         if count:
             shifted = ShiftedOperator(op, shift=radius, scale=scale)  # A + r I  or  r I - A
             out = _deflated_power(
-                shifted, count, tol=tol, max_iter=max_iter, seed=seed + 1000, offset=radius, floor=floor
+                shifted, count, tol=tol, max_iter=max_iter, seed=derive(seed, "power-shifted"), offset=radius,
+                floor=floor
             )
             vals = [scale * (v - radius) for v in out.values]
             # a shift leaves residuals unchanged: |(A + r I) v - (theta + r) v| = |A v - theta v|

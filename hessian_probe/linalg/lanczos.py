@@ -33,6 +33,7 @@ from ..errors import NonFiniteError
 from ..operators.base import CurvatureOperator
 from ..protocols import SOLO, Group
 from ..results import KernelResult, not_serialised, saveable
+from ..seeds import derive
 from .probes import random_probes
 
 REORTHOGONALISATION = ("full", "none")
@@ -195,7 +196,7 @@ class LanczosProcess:
         m = len(self.alphas[probe])
         if m >= self.op.size:
             return None
-        generator = torch.Generator().manual_seed(int(self.seed + 7919 * (probe + 1) + m))
+        generator = torch.Generator().manual_seed(derive(self.seed, "lanczos-restart", probe, m))
         v = torch.randn(self.op.size, generator=generator, dtype=torch.float64).to(self.op.dtype).to(self.op.device)
         Q = self.basis[:m, probe].to(self.op.device)
         for _ in range(2):

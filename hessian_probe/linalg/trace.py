@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..operators.base import CurvatureOperator
 from ..results import KernelResult, saveable
+from ..seeds import derive
 from .probes import random_probes
 
 
@@ -83,7 +84,7 @@ def hutchpp(op: CurvatureOperator, n_products: int = 99, *, seed: int = 0, block
     AQ = torch.cat([op.matmat(rows) for rows in Q.split(block_size)])
     projected = (Q @ AQ.T).double().cpu().numpy()
     exact_part = float(np.trace(projected))
-    G = random_probes(n_g, op.size, seed=seed + 1, dtype=op.dtype, device=op.device)
+    G = random_probes(n_g, op.size, seed=derive(seed, "hutchpp-residual"), dtype=op.dtype, device=op.device)
     residual_part, stderr = _mean_and_stderr(_quadratic_forms(op, G, block_size, project=Q))
     warnings = ()
     sym = (projected + projected.T) / 2

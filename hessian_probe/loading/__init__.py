@@ -18,6 +18,7 @@ from ..losses import get_loss
 from ..parameters import select_names
 from ..problem import Problem, make_problem
 from ..runtime import torchrun as distributed
+from ..seeds import derive
 from .checkpoints import Checkpoint, fit_state_dict, load_checkpoint
 from .data import load_data
 from .datasets import subset_indices
@@ -126,7 +127,7 @@ def _load_problem(spec: ProblemSpec) -> LoadedProblem:
         if spec.batch_size > len(inputs):
             raise UsageError(f"--batch-size {spec.batch_size} is larger than the sample ({len(inputs)} examples); "
                               f"use at most {len(inputs)}, or omit it for the full sample")
-        idx = subset_indices(len(inputs), spec.batch_size, spec.seed + 1)
+        idx = subset_indices(len(inputs), spec.batch_size, derive(spec.seed, "batch-subset"))
         inputs, targets = inputs[idx], targets[idx]
     shard = (distributed.rank(), distributed.world_size()) if distributed.active() else None
 

@@ -115,13 +115,9 @@ def initialise(device: str = "auto") -> str:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", timeout=timeout)
         atexit.register(shutdown)
-    global _OBJECT_GROUP
-    if _OBJECT_GROUP is None and dist.get_backend() != "gloo":  # objects travel through host memory, not the GPU
-        _OBJECT_GROUP = dist.new_group(backend="gloo", timeout=timeout)
+    if GROUP.objects is None and dist.get_backend() != "gloo":  # objects travel through host memory, not the GPU
+        GROUP.objects = dist.new_group(backend="gloo", timeout=timeout)
     return device
-
-
-_OBJECT_GROUP: Any = None  # a Gloo group for pickled objects when the main group is NCCL
 
 
 def describe() -> dict[str, Any]:
@@ -148,7 +144,7 @@ def all_gather_objects(value: Any) -> list[Any]:
     if not active():
         return [value]
     gathered: list[Any] = [None] * world_size()
-    dist.all_gather_object(gathered, value, group=_OBJECT_GROUP)
+    dist.all_gather_object(gathered, value, group=GROUP.objects)
     return gathered
 
 
@@ -157,7 +153,7 @@ def broadcast_from_main(value: T) -> T:
     if not active():
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0, group=_OBJECT_GROUP)
+    dist.broadcast_object_list(box, src=0, group=GROUP.objects)
     return box[0]
 
 
@@ -271,6 +267,9 @@ class TorchrunGroup:
 
     rank = property(lambda self: rank())
     world_size = property(lambda self: world_size())
+
+    def __init__(self) -> None:
+        self.objects: Any = None  # a Gloo group for pickled objects when the main group is NCCL (initialise)
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
         return all_reduce_sum(tensor)
