@@ -201,3 +201,43 @@ def plot_batch_spectra(record: Mapping[str, Any], path: Path) -> None:
              title=f"{record['operator']} spectrum of one batch per batch size")
     axis.legend(fontsize=8)
     save_figure(fig, path, dpi=120)
+
+
+def plot_track(record: Mapping[str, Any], path: Path) -> None:
+    """Sharpness against training step: lambda_max (with the batch's lambda_max and batch sharpness
+    when measured) and each checkpoint's stability lines 2/eta and 2(1 + rho)/eta (dashed); on a
+    second panel, when any checkpoint is Adam's, the preconditioned sharpness against
+    (2 + 2 beta1)/((1 - beta1) eta): the edge-of-stability picture."""
+    rows = record["rows"]
+    by_step = record.get("order") == "step"
+    x = np.array([r["step"] if by_step else i for i, r in enumerate(rows)], dtype=float)
+
+    def series(key: str) -> np.ndarray:
+        return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
+
+    adam = np.isfinite(series("adam_sharpness")).any()
+    fig = Figure(figsize=(12 if adam else 7.5, 4.8), layout="constrained")
+    axes = fig.subplots(1, 2 if adam else 1)
+    left = axes[0] if adam else axes
+    operator = record["operator"]
+    for key, style, colour, label in (("lambda_max", "o-", "tab:blue", f"λmax ({operator}, full sample)"),
+                                      ("batch_lambda_max", "s-", "tab:cyan", "λmax of one batch"),
+                                      ("batch_sharpness", "^-", "tab:purple", "batch sharpness gᵀHg/|g|²"),
+                                      ("line_sgd", "--", "tab:red", "2/η"),
+                                      ("line_momentum", "--", "tab:orange", "2(1+ρ)/η")):
+        values = series(key)
+        if np.isfinite(values).any():
+            left.plot(x, values, style, color=colour, lw=1.5, markersize=4, label=label)
+    left.set_yscale("log")
+    left.set(xlabel="training step" if by_step else "checkpoint", ylabel="curvature",
+             title="sharpness over training")
+    left.legend(fontsize=8)
+    if adam:
+        right = axes[1]
+        right.plot(x, series("adam_sharpness"), "o-", color="tab:green", label="λ1(D⁻¹ᐟ²HD⁻¹ᐟ²) (Adam)")
+        right.plot(x, series("line_adam"), "--", color="tab:red", label="(2+2β1)/((1-β1)η)")
+        right.set_yscale("log")
+        right.set(xlabel="training step" if by_step else "checkpoint", ylabel="preconditioned curvature",
+                  title="Adam's preconditioned sharpness")
+        right.legend(fontsize=8)
+    save_figure(fig, path, dpi=120)

@@ -192,7 +192,7 @@ def _more_bad_files(d: Path, checkpoint: Path, state: dict) -> None:
 
 
 GOOD = ["--model", "mlp", "--data", "digits"]
-ANALYSES = ("spectrum", "eigs", "trace", "lr", "validate-lr")
+ANALYSES = ("spectrum", "eigs", "trace", "lr", "validate-lr", "track")
 BAD_INPUTS = [
     # (name, arguments after the command, exit code, words the message must contain)
     ("missing checkpoint", ["eigs", "--checkpoint", "{d}/nope.pt", *GOOD], 1, "checkpoint not found"),
@@ -516,6 +516,19 @@ BAD_INPUTS = [
     ("plot a checkpoint", ["plot", "{ckpt}"], 1, "is not valid JSON"),
     ("more labels than results", ["plot", "{d}/nodensity.json", "--label", "a", "--label", "b"], 1,
      "no spectral density"),
+    # track (issue 16)
+    ("track a glob matching nothing", ["track", "{d}/nothing_*.pt", *GOOD], 2, "matches no file"),
+    ("track no checkpoints", ["track", *GOOD], 2, "Missing argument 'CHECKPOINT...'"),
+    ("track a missing second checkpoint", ["track", "{ckpt}", "{d}/nope.pt", *GOOD, "--samples", "50",
+                                           "--trace-products", "0"], 1, "checkpoint not found"),
+    ("track a checkpoint of another model", ["track", "{ckpt}", "{d}/keys.pt", *GOOD, "--samples", "50",
+                                             "--trace-products", "0"], 1, "1 missing ('2.bias')"),
+    ("track two trace products", ["track", "{ckpt}", *GOOD, "--trace-products", "2"], 2, "at least 3"),
+    ("track a batch above the sample", ["track", "{ckpt}", *GOOD, "--samples", "100", "--batch-size", "500"], 2,
+     "larger than the sample (100"),
+    ("track a negative learning rate", ["track", "{ckpt}", *GOOD, "--lr", "-1"], 2, "--lr"),
+    ("track a NaN learning rate", ["track", "{ckpt}", *GOOD, "--lr", "nan"], 2, "not a finite number"),
+    ("track momentum of one", ["track", "{ckpt}", *GOOD, "--momentum", "1"], 2, "--momentum"),
 ]
 
 

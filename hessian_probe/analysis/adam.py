@@ -78,6 +78,11 @@ def _diagonal(v: Tensor, eps: float) -> Tensor:
     return d
 
 
+def saved_diagonal(saved: SavedAdamState, beta2: float, eps: float) -> Tensor:
+    """Adam's D = sqrt(v_hat) + eps from a saved state as it stands (its step's bias correction)."""
+    return _diagonal(saved.second_moment(beta2), eps)
+
+
 def preconditioning(source: str, moments: GradientMoments, saved: SavedAdamState | None, beta2: float,
                     eps: float, batch_sizes: list[int], horizon: int = 200
                     ) -> tuple[Callable[[int], Tensor], AdamPreconditioning]:

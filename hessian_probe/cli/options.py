@@ -21,12 +21,18 @@ BATCH_SIZE_OPTION = click.option(
     help="Analyse one seeded random batch of B examples (the batch Hessian) instead of the full sample.")
 
 
-def problem_options(command: Callable, one_batch: bool = True) -> Callable:
+CHECKPOINT_OPTION = click.option(
+    "--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="State dict (.pt/.pth/.bin/.ckpt, or a dict wrapping one) or .safetensors.")
+CHECKPOINTS_ARGUMENT = click.argument("checkpoints", nargs=-1, required=True, metavar="CHECKPOINT...")
+
+
+def problem_options(command: Callable, one_batch: bool = True, many_checkpoints: bool = False) -> Callable:
     """--checkpoint, --model, --data, --loss, --operator, ... : everything that defines the problem
-    (``one_batch``: offer --batch-size, the batch operator; a batch-size scan chooses its own)."""
+    (``one_batch``: offer --batch-size, the batch operator; a batch-size scan chooses its own;
+    ``many_checkpoints``: CHECKPOINT... arguments, files or globs, instead of --checkpoint)."""
     options = [
-        click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                     help="State dict (.pt/.pth/.bin/.ckpt, or a dict wrapping one) or .safetensors."),
+        CHECKPOINTS_ARGUMENT if many_checkpoints else CHECKPOINT_OPTION,
         click.option("--model", default=None, metavar="SPEC",
                      help="mlp | cnn (built-ins), a torchvision name, or package.module:factory / file.py:factory. "
                           "Required unless the checkpoint is a trusted pickled model."),
@@ -186,6 +192,23 @@ def _batch_sizes(text: str | None) -> list[int] | None:
     if not sizes or sizes[0] < 1:
         raise UsageError(f"--batch-sizes must be positive integers, got {text!r}")
     return sizes
+
+
+def expand_checkpoints(given: tuple[str, ...]) -> list[Path]:
+    """CHECKPOINT arguments as files: each a path, or a glob (quoted, 'runs/epoch_*.pt') matching at least
+    one; repeats dropped, the order kept."""
+    import glob
+
+    found: list[Path] = []
+    for text in given:
+        if glob.has_magic(text):
+            matched = sorted(glob.glob(text))
+            if not matched:
+                raise UsageError(f"{text} matches no file")
+            found += [Path(m) for m in matched]
+        else:
+            found.append(Path(text))
+    return list(dict.fromkeys(found))
 
 
 def _names(text: str, allowed: tuple[str, ...], option: str) -> list[str]:

@@ -25,24 +25,29 @@ from ..io.names import RECORD_FILES
 from ..results import to_jsonable
 from ..runtime import torchrun as distributed
 from .app import CommandError, _ignore_further_interrupts, main
-from .options import PROBLEM_KEYS, problem_options
+from .options import PROBLEM_KEYS, expand_checkpoints, problem_options
 
 
 def analysis_command(name: str, *, one_batch: bool = True, may_hold: frozenset[str] = frozenset(),
-                     outputs: frozenset[str] = RECORD_FILES) -> Callable:
+                     outputs: frozenset[str] = RECORD_FILES, many_checkpoints: bool = False) -> Callable:
     """Register an analysis command: ``body(op, *, seed, progress, out_dir, loaded, journal,
     **command_options) -> (result, extra_files)``, the result typed; its writer and summary are its
     type's (io.formats.format_of). ``may_hold``: files that --out may already hold without
     --overwrite (validate-lr reads lr's outputs there); ``outputs``: every file name the command may
-    write (a namesake hessian-probe did not write is never replaced)."""
+    write (a namesake hessian-probe did not write is never replaced). ``many_checkpoints``: CHECKPOINT...
+    arguments instead of --checkpoint; the first is loaded as the problem, the body gets them all
+    as ``checkpoints``."""
 
     def register(body: Callable) -> Callable:
-        @functools.partial(problem_options, one_batch=one_batch)
+        @functools.partial(problem_options, one_batch=one_batch, many_checkpoints=many_checkpoints)
         @click.pass_context
         @functools.wraps(body)
         def command(ctx: click.Context, operator: str, out_dir: Path | None, as_json: bool, quiet: bool,
                     resume: bool, overwrite: bool, **options: Any) -> dict[str, Any]:
             spec_options = {k: options.pop(k, None) for k in PROBLEM_KEYS}
+            if many_checkpoints:
+                options["checkpoints"] = expand_checkpoints(options["checkpoints"])
+                spec_options["checkpoint"] = options["checkpoints"][0]
             products = {"compile": options.pop("compile_products"), "tf32": options.pop("tf32")}
             check = not options.pop("allow_nondeterministic")
             run = RunOptions(name=name, operator=operator, out_dir=out_dir or Path(f"hessian-probe-{name}"),

@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis import EigenvalueReport, LearningRateResult, SpectrumResult, TraceReport, ValidationReport
+from ..analysis.track import TrackResult
 from ..errors import flags_in_notes
 from ..operators.ggn import split_description
-from ..plots import plot_batch_spectra, plot_densities, plot_learning_rates
+from ..plots import plot_batch_spectra, plot_densities, plot_learning_rates, plot_track
 from ..results import to_jsonable
 from . import summaries
-from .names import LR_FILES, LR_STATE, RECORD_FILES, VALIDATION_FILES
+from .names import LR_FILES, LR_STATE, RECORD_FILES, TRACK_FILES, VALIDATION_FILES
 from .records import write_json
 from .saved import save_learning_rates
-from .tables import LR_COLUMNS, VALIDATION_COLUMNS, write_eigenvalues_csv, write_rows_csv
+from .tables import LR_COLUMNS, TRACK_COLUMNS, VALIDATION_COLUMNS, write_eigenvalues_csv, write_rows_csv
 
 Writer = Callable[[dict[str, Any], Path, Any], list[str]]
 
@@ -118,10 +119,19 @@ def write_validation(record: dict[str, Any], out_dir: Path, result: ValidationRe
     return written + files
 
 
+def write_track(record: dict[str, Any], out_dir: Path, result: TrackResult) -> list[str]:
+    """track.json, track.csv (one row per checkpoint, in training order) and track.png."""
+    write_json(record, out_dir / "track.json")
+    write_rows_csv(record["rows"], out_dir / "track.csv", TRACK_COLUMNS)
+    plot_track(record, out_dir / "track.png")
+    return ["track.json", "track.csv", "track.png"]
+
+
 FORMATS: dict[type, ResultFormat] = {
     SpectrumResult: ResultFormat(_write_operator_report, summaries.spectrum_summary, RECORD_FILES),
     EigenvalueReport: ResultFormat(_write_operator_report, summaries.eigenvalue_summary, RECORD_FILES),
     TraceReport: ResultFormat(_write_operator_report, summaries.trace_summary, RECORD_FILES),
     LearningRateResult: ResultFormat(write_learning_rates, summaries.learning_rate_summary, LR_FILES),
     ValidationReport: ResultFormat(write_validation, summaries.validation_summary, VALIDATION_FILES),
+    TrackResult: ResultFormat(write_track, summaries.track_summary, TRACK_FILES),
 }

@@ -5,3 +5,4 @@ RECORD_FILES = frozenset({"result.json", "eigenvalues.csv", "density.png", "dens
 LR_STATE = "lr_state.pt"
 LR_FILES = frozenset({"lr.json", "lr.csv", "lr.png", "spectra_by_batch.png", LR_STATE})
 VALIDATION_FILES = LR_FILES | {"validation.json", "validation.csv", "validation_no_progress.csv"}
+TRACK_FILES = frozenset({"track.json", "track.csv", "track.png"})

@@ -106,11 +106,27 @@ def validation_lines(record: Record) -> list[str]:
     return lines
 
 
+def track_lines(record: Record) -> list[str]:
+    """One line per checkpoint in training order: lambda_max (starred if not converged) against 2/eta."""
+    lines = [f"  {len(record['rows'])} checkpoints in training order (by {record['order']}); sharpest: "
+             f"{record['sharpest']}",
+             f"  {'step':>8} {'lambda_max':>11} {'2/lr':>10} {'trace':>10} {'batch lmax':>10} {'batch BS':>10} "
+             f"{'Adam lmax':>10} {'Adam line':>10}  checkpoint"]
+    for r in record["rows"]:
+        step = "-" if r["step"] is None else str(r["step"])
+        star = "" if r["lambda_max_converged"] else "*"
+        lines.append(f"  {step:>8} {_cell(r['lambda_max'], 10)}{star or ' '} {_cell(r['line_sgd'])} "
+                     f"{_cell(r['trace'])} {_cell(r['batch_lambda_max'])} {_cell(r['batch_sharpness'])} "
+                     f"{_cell(r['adam_sharpness'])} {_cell(r['line_adam'])}  {r['name']}")
+    return lines
+
+
 spectrum_summary = _framed(spectrum_lines)
 eigenvalue_summary = _framed(eigenvalue_lines)
 trace_summary = _framed(trace_lines)
 learning_rate_summary = _framed(lr_table)
 validation_summary = _framed(validation_lines)
+track_summary = _framed(track_lines)
 
 LR_NAMES = {"sgd": "SGD", "momentum": "momentum", "nesterov": "Nesterov", "adam": "Adam"}
 

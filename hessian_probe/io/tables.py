@@ -22,6 +22,11 @@ VALIDATION_COLUMNS = ["optimizer", "batch_size", "predicted_lr", "measured_lr", 
                       "criterion", "seeds", "recommended_lr", "ratio_to_recommended", "best_model", "best_prediction",
                       "ratio_to_best"]
 
+TRACK_COLUMNS = ["name", "step", "loss", "lambda_max", "lambda_max_residual", "lambda_max_converged", "trace",
+                 "trace_stderr", "batch_size", "batch_lambda_max", "batch_lambda_min", "batch_converged",
+                 "batch_sharpness", "adam_sharpness", "adam_converged", "optimizer", "lr", "momentum", "beta1", "beta2",
+                 "eps", "line_sgd", "line_momentum", "line_adam", "sha256", "n_products", "wall_time_s"]
+
 
 def write_eigenvalues_csv(records: Sequence[Mapping[str, Any]], path: Path) -> None:
     """One row per eigenvalue: operator, end (top/bottom), rank, eigenvalue, residual, converged."""

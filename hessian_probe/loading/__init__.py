@@ -56,6 +56,7 @@ class LoadedProblem:
     problem: Problem
     checkpoint: Checkpoint
     model: nn.Module
+    spec: ProblemSpec | None = None  # what it was loaded from
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,7 +141,7 @@ def _load_problem(spec: ProblemSpec) -> LoadedProblem:
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
-    return LoadedProblem(build(), checkpoint, model)
+    return LoadedProblem(build(), checkpoint, model, spec)
 
 
 def _usage(check, *args):

@@ -36,6 +36,7 @@ class Checkpoint:
     module: nn.Module | None = None
     optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
     found_under: str = ""  # where the weights were: "" (top level), "state_dict", ...
+    step: int | None = None  # the training step (or epoch) it carries: STEP_KEYS, the first found
 
 
 def load_checkpoint(path: str | Path, *, trust: bool = False) -> Checkpoint:
@@ -49,21 +50,36 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> Checkpoint:
         return Checkpoint(path, module=content)
     if not isinstance(content, dict):
         raise InputError(f"checkpoint {path} holds a {type(content).__name__}, not a state dict or a dict wrapping one")
+    step = training_step(content)
     optimizer = next((content[k] for k in OPTIMIZER_KEYS if isinstance(content.get(k), (dict, list))), None)
     if isinstance(optimizer, list):  # Lightning keeps one state per optimizer
         optimizer = optimizer[0] if optimizer else None
     for key in STATE_DICT_KEYS:
         inner = content.get(key)
         if isinstance(inner, nn.Module):
-            return Checkpoint(path, module=inner, optimizer_state=optimizer, found_under=key)
+            return Checkpoint(path, module=inner, optimizer_state=optimizer, found_under=key, step=step)
         if isinstance(inner, dict) and (weights := _tensors_of(inner)):
-            return Checkpoint(path, state_dict=weights, optimizer_state=optimizer, found_under=key)
+            return Checkpoint(path, state_dict=weights, optimizer_state=optimizer, found_under=key, step=step)
     if weights := _tensors_of(content):
-        return Checkpoint(path, state_dict=weights, optimizer_state=optimizer)
+        return Checkpoint(path, state_dict=weights, optimizer_state=optimizer, step=step)
     raise InputError(
         f"checkpoint {path} has no state dict: top-level keys are {_sample(content) or '(none)'}; "
         f"expected tensors, or one of {', '.join(STATE_DICT_KEYS)} holding them"
     )
+
+
+STEP_KEYS = ("global_step", "step", "epoch")  # Lightning writes global_step and epoch
+
+
+def training_step(content: dict) -> int | None:
+    """The step a checkpoint dict carries at its top level (an int, or a one-element integer tensor)."""
+    for key in STEP_KEYS:
+        value = content.get(key)
+        if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+            value = int(value.item())
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 def _tensors_of(d: dict) -> dict[str, Tensor]:

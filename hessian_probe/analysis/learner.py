@@ -1,0 +1,93 @@
+"""The seed authors' curvature learner rules (docs/theory.md section 4.5; their GadamX code, 2020):
+learning rate and momentum from the Ritz values of m Lanczos steps of the Hessian on b examples.
+
+From the Gauss rule of one probe (nodes theta_k, weights gamma_k = (first component of the k-th
+Ritz vector)^2): lambda_max = max |theta|; mu = the smallest |theta| after removing, while the
+largest weight exceeds 1/2, that heavy node (the cluster near zero), the rest renormalised -- or
+the median |theta|. Then
+
+    SGD:         lr = 2 / (lambda_max + mu)
+    heavy ball:  lr = 4 / (sqrt(lambda_max) + sqrt(mu))^2,  rho = ((sqrt(k) - 1) / (sqrt(k) + 1))^2,
+                 k = lambda_max / mu
+
+which on a quadratic with spectrum [mu, lambda_max] are the textbook optima (Polyak 1964: the
+fastest linear rate of gradient descent and of the heavy ball). Their code divides by
+sqrt(k) + mu in rho; that slip is not reproduced. These are optimal rates of a quadratic, not
+divergence thresholds: a batch Hessian on b < B examples overestimates lambda_max (section 3),
+so the rate errs low.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..linalg import gauss_quadrature, lanczos
+from ..operators import CurvatureOperator
+from ..results import saveable
+
+MU_RULES = ("heavy-node", "median")
+
+
+@saveable
+@dataclass(frozen=True, kw_only=True)
+class LearnerSuggestion:
+    """The learner's estimate and the settings its rules give (``safety`` applied to both rates)."""
+
+    lambda_max: float
+    mu: float
+    mu_rule: str
+    sgd_lr: float
+    heavy_ball_lr: float
+    heavy_ball_momentum: float
+    safety: float
+    lanczos_steps: int
+    n_products: int
+
+
+def extremes(nodes: Sequence[float], weights: Sequence[float], mu_rule: str = "heavy-node") -> tuple[float, float]:
+    """(lambda_max, mu) from one probe's Gauss rule (module docstring)."""
+    if mu_rule not in MU_RULES:
+        raise ValueError(f"unknown mu rule {mu_rule!r}: use one of {', '.join(MU_RULES)}")
+    magnitudes = np.abs(np.asarray(nodes, dtype=np.float64))
+    if not len(magnitudes):
+        raise ValueError("no Ritz values")
+    lambda_max = float(magnitudes.max())
+    if mu_rule == "median":
+        return lambda_max, float(np.median(magnitudes))
+    kept, w = magnitudes.copy(), np.asarray(weights, dtype=np.float64).copy()
+    while len(kept) > 1 and w.max() > 0.5 * w.sum():  # the heavy node near zero (weights renormalised)
+        heavy = int(np.argmax(w))
+        kept, w = np.delete(kept, heavy), np.delete(w, heavy)
+    return lambda_max, float(kept.min())
+
+
+def sgd_rate(lambda_max: float, mu: float) -> float:
+    """2 / (lambda_max + mu): gradient descent's fastest rate on a quadratic with spectrum [mu, lambda_max]."""
+    return 2.0 / (lambda_max + mu)
+
+
+def heavy_ball(lambda_max: float, mu: float) -> tuple[float, float]:
+    """(lr, rho) = (4 / (sqrt(L) + sqrt(mu))^2, ((sqrt(k) - 1) / (sqrt(k) + 1))^2), k = L / mu (Polyak 1964)."""
+    root_l, root_mu = math.sqrt(lambda_max), math.sqrt(mu)
+    if root_mu == 0:
+        return 4.0 / lambda_max, 1.0
+    root_k = root_l / root_mu
+    return 4.0 / (root_l + root_mu) ** 2, ((root_k - 1.0) / (root_k + 1.0)) ** 2
+
+
+def suggest(op: CurvatureOperator, *, lanczos_steps: int = 20, mu_rule: str = "heavy-node", safety: float = 1.0,
+            seed: int = 0) -> LearnerSuggestion:
+    """m = ``lanczos_steps`` Lanczos steps on one seeded probe of ``op``, and the rules' settings."""
+    run = lanczos(op, lanczos_steps, n_probes=1, seed=seed)
+    nodes, weights = gauss_quadrature(run.alphas[0], run.betas[0])
+    lambda_max, mu = extremes(nodes, weights, mu_rule)
+    if not lambda_max > 0:
+        raise ValueError("the Ritz values are all zero: no curvature to set a rate from")
+    lr, rho = heavy_ball(lambda_max, mu)
+    return LearnerSuggestion(lambda_max=lambda_max, mu=mu, mu_rule=mu_rule, sgd_lr=safety * sgd_rate(lambda_max, mu),
+                             heavy_ball_lr=safety * lr, heavy_ball_momentum=rho, safety=safety,
+                             lanczos_steps=len(run.alphas[0]), n_products=run.n_products)

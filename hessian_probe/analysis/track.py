@@ -1,0 +1,253 @@
+"""Curvature across training: the same measurements on every checkpoint of a run, in training order.
+
+Per checkpoint, on the same fixed sample and with the same seeded probes: lambda_max of the
+operator with its Ritz residual (exactly ``eigenvalues(op, 1, 0)``, the `eigs --top-k 1` call), the
+trace with its standard error (Hutch++ or Hutchinson), lambda_max, lambda_min and the batch
+sharpness g^T H g / |g|^2 of one seeded batch at the training batch size B (the scan's batch
+(B, 0), batch_scan.batch_indices), for Adam checkpoints the preconditioned sharpness
+lambda_1(D^-1/2 H D^-1/2), D = sqrt(v_hat) + eps from the saved moments, and the optimizer's
+hyperparameters. Each row carries the stability lines of its own learning rate eta:
+
+    SGD 2/eta;  heavy ball 2(1 + rho)/eta;  Adam (2 + 2 beta1)/((1 - beta1) eta)  (38/eta at beta1 = 0.9)
+
+the first two against lambda_max (full-batch GD settles at lambda_max ~ 2/eta, the edge of
+stability: Cohen et al. 2021), the last against the preconditioned sharpness (Cohen et al. 2022).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..batches import split_batches
+from ..errors import setting
+from ..linalg import extremal_eigs
+from ..linalg import trace as estimate_trace
+from ..operators import ProductSettings, curvature_operator
+from ..operators.preconditioned import PreconditionedOperator
+from ..problem import Problem
+from ..protocols import COMPUTE_NOW, Pieces
+from ..results import saveable, to_jsonable
+from ..seeds import derive
+from .adam import saved_diagonal
+from .batch_scan import batch_indices, measure_batch
+from .eigenvalues import eigenvalues
+from .optimizer_state import optimizer_state_of, saved_adam_state
+
+ORDERS = ("step", "name", "given")
+OVERRIDES = ("lr", "momentum", "beta1", "beta2", "eps")
+
+
+@dataclass(frozen=True)
+class TrackPoint:
+    """One checkpoint: its name, the training step it carries (None: unknown), and its problem and
+    optimizer state dict -- or ``load``, called when the point is measured, returning the point
+    with them (so that only one checkpoint is in memory at a time)."""
+
+    name: str
+    step: int | None = None
+    problem: Problem | None = None
+    optimizer_state: Mapping[str, Any] | None = None
+    load: Callable[[], TrackPoint] | None = None
+    digest: str | None = None  # the file's sha256, when it came from one
+
+    def loaded(self) -> TrackPoint:
+        if self.problem is not None:
+            return self
+        if self.load is None:
+            raise ValueError(f"track point {self.name!r} has neither a problem nor a loader")
+        return self.load()
+
+
+def in_training_order(points: Sequence[Any]) -> tuple[list[Any], str]:
+    """Points (anything with ``name`` and ``step``) by the step every one carries; else by the last
+    number in every name; else as given."""
+    points = list(points)
+    if points and all(p.step is not None for p in points):
+        return sorted(points, key=lambda p: p.step), "step"
+    numbers = [_last_number(p.name) for p in points]
+    if points and all(n is not None for n in numbers):
+        order = sorted(range(len(points)), key=lambda i: numbers[i])
+        return [points[i] for i in order], "name"
+    return points, "given"
+
+
+def _last_number(name: str) -> int | None:
+    found = re.findall(r"\d+", Path(name).stem)
+    return int(found[-1]) if found else None
+
+
+@saveable
+@dataclass(frozen=True, kw_only=True)
+class TrackRow:
+    """One checkpoint's measurements (module docstring); None where a quantity does not apply."""
+
+    name: str
+    step: int | None
+    loss: float
+    lambda_max: float | None
+    lambda_max_residual: float
+    lambda_max_converged: bool
+    trace: float | None = None
+    trace_stderr: float | None = None
+    batch_size: int | None = None
+    batch_lambda_max: float | None = None
+    batch_lambda_min: float | None = None
+    batch_converged: bool | None = None
+    batch_sharpness: float | None = None
+    adam_sharpness: float | None = None
+    adam_converged: bool | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    sources: dict | None = None  # each hyperparameter: 'checkpoint' or 'option'
+    line_sgd: float | None = None
+    line_momentum: float | None = None
+    line_adam: float | None = None
+    sha256: str | None = None
+    n_products: int = 0
+    wall_time_s: float = 0.0
+
+
+@saveable
+@dataclass(frozen=True, kw_only=True)
+class TrackResult:
+    """The rows in training order (``order``: by 'step', 'name' or as 'given') and how they were measured."""
+
+    operator: str
+    n_params: int
+    n_samples: int
+    order: str
+    rows: tuple[TrackRow, ...]
+    settings: dict
+    warnings: tuple[str, ...] = ()
+    wall_time_s: float = 0.0
+
+    def row(self, name: str) -> TrackRow | None:
+        return next((r for r in self.rows if r.name == name), None)
+
+    def sharpest(self) -> TrackRow | None:
+        rated = [r for r in self.rows if r.lambda_max is not None]
+        return max(rated, key=lambda r: r.lambda_max) if rated else None
+
+    def to_dict(self) -> dict[str, Any]:
+        sharpest = self.sharpest()
+        return to_jsonable({
+            "operator": self.operator, "n_params": self.n_params, "n_samples": self.n_samples, "order": self.order,
+            "rows": [r for r in self.rows], "sharpest": sharpest.name if sharpest else None,
+            "lines_are": "divergence thresholds of each checkpoint's own learning rate eta: line_sgd 2/eta and "
+                         "line_momentum 2(1 + rho)/eta against lambda_max, line_adam (2 + 2 beta1)/((1 - beta1) eta) "
+                         "against adam_sharpness (the edge of stability: Cohen et al. 2021, 2022)",
+            "settings": self.settings, "warnings": list(self.warnings), "wall_time_s": self.wall_time_s})
+
+
+def stability_lines(lr: float | None, momentum: float | None, beta1: float | None,
+                    optimizer: str | None) -> dict[str, float | None]:
+    """The divergence thresholds of the quadratic model at learning rate ``lr`` (module docstring)."""
+    if not lr or lr <= 0:
+        return {"line_sgd": None, "line_momentum": None, "line_adam": None}
+    adam = optimizer == "adam" and beta1 is not None
+    return {"line_sgd": 2.0 / lr if optimizer != "adam" else None,
+            "line_momentum": 2.0 * (1.0 + momentum) / lr if optimizer != "adam" and momentum else None,
+            "line_adam": (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr) if adam else None}
+
+
+def track(points: Sequence[TrackPoint], operator: str = "hessian", *, batch_size: int | None = None,
+          tol: float = 1e-6, max_steps: int | None = None, trace_products: int = 99, trace_method: str = "hutchpp",
+          hyperparameters: Mapping[str, Any] | None = None, seed: int = 0, settings: ProductSettings | None = None,
+          progress: Any = None, pieces: Pieces = COMPUTE_NOW) -> TrackResult:
+    """Measure every point (module docstring); the rows come in training order (in_training_order). Every
+    checkpoint is one piece, named by its file digest when it has one. ``hyperparameters``: values
+    that override every checkpoint's (lr, momentum, beta1, beta2, eps; None: not given).
+    ``trace_products`` 0 skips the trace."""
+    t0 = time.perf_counter()
+    if not points:
+        raise ValueError("no checkpoints to track")
+    overrides = {k: v for k, v in (hyperparameters or {}).items() if v is not None}
+    unknown = set(overrides) - set(OVERRIDES)
+    if unknown:
+        raise ValueError(f"unknown hyperparameters {sorted(unknown)}: use {', '.join(OVERRIDES)}")
+    if progress is not None:
+        progress.stage("checkpoints", len(points), unit="checkpoint")
+    measured, shapes = [], set()
+    for i, point in enumerate(points):  # each on its own: the order they are measured in changes no number
+        key = f"checkpoint-{point.digest[:16]}" if point.digest else f"checkpoint-{i}"
+
+        def measure(point: TrackPoint = point) -> tuple[TrackRow, tuple[int, int]]:
+            loaded = point.loaded()
+            row = _measure(loaded, operator, batch_size, tol, max_steps, trace_products, trace_method, overrides,
+                           seed, settings)
+            return row, (loaded.problem.n_params, loaded.problem.n_samples)
+
+        row, shape = pieces.shared(key, measure)
+        if shapes and shape not in shapes:
+            raise ValueError(f"{point.name} has {shape[0]:,} parameters and {shape[1]:,} examples, the checkpoints "
+                             f"before it {min(shapes)[0]:,} and {min(shapes)[1]:,}: track one run's checkpoints of "
+                             "one model on one sample")
+        measured.append(replace(row, sha256=point.digest))
+        shapes.add(shape)
+        if progress is not None:
+            progress.advance(1)
+    rows, order = in_training_order(measured)
+    n_params, n_samples = shapes.pop()
+    warnings = []
+    if not any(r.lr for r in rows):
+        warnings.append(f"no checkpoint carries a learning rate: pass {setting('lr')} to draw the stability lines")
+    if any(not r.lambda_max_converged for r in rows):
+        warnings.append(f"lambda_max did not converge to {setting('tol')} on some checkpoints: see their residuals")
+    return TrackResult(operator=operator, n_params=n_params, n_samples=n_samples, order=order, rows=tuple(rows),
+                       settings=dict(batch_size=batch_size, tol=tol, max_steps=max_steps,
+                                     trace_products=trace_products, trace_method=trace_method, seed=seed,
+                                     overrides=overrides),
+                       warnings=tuple(warnings), wall_time_s=time.perf_counter() - t0)
+
+
+def _measure(point: TrackPoint, operator: str, batch_size: int | None, tol: float, max_steps: int | None,
+             trace_products: int, trace_method: str, overrides: dict[str, Any], seed: int,
+             settings: ProductSettings | None) -> TrackRow:
+    t0 = time.perf_counter()
+    problem = point.problem
+    op = curvature_operator(problem, operator, settings=settings)
+    top = eigenvalues(op, 1, 0, tol=tol, max_steps=max_steps, seed=seed).eigs  # = `eigs --top-k 1 --bottom-k 0`
+    products = top.n_products
+    values: dict[str, Any] = {}
+    if trace_products:
+        tr = estimate_trace(op, trace_products, method=trace_method, seed=derive(seed, "spectrum-trace"))
+        values.update(trace=tr.estimate, trace_stderr=tr.stderr)
+        products += tr.n_products
+    n = problem.n_samples
+    if batch_size is not None and batch_size < n:
+        inputs, targets = problem.examples()
+        idx = batch_indices(n, batch_size, seed, 0)
+        batch = problem.with_batches(split_batches(inputs[idx], targets[idx], problem.chunk_size))
+        m = measure_batch(batch, operator, batch_size=batch_size, index=0, tol=tol,
+                          seed=derive(seed, "batch-measurement", 0), settings=settings)
+        values.update(batch_size=batch_size, batch_lambda_max=m.lambda_max, batch_lambda_min=m.lambda_min,
+                      batch_converged=bool(m.eigs.converged), batch_sharpness=m.batch_sharpness)
+        products += sum((m.n_products or {}).values())
+    found = optimizer_state_of(point.optimizer_state, problem)
+    hyper = {"lr": found.lr, "momentum": found.momentum, "beta1": found.betas[0] if found.betas else None,
+             "beta2": found.betas[1] if found.betas else None, "eps": found.eps}
+    sources = {k: ("option" if k in overrides else "checkpoint") for k, v in hyper.items()
+               if k in overrides or v is not None}
+    hyper.update(overrides)
+    kind = found.kind or ("adam" if any(k in overrides for k in ("beta1", "beta2")) else None)
+    saved = saved_adam_state(found, problem) if kind == "adam" else None
+    if saved is not None:
+        diagonal = saved_diagonal(saved, hyper["beta2"] if hyper["beta2"] is not None else 0.999,
+                                  hyper["eps"] if hyper["eps"] is not None else 1e-8)
+        adam = extremal_eigs(PreconditionedOperator(op, diagonal), 1, 0, tol=tol, seed=derive(seed, "adam-sharpness"))
+        values.update(adam_sharpness=float(adam.top_eigenvalues[0]), adam_converged=bool(adam.converged))
+        products += adam.n_products
+    lines = stability_lines(hyper["lr"], hyper["momentum"], hyper["beta1"] if kind == "adam" else None, kind)
+    return TrackRow(name=point.name, step=point.step, loss=problem.loss_value(),
+                    lambda_max=top.top_eigenvalues[0], lambda_max_residual=float(top.top_residuals[0]),
+                    lambda_max_converged=bool(top.converged), **values, optimizer=kind, **hyper, sources=sources,
+                    **lines, n_products=products, wall_time_s=time.perf_counter() - t0)
