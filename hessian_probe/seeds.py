@@ -1,6 +1,7 @@
 """Every seed derived from the user's ``--seed``, in one table: each part of a computation that
-draws random numbers has its own named stream, ``derive(seed, stream, *index)`` =
-seed + offset + sum(stride_i x index_i).
+draws random numbers from a seed other than the user's own has a named stream,
+``derive(seed, stream, *index)`` = seed + offset + sum(stride_i x index_i). (The first draw of a
+kernel, e.g. SLQ's probes, a Lanczos start vector, Hutch++'s sketch, takes the seed it is given.)
 
 The streams keep the affine offsets the numbers were first computed with (so that every stored
 result, test figure and resumable piece stays the same); a part that draws per batch, probe or

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import UsageError, setting
 from ..linalg import EigenResult, TraceResult, extremal_eigs
 from ..linalg import trace as estimate_trace
-from ..linalg.eigs import check_counts, default_max_steps
+from ..linalg.eigs import default_max_steps
 from ..operators import SampleOperator
 from ..protocols import COMPUTE_NOW, Pieces
 from ..results import to_jsonable
@@ -48,6 +49,15 @@ class TraceReport(OperatorReport):
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable({**self.header(), "trace": self.trace, "warnings": list(self.trace.warnings),
                             "settings": self.settings})
+
+
+def check_counts(op: SampleOperator, top_k: int, bottom_k: int) -> None:
+    """What the user asked for: at least one eigenvalue, no more than the parameters measured."""
+    if top_k + bottom_k == 0:
+        raise UsageError(f"ask for at least one eigenvalue: {setting('top_k')} or {setting('bottom_k')}")
+    if top_k + bottom_k > op.size:
+        raise UsageError(f"{setting('top_k')} {top_k} plus {setting('bottom_k')} {bottom_k} exceeds the {op.size} "
+                         "parameters measured")
 
 
 def eigenvalues(op: SampleOperator, top_k: int = 5, bottom_k: int = 0, *, tol: float = 1e-6,

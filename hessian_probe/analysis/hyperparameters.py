@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import InputError, setting
 from ..results import saveable
 
+HYPERPARAMETER_KEYS = ("momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps")  # what resolve reads
 UPPER_BOUNDS = {"momentum": 1.0, "weight_decay": math.inf, "beta1": 1.0, "beta2": 1.0, "eps": math.inf}  # [0, bound)
 
 
@@ -48,7 +49,7 @@ class Hyperparameters(OptimizerHyperparameters):
         else the default; ``sources`` records which."""
         defaults = cls()
         values, sources = {}, {}
-        for key in ("momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"):
+        for key in HYPERPARAMETER_KEYS:
             mine, saved = given.get(key), found.get(key)
             if mine is not None:
                 values[key] = mine

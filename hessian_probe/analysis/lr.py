@@ -44,7 +44,7 @@ from ..results import saveable, to_jsonable
 from .adam import AdamPreconditioning, SavedAdamState, choose_source, preconditioning
 from .batch_scan import BatchScanResult, BatchSizeSummary, batch_scan, default_batch_sizes
 from .fit import BatchSizeFit, fit_batch_size
-from .hyperparameters import Hyperparameters
+from .hyperparameters import HYPERPARAMETER_KEYS, Hyperparameters
 from .noise import SubspaceNoise, effective_noise, gradient_moments
 from .optimizer_state import OptimizerInfo, found_hyperparameters, optimizer_state_of, saved_adam_state
 from .stability import adam_mean_square_threshold, mean_square_threshold, quadratic_threshold
@@ -513,7 +513,12 @@ def _from_optimizer_state(problem: Problem, hyperparameters: Hyperparameters | M
                              f"{setting('adam_state')} estimated")
     if isinstance(hyperparameters, Hyperparameters):
         return hyperparameters, saved_state, found
+    if hyperparameters is None and found is None:
+        return Hyperparameters(), saved_state, None
     given = dict(hyperparameters or {})
+    unknown = set(given) - {*HYPERPARAMETER_KEYS, "safety"}
+    if unknown:
+        raise ValueError(f"unknown hyperparameters {sorted(unknown)}: use {', '.join(HYPERPARAMETER_KEYS)}, safety")
     safety = given.pop("safety", None)
     hp = Hyperparameters.resolve(given, found_hyperparameters(found) if found is not None else {},
                                  safety=1.0 if safety is None else safety)

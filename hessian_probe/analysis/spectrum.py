@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..linalg import EigenResult, SLQResult, SpectralDensity, TraceResult, slq
-from ..linalg.eigs import check_counts, default_max_steps
+from ..linalg.eigs import default_max_steps
 from ..operators import SampleOperator
 from ..protocols import COMPUTE_NOW, Pieces
 from ..results import to_jsonable
 from ..seeds import derive
-from .eigenvalues import eigenvalues
+from .eigenvalues import check_counts, eigenvalues
 from .eigenvalues import trace as trace_report
 
 GHOST_NOTE = ("SLQ ran without reorthogonalisation: its density and trace are valid (ghost copies of an "

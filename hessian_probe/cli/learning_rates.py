@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..errors import UsageError
 from ..io.names import LR_FILES, VALIDATION_FILES
 from ..runtime import torchrun as distributed
 from .options import (
@@ -117,12 +118,15 @@ def validate_lr(op, *, seed, progress, out_dir, loaded, journal, batch_sizes, op
 
     names = _names(optimizers, OPTIMIZERS, "--optimizers")
     kinds = _names(criteria, CRITERIA, "--criteria")
-    header = {"operator": op.name, "n_params": op.size, "n_samples": op.problem.n_samples}
+    sizes, n = _batch_sizes(batch_sizes), op.problem.n_samples
+    if sizes and sizes[-1] > n:  # before lr.json is read
+        raise UsageError(f"--batch-sizes: {sizes[-1]} is larger than the sample ({n} examples)")
+    header = {"operator": op.name, "n_params": op.size, "n_samples": n}
     earlier = distributed.on_main(lambda: saved_learning_rates(out_dir, header, loaded.checkpoint.path,
                                                                list(op.problem.params)))
     recipe = TrainingRecipe(steps=steps, seeds=seeds, blowup=blowup, precision=precision)
     return check_learning_rates(op.problem, op.name, earlier, recipe, optimizers=names,
-                                batch_sizes=_batch_sizes(batch_sizes), criteria=kinds,
+                                batch_sizes=sizes, criteria=kinds,
                                 optimizer_state=_optimizer_state(loaded),
                                 scan=dict(smallest_batch=smallest_batch, n_batches=n_batches, tol=tol,
                                           density_steps=density_steps),

@@ -1,7 +1,8 @@
 """One writer and one summary per result type: what each command leaves in --out and prints.
 
-``format_of(result)`` is the only place a typed result becomes its record (``result.to_dict()``);
-the CLI adds the provenance (records.provenance) and hands record and result to the writer."""
+``format_of(result)`` gives a result type's writer and summary; ``run_record`` makes a command's
+record from the typed result (its ``to_dict()``), the provenance (records.provenance) and the
+settings shown as --flags, and the CLI hands record and result to the writer."""
 
 from __future__ import annotations
 

@@ -30,7 +30,6 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
-from ..errors import UsageError, setting
 from ..operators.base import CurvatureOperator, ShiftedOperator
 from ..results import KernelResult, not_serialised, saveable
 from ..seeds import derive
@@ -75,14 +74,12 @@ class EigenResult(KernelResult):
         return notes
 
 
-def check_counts(op: CurvatureOperator, top_k: int, bottom_k: int) -> None:
-    """At least one eigenvalue, and no more than the operator has (a UsageError, a ValueError)."""
+def _check_counts(op: CurvatureOperator, top_k: int, bottom_k: int) -> None:
+    """A kernel's own guard (analysis.eigenvalues.check_counts says it to users, by their settings)."""
     if top_k < 0 or bottom_k < 0 or top_k + bottom_k == 0:
-        raise UsageError(f"ask for at least one eigenvalue: {setting('top_k')} or {setting('bottom_k')} "
-                         f"(got {top_k} and {bottom_k})")
+        raise ValueError(f"ask for at least one eigenvalue (top_k={top_k}, bottom_k={bottom_k})")
     if top_k + bottom_k > op.size:
-        raise UsageError(f"cannot find {setting('top_k')} {top_k} plus {setting('bottom_k')} {bottom_k} eigenvalues: "
-                         f"that exceeds the {op.size} parameters measured")
+        raise ValueError(f"cannot find {top_k} + {bottom_k} eigenvalues of a {op.size} x {op.size} operator")
 
 
 def _floor(dtype: torch.dtype, scale: float) -> float:
@@ -149,7 +146,7 @@ def lanczos_eigs(
 ) -> EigenResult:
     """Top-k and bottom-k algebraic eigenpairs by Lanczos with full reorthogonalisation
     (``basis``: where the basis lives, 'auto', 'device' or 'host')."""
-    check_counts(op, top_k, bottom_k)
+    _check_counts(op, top_k, bottom_k)
     t0 = time.perf_counter()
     wanted = top_k + bottom_k
     max_steps = default_max_steps(op.size, wanted, max_steps)
@@ -270,7 +267,7 @@ def power_eigs(
     First the dominant eigenvalue d (|d| >= |lambda| for all lambda); then power iteration on
     A - s I with s = -|d| (top end) and on |d| I - A (bottom end), both PSD.
     """
-    check_counts(op, top_k, bottom_k)
+    _check_counts(op, top_k, bottom_k)
     t0 = time.perf_counter()
     dominant = _deflated_power(op, 1, tol=tol, max_iter=max_iter, seed=seed)
     radius = abs(dominant.values[0]) * (1 + 1e-3)
