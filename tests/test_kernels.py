@@ -266,3 +266,23 @@ def test_float32_residuals_bound_the_eigenvalue_error_and_orthogonality_is_check
     gram = basis @ basis.T
     assert process.orthogonality_error(0) == pytest.approx(
         float((gram - torch.eye(41, dtype=torch.float64)).abs().max()), rel=1e-9, abs=1e-12)
+
+
+def test_reported_products_count_every_product_and_a_start_vector_warm_starts():
+    """n_products counts float32's residual checks too (one product per Ritz pair); Lanczos started
+    near the top eigenvector converges in a few steps."""
+    spectrum = torch.linspace(0.1, 1.0, 40, dtype=torch.float64)
+    spectrum[-1] = 3.0
+    op = DenseOperator(torch.diag(spectrum).float())
+    calls = []
+    matmat = op.matmat
+    op.matmat = lambda v: calls.append(len(v)) or matmat(v)
+    result = extremal_eigs(op, 2, 1, tol=1e-4)
+    assert result.n_products == sum(calls) and result.converged
+    calls.clear()
+    unchecked = extremal_eigs(op, 2, 1, tol=1e-4, measure_residuals=False)
+    assert unchecked.n_products == sum(calls) == result.n_products - 3
+    near_top = torch.full((1, 40), 1e-3)  # the top eigenvector, slightly off (as training moves it)
+    near_top[0, -1] = 1
+    warm, cold = extremal_eigs(op, 1, 0, tol=1e-4, start=near_top), extremal_eigs(op, 1, 0, tol=1e-4)
+    assert warm.n_steps <= 3 < cold.n_steps and warm.top_eigenvalues[0] == pytest.approx(3.0, rel=1e-5)
