@@ -19,6 +19,7 @@ LAYERS = [  # lowest first; a module may import its own layer and the ones below
     ("operators", ["operators"]),
     ("linalg", ["linalg"]),
     ("analysis", ["analysis"]),
+    ("training", ["training"]),
     ("input and output", ["loading", "io", "outputs", "plots", "progress", "demo"]),
     ("command line", ["cli", "__main__", "distributed", "journal"]),  # distributed, journal: old names of runtime's
 ]

@@ -1,0 +1,104 @@
+"""The training-loop helpers (issue 16): the monitor's rows equal direct eigs calls and its CSV holds
+them; the learner's rules give the textbook heavy-ball optimum on an exact quadratic and set a
+torch.optim.SGD's rate and momentum."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hessian_probe import curvature_operator, extremal_eigs, make_problem
+from hessian_probe.analysis.learner import extremes, heavy_ball, sgd_rate, suggest
+from hessian_probe.loading.builtin_models import mlp
+from hessian_probe.loading.datasets import load_digits
+from hessian_probe.operators import DenseOperator
+from hessian_probe.training import CurvatureLearner, SharpnessMonitor
+
+
+def test_the_monitors_rows_equal_direct_eigs_calls_and_its_csv(tmp_path):
+    torch.manual_seed(0)
+    x, y = load_digits(200, seed=0)
+    model = mlp(hidden=8).double()
+    x = x.double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
+    monitor = SharpnessMonitor(model, F.cross_entropy, (x, y), every=5, tol=1e-9, max_steps=60,
+                               csv_path=tmp_path / "sharpness.csv", record_loss=True)
+    direct = []
+    for step in range(16):
+        if monitor.step(step, optimizer) is not None:
+            problem = make_problem(model, (x, y), F.cross_entropy)
+            truth = extremal_eigs(curvature_operator(problem, "hessian"), 1, 0, tol=1e-12, seed=3)
+            direct.append((truth.top_eigenvalues[0], problem.loss_value()))
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    assert [r.step for r in monitor.rows] == [0, 5, 10, 15]
+    for row, (lambda_max, loss) in zip(monitor.rows, direct):
+        assert row.converged and row.lambda_max == pytest.approx(lambda_max, rel=1e-8)
+        assert row.loss == pytest.approx(loss, rel=1e-12)
+        assert row.lr == 0.5 and row.line_sgd == pytest.approx(4.0) and row.line_momentum == pytest.approx(6.0)
+    assert monitor.rows[-1].lanczos_steps < monitor.rows[0].lanczos_steps  # warm-started from the last vector
+    with (tmp_path / "sharpness.csv").open() as fh:
+        saved = list(csv.DictReader(fh))
+    assert [float(r["lambda_max"]) for r in saved] == [r.lambda_max for r in monitor.rows]
+    assert monitor.n_products == sum(int(r["n_products"]) for r in saved) > 0
+
+
+def test_the_learners_rules_are_the_textbook_heavy_ball_optimum_on_a_quadratic():
+    """On H with spectrum [mu, L], Lanczos run to P steps finds mu and L exactly; the heavy ball at
+    the learner's (lr, rho) contracts every eigen-direction at sqrt(rho) = (sqrt k - 1)/(sqrt k + 1),
+    the optimum over a grid of (lr, rho); gradient descent at 2/(L + mu) at (k - 1)/(k + 1)."""
+    spectrum = np.array([0.5, 0.8, 1.3, 2.0, 3.1, 5.0, 8.0])
+    mu, big = spectrum.min(), spectrum.max()
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((7, 7)))
+    op = DenseOperator(torch.tensor(q @ np.diag(spectrum) @ q.T))
+    found = suggest(op, lanczos_steps=7)
+    lr, rho = heavy_ball(big, mu)
+    kappa = big / mu
+    assert found.lambda_max == pytest.approx(big, rel=1e-6) and found.mu == pytest.approx(mu, rel=1e-6)
+    assert found.heavy_ball_lr == pytest.approx(4 / (np.sqrt(big) + np.sqrt(mu)) ** 2, rel=1e-6)
+    assert found.heavy_ball_momentum == pytest.approx(((np.sqrt(kappa) - 1) / (np.sqrt(kappa) + 1)) ** 2, rel=1e-6)
+    assert found.sgd_lr == pytest.approx(2 / (big + mu), rel=1e-6)
+
+    def rate(step: float, momentum: float) -> float:  # the heavy ball's worst contraction over the spectrum
+        return max(max(abs(np.linalg.eigvals(np.array([[1 + momentum - step * h, -momentum], [1, 0]]))))
+                   for h in spectrum)
+
+    assert rate(lr, rho) == pytest.approx(np.sqrt(rho), rel=1e-6)
+    grid = [rate(a, b) for a in np.linspace(0.05, 0.6, 56) for b in np.linspace(0, 0.95, 96)]
+    assert min(grid) >= np.sqrt(rho) * (1 - 1e-6)
+    gd = max(abs(1 - sgd_rate(big, mu) * h) for h in spectrum)
+    assert gd == pytest.approx((kappa - 1) / (kappa + 1), rel=1e-9)
+
+
+def test_mu_leaves_out_the_heavy_node_near_zero_or_is_the_median():
+    nodes, weights = [1e-5, 1.0, 5.0, 10.0], [0.9, 0.04, 0.03, 0.03]
+    assert extremes(nodes, weights) == (10.0, 1.0)
+    assert extremes(nodes, weights, "median") == (10.0, 3.0)
+    assert extremes([-2.0, 0.5, 4.0], [0.3, 0.3, 0.4]) == (4.0, 0.5)  # no heavy node: the smallest |theta|
+    with pytest.raises(ValueError, match="mu rule"):
+        extremes(nodes, weights, "mean")
+
+
+def test_the_learner_sets_sgds_rate_and_momentum_every_k_steps():
+    torch.manual_seed(0)
+    x, y = load_digits(128, seed=0)
+    model = mlp(hidden=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    learner = CurvatureLearner(model, F.cross_entropy, (x, y), optimizer, every=10, heavy_ball=True, safety=0.5)
+    for step in range(25):
+        learner.step(step)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    assert [s for s, _ in learner.history] == [0, 10, 20]
+    last = learner.history[-1][1]
+    assert optimizer.param_groups[0]["lr"] == last.heavy_ball_lr and optimizer.param_groups[0]["momentum"] == \
+        last.heavy_ball_momentum
+    assert last.safety == 0.5 and learner.n_products == sum(s.n_products for _, s in learner.history)
+    with pytest.raises(TypeError, match="torch.optim.SGD"):
+        CurvatureLearner(model, F.cross_entropy, (x, y), torch.optim.Adam(model.parameters()))
