@@ -70,8 +70,8 @@ def main() -> None:
         print(f"curvature sample {sample}: training {base:.2f} s, with the monitor {with_monitor:.2f} s "
               f"(overhead {100 * results[sample]['overhead']:.1f}%), {len(rows)} measurements, "
               f"{results[sample]['mean_lanczos_steps']:.1f} Lanczos steps each", flush=True)
-    print(json.dumps({"steps": args.steps, "every": args.every, "tol": args.tol, "torch": torch.__version__, "results": results},
-                     indent=1))
+    print(json.dumps({"steps": args.steps, "every": args.every, "tol": args.tol, "torch": torch.__version__,
+                      "results": results}, indent=1))
 
 
 if __name__ == "__main__":

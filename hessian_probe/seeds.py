@@ -34,6 +34,7 @@ STREAMS = {
     "adam-sharpness": Stream(1),  # analysis.batch_scan: a batch's preconditioned top eigenvalue
     "batch-density": Stream(2),  # analysis.batch_scan: a batch's (and the full sample's) SLQ density
     "adam-subspace": Stream(3),  # analysis.batch_scan: the preconditioned top eigenvectors at B
+    "learner": Stream(3000),  # analysis.lr: the learner's one-shot Lanczos probe on the full sample
 }
 
 

@@ -20,9 +20,11 @@ from hessian_probe.analysis import (
     spectrum,
 )
 from hessian_probe.analysis.eigenvalues import trace
+from hessian_probe.analysis.learner import suggest
 from hessian_probe.analysis.optimizer_state import found_hyperparameters, optimizer_state_of, saved_adam_state
 from hessian_probe.errors import UsageError
 from hessian_probe.io.formats import format_of
+from hessian_probe.seeds import derive
 
 SCAN = dict(batch_sizes=[16, 64, 200], n_batches=2, subspace=2, density_steps=0)
 
@@ -56,6 +58,9 @@ def test_lr_reads_the_optimizer_state_and_matches_the_hand_resolved_call(adam_tr
                              hyperparameters=Hyperparameters.resolve({"momentum": 0.5}, found_hyperparameters(info),
                                                                      safety=0.5))
     assert result.to_dict()["rows"] == by_hand.to_dict()["rows"]
+    one_shot = suggest(curvature_operator(problem, "hessian"), lanczos_steps=20, safety=0.5, seed=derive(0, "learner"))
+    assert result.learner == one_shot
+    assert result.to_dict()["learner"]["heavy_ball_momentum"] == one_shot.heavy_ball_momentum
     with pytest.raises(UsageError, match="larger than the sample"):
         learning_rates(problem, batch_sizes=[16, 500], optimizer_state=state)
     sgd_state = torch.optim.SGD(problem.module.parameters(), lr=0.1, momentum=0.9).state_dict()

@@ -37,14 +37,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError, setting
-from ..operators import ProductSettings
+from ..operators import ProductSettings, curvature_operator
 from ..problem import Problem
 from ..protocols import COMPUTE_NOW, Pieces
 from ..results import saveable, to_jsonable
+from ..seeds import derive
 from .adam import AdamPreconditioning, SavedAdamState, choose_source, preconditioning
 from .batch_scan import BatchScanResult, BatchSizeSummary, batch_scan, default_batch_sizes
 from .fit import BatchSizeFit, fit_batch_size
 from .hyperparameters import HYPERPARAMETER_KEYS, Hyperparameters
+from .learner import LearnerSuggestion, suggest
 from .noise import SubspaceNoise, effective_noise, gradient_moments
 from .optimizer_state import OptimizerInfo, found_hyperparameters, optimizer_state_of, saved_adam_state
 from .stability import adam_mean_square_threshold, mean_square_threshold, quadratic_threshold
@@ -62,6 +64,12 @@ MODELS = {  # every threshold model of each optimizer; the first is the fixed-He
 BEST_MODEL = {"sgd": "sgd_mss", "momentum": "momentum_mss", "nesterov": "nesterov_mss", "adam": "adam_mss"}
 RECOMMENDED_FRACTION = 0.6  # of the smallest model threshold (docs/theory.md, validity table)
 CALIBRATED_FRACTION = 0.7  # of min(calibrated, best model) (docs/theory.md)
+LEARNER_STEPS = 20  # Lanczos steps of the learner's one-shot estimate (the seed authors' m)
+LEARNER_RULE = ("the seed authors' curvature learner on the full sample's Ritz values (20 Lanczos steps, one probe): "
+                "SGD lr 2/(lambda_max + mu), heavy ball lr 4/(sqrt(lambda_max) + sqrt(mu))^2 with momentum "
+                "((sqrt(k) - 1)/(sqrt(k) + 1))^2, k = lambda_max/mu, mu the smallest |Ritz value| once the heavy node "
+                "near zero is left out; optimal rates of a quadratic (times the safety factor), not divergence "
+                "thresholds and not validated by training here")
 FLAT = 1e-6  # directions with curvature below FLAT x lambda_1 are left out of the mean-square models
 
 
@@ -144,6 +152,7 @@ class LearningRateResult:
     validation: ValidationResult | None = None
     moments_cost: int = 0  # per-example gradients computed for Adam's estimate
     checkpoint_optimizer: dict | None = None  # what the checkpoint's optimizer state said (kind, lr, notes)
+    learner: LearnerSuggestion | None = None  # the seed authors' rules on the full sample's Ritz values
 
     def without_vectors(self) -> LearningRateResult:
         """The same result without the reference eigenvectors (k x P each), e.g. for saving."""
@@ -298,6 +307,8 @@ class LearningRateResult:
         }
         if self.checkpoint_optimizer is not None:
             record["optimizer_in_checkpoint"] = self.checkpoint_optimizer
+        if self.learner is not None:
+            record["learner"] = {**to_jsonable(self.learner), "rule": LEARNER_RULE}
         if self.validation is not None:
             record.update(self.validation.record())
         return to_jsonable(record)
@@ -486,9 +497,13 @@ def learning_rates(
                                            [(m.batch_size, np.asarray(m.projected)[keep, keep])
                                             for m in scan.measurements], n)
     rows = _rows(scan, hp, noise, optimizers)
+    learner = pieces.shared("learner", lambda: suggest(curvature_operator(problem, operator, settings=settings),
+                                                       lanczos_steps=LEARNER_STEPS, safety=hp.safety,
+                                                       seed=derive(seed, "learner")))
     result = LearningRateResult(scan=scan, fit=fit, hyperparameters=hp, rows=tuple(rows), noise=noise, adam=adam,
                                 optimizers=tuple(optimizers), warnings=tuple(_warnings(rows, fit, scan, adam)),
-                                wall_time_s=time.perf_counter() - t0, moments_cost=n if moments is not None else 0)
+                                wall_time_s=time.perf_counter() - t0, moments_cost=n if moments is not None else 0,
+                                learner=learner)
     if found is not None:
         result = replace(result, checkpoint_optimizer={"kind": found.kind, "lr": found.lr, "notes": list(found.notes)})
     if calibrate_at is not None:

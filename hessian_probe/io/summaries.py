@@ -85,6 +85,12 @@ def lr_table(record: Record) -> list[str]:
                      f"{record['full_sample']['lambda_max']:.4g}), kappa = {pm(fit['kappa'], fit['kappa_stderr'])}, "
                      f"p = {pm(fit['p'], fit['p_stderr'])}, critical batch size "
                      + (f"{critical:.0f}" if critical else "undefined"))
+    learner = record.get("learner")
+    if learner:
+        lines.append(f"  learner (seed authors' rules, {learner['lanczos_steps']} Lanczos steps; optimal rates of a "
+                     f"quadratic, not thresholds): SGD {learner['sgd_lr']:.4g}; heavy ball "
+                     f"{learner['heavy_ball_lr']:.4g} with momentum {learner['heavy_ball_momentum']:.3g} "
+                     f"(lambda_max {learner['lambda_max']:.4g}, mu {learner['mu']:.3g})")
     if calibrated:
         cal = record["calibration"]
         shown = ", ".join(f"{o} x{f:.3g}" if f is not None else f"{o}: none" for o, f in cal["factors"].items())
