@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# optional integrations tested when installable; --no-deps, so that torch is never replaced
+OPTIONAL := lightning==2.6.6 lightning-utilities torchmetrics fsspec pyyaml
 
 .PHONY: demo test lint test-all bench bench-wheels clean
 
@@ -10,6 +12,7 @@ $(BIN)/hessian-probe: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps $(OPTIONAL) || echo "optional Lightning not installable: its test skips"
 	touch $@
 
 demo: $(BIN)/hessian-probe
@@ -19,7 +22,7 @@ test: $(BIN)/hessian-probe lint
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/hessian-probe
-	$(BIN)/ruff check hessian_probe tests benchmarks
+	$(BIN)/ruff check hessian_probe tests benchmarks examples
 
 test-all: $(BIN)/hessian-probe
 	$(BIN)/python -m pytest -q -m ''

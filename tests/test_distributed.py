@@ -253,3 +253,25 @@ def test_a_hung_rank_stops_the_other_within_the_collective_timeout(tmp_path, che
     assert seen - hung < 8 + 20, seen - hung
     assert "another process" in line and "--resume" in line, line
     assert "Traceback" not in "".join(lines).split("Error:")[0]
+
+
+def test_track_under_torchrun_measures_each_checkpoint_together_with_the_same_numbers(tmp_path, checkpoint):
+    """track's ranks measure every checkpoint together, each on its shard: the rows equal one
+    process's (lambda_max, trace, one batch's lambda_max and batch sharpness, Adam's sharpness)."""
+    from hessian_probe.demo import train_digits_mlp
+
+    later = tmp_path / "later.pt"
+    train_digits_mlp(later, seed=0, steps=40)
+    args = ("track", checkpoint, later, "--model", "mlp", "--data", "digits", "--samples", "101", "--device", "cpu",
+            "--dtype", "float64", "--batch-size", "16", "--trace-products", "9", "--tol", "1e-8", "--quiet")
+    alone = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "hessian_probe", *map(str, args), "--out", str(tmp_path / "one")],
+                         cwd=tmp_path, capture_output=True, text=True, env=alone)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun("-m", "hessian_probe", *args, "--out", tmp_path / "two", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = [json.loads((tmp_path / d / "track.json").read_text())["rows"] for d in ("one", "two")]
+    assert len(rows[0]) == len(rows[1]) == 2
+    for a, b in zip(*rows):
+        for key in ("lambda_max", "trace", "batch_lambda_max", "batch_sharpness", "adam_sharpness", "loss"):
+            assert_close(a[key], b[key], f"{key} of {a['name']}")

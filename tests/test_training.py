@@ -48,6 +48,25 @@ def test_the_monitors_rows_equal_direct_eigs_calls_and_its_csv(tmp_path):
     assert monitor.n_products == sum(int(r["n_products"]) for r in saved) > 0
 
 
+def test_the_monitor_logs_to_a_tensorboard_writer_it_is_given():
+    class Writer:
+        def __init__(self) -> None:
+            self.scalars = []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+    torch.manual_seed(0)
+    x, y = load_digits(64, seed=0)
+    model, writer = mlp(hidden=4), Writer()
+    monitor = SharpnessMonitor(model, F.cross_entropy, (x, y), every=2, tensorboard=writer)
+    for step in range(3):
+        monitor.step(step, torch.optim.SGD(model.parameters(), lr=0.5))
+    assert [(t, s) for t, _, s in writer.scalars] == [("curvature/lambda_max", 0), ("curvature/line_sgd", 0),
+                                                      ("curvature/lambda_max", 2), ("curvature/line_sgd", 2)]
+    assert writer.scalars[0][1] == monitor.rows[0].lambda_max and writer.scalars[1][1] == 4.0
+
+
 def test_the_learners_rules_are_the_textbook_heavy_ball_optimum_on_a_quadratic():
     """On H with spectrum [mu, L], Lanczos run to P steps finds mu and L exactly; the heavy ball at
     the learner's (lr, rho) contracts every eigen-direction at sqrt(rho) = (sqrt k - 1)/(sqrt k + 1),
@@ -102,3 +121,36 @@ def test_the_learner_sets_sgds_rate_and_momentum_every_k_steps():
     assert last.safety == 0.5 and learner.n_products == sum(s.n_products for _, s in learner.history)
     with pytest.raises(TypeError, match="torch.optim.SGD"):
         CurvatureLearner(model, F.cross_entropy, (x, y), torch.optim.Adam(model.parameters()))
+
+
+def test_the_lightning_callback_calls_the_monitor_after_each_step():
+    pl = pytest.importorskip("lightning.pytorch")
+    from hessian_probe.training.lightning import sharpness_callback
+
+    torch.manual_seed(0)
+    x, y = load_digits(96, seed=0)
+
+    class Digits(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp(hidden=8)
+
+        def training_step(self, batch, batch_idx):
+            inputs, targets = batch
+            return F.cross_entropy(self.net(inputs), targets)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    module = Digits()
+    monitor = SharpnessMonitor(module.net, F.cross_entropy, (x, y), every=5, tol=1e-6, max_steps=60)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    trainer = pl.Trainer(max_steps=11, callbacks=[sharpness_callback(monitor)], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu")
+    trainer.fit(module, loader)
+    assert [r.step for r in monitor.rows] == [0, 5, 10] and all(r.lr == 0.1 for r in monitor.rows)
+    problem = make_problem(module.net, (x, y), F.cross_entropy)
+    final = extremal_eigs(curvature_operator(problem, "hessian"), 1, 0, tol=1e-8).top_eigenvalues[0]
+    assert monitor.rows[-1].lambda_max != pytest.approx(monitor.rows[0].lambda_max, rel=1e-6)  # training moved it
+    assert final > 0
