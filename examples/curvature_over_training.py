@@ -8,7 +8,7 @@
 2. run `hessian-probe track` over the saved checkpoints, as from the shell;
 3. draw monitor.png: the monitor's lambda_max, 2/eta of the learner's rate, and the rate itself.
 
-    python examples/curvature_over_training.py --out runs/cnn      (about half a minute on 2 cores)
+    python examples/curvature_over_training.py --out runs/cnn      (about a minute on 2 cores)
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def plot_monitor(out: Path) -> None:
     rate = axis.twinx()
     rate.plot(step, [float(r["lr"]) for r in rows], ":", color="grey", label="η")
     rate.set_ylabel("learning rate η")
-    axis.legend(fontsize=8, loc="lower right")
+    lines = axis.get_lines() + rate.get_lines()
+    axis.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="lower right")
     fig.savefig(out / "monitor.png", dpi=110)
 
 

@@ -255,6 +255,7 @@ def test_a_hung_rank_stops_the_other_within_the_collective_timeout(tmp_path, che
     assert "Traceback" not in "".join(lines).split("Error:")[0]
 
 
+@pytest.mark.slow  # 20 s; the default run proves the shards with spectrum and lr
 def test_track_under_torchrun_measures_each_checkpoint_together_with_the_same_numbers(tmp_path, checkpoint):
     """track's ranks measure every checkpoint together, each on its shard: the rows equal one
     process's (lambda_max, trace, one batch's lambda_max and batch sharpness, Adam's sharpness)."""
