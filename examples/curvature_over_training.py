@@ -36,7 +36,7 @@ def train(out: Path, steps: int, checkpoints: int, batch_size: int = 64) -> tupl
     learner = CurvatureLearner(model, F.cross_entropy, (x[pick], y[pick]), optimizer, every=100, safety=0.5,
                                max_growth=2.0)
     monitor = SharpnessMonitor(model, F.cross_entropy, (x[:512], y[:512]), every=50,
-                               csv_path=out / "sharpness.csv")
+                               csv_path=out / "sharpness.csv", overwrite=True)
     order = torch.Generator().manual_seed(2)
     save_every = max(1, steps // (checkpoints - 1))
     for step in range(steps + 1):

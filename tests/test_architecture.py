@@ -130,7 +130,7 @@ def test_an_analysis_runs_its_pieces_through_the_protocol_it_is_given():
     assert recorded.trace.estimate == plain.trace.estimate
 
 
-MATHS = ("problem", "losses", "parameters", "batches", "placement", "operators", "linalg", "analysis")
+MATHS = ("problem", "losses", "parameters", "batches", "placement", "operators", "linalg", "analysis", "training")
 
 
 def test_the_maths_names_no_cli_flag():

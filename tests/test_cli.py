@@ -367,9 +367,14 @@ def test_progress_counts_products_per_stage(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_torchvision_names_and_datasets_through_a_stand_in(tmp_path, monkeypatch):
+def test_torchvision_names_and_datasets_through_a_stand_in(tmp_path, monkeypatch, request):
     """torchvision is optional and absent in CI: a minimal stand-in package checks that models are
     built without pretrained weights and datasets are opened with download=False, then stacked."""
+    import sys
+
+    before = {m for m in sys.modules if m.startswith("torchvision")}
+    request.addfinalizer(lambda: [sys.modules.pop(m) for m in list(sys.modules)  # the stand-in leaves with the test
+                                  if m.startswith("torchvision") and m not in before])
     package = tmp_path / "torchvision"
     (package / "transforms").mkdir(parents=True)
     (package / "__init__.py").write_text("from . import models, datasets\n")

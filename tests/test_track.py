@@ -98,3 +98,29 @@ def test_adam_checkpoints_get_the_preconditioned_sharpness_and_its_line():
     assert row.optimizer == "adam" and row.adam_sharpness == pytest.approx(direct.top_eigenvalues[0], rel=1e-6)
     assert row.line_adam == pytest.approx(38 / 0.01) and row.line_sgd is None
     assert stability_lines(None, 0.9, 0.9, "sgd") == {"line_sgd": None, "line_momentum": None, "line_adam": None}
+
+
+def test_two_files_with_the_same_bytes_keep_their_own_rows_when_pieces_are_saved():
+    """A journal that hands back saved pieces by key (as --resume does) must not give a copy of a
+    checkpoint (Lightning's last.ckpt) the row of the file it copies."""
+    class Saved:
+        def __init__(self) -> None:
+            self.pieces = {}
+
+        def own(self, key, compute):
+            return self.shared(key, compute)
+
+        def shared(self, key, compute):
+            if key not in self.pieces:
+                self.pieces[key] = compute()
+            return self.pieces[key]
+
+    torch.manual_seed(0)
+    x, y = load_digits(60, seed=0)
+    problem = make_problem(mlp(hidden=4), (x, y), "cross_entropy", dtype=torch.float64)
+    points = [TrackPoint(name, step, problem, digest="ab" * 32) for name, step in (("epoch_3.pt", 3), ("last.pt", 9))]
+    result = track(points, trace_products=0, pieces=Saved())
+    assert [(r.name, r.step) for r in result.rows] == [("epoch_3.pt", 3), ("last.pt", 9)]
+    assert result.rows[0].lambda_max == result.rows[1].lambda_max
+    tied = track([TrackPoint("run/a.pt", 5, problem), TrackPoint("run/b.pt", 5, problem)], trace_products=0)
+    assert any("share a step" in w for w in tied.warnings)

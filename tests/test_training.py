@@ -46,6 +46,9 @@ def test_the_monitors_rows_equal_direct_eigs_calls_and_its_csv(tmp_path):
         saved = list(csv.DictReader(fh))
     assert [float(r["lambda_max"]) for r in saved] == [r.lambda_max for r in monitor.rows]
     assert monitor.n_products == sum(int(r["n_products"]) for r in saved) > 0
+    with pytest.raises(FileExistsError, match="overwrite=True"):  # a user's file is never replaced unasked
+        SharpnessMonitor(model, F.cross_entropy, (x, y), csv_path=tmp_path / "sharpness.csv")
+    SharpnessMonitor(model, F.cross_entropy, (x, y), csv_path=tmp_path / "sharpness.csv", overwrite=True)
 
 
 def test_the_monitor_logs_to_a_tensorboard_writer_it_is_given():
@@ -62,9 +65,9 @@ def test_the_monitor_logs_to_a_tensorboard_writer_it_is_given():
     monitor = SharpnessMonitor(model, F.cross_entropy, (x, y), every=2, tensorboard=writer)
     for step in range(3):
         monitor.step(step, torch.optim.SGD(model.parameters(), lr=0.5))
-    assert [(t, s) for t, _, s in writer.scalars] == [("curvature/lambda_max", 0), ("curvature/line_sgd", 0),
-                                                      ("curvature/lambda_max", 2), ("curvature/line_sgd", 2)]
-    assert writer.scalars[0][1] == monitor.rows[0].lambda_max and writer.scalars[1][1] == 4.0
+    tags = ["curvature/lambda_max", "curvature/converged", "curvature/line_sgd"]
+    assert [(t, s) for t, _, s in writer.scalars] == [(t, s) for s in (0, 2) for t in tags]
+    assert writer.scalars[0][1] == monitor.rows[0].lambda_max and writer.scalars[2][1] == 4.0
 
 
 def test_the_learners_rules_are_the_textbook_heavy_ball_optimum_on_a_quadratic():

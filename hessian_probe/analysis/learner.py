@@ -32,6 +32,10 @@ from ..results import saveable
 MU_RULES = ("heavy-node", "median")
 
 
+class NoCurvature(ValueError):
+    """The Ritz values are all zero (or not finite): no rate can be set from them."""
+
+
 @saveable
 @dataclass(frozen=True, kw_only=True)
 class LearnerSuggestion:
@@ -85,8 +89,9 @@ def suggest(op: CurvatureOperator, *, lanczos_steps: int = 20, mu_rule: str = "h
     run = lanczos(op, lanczos_steps, n_probes=1, seed=seed)
     nodes, weights = gauss_quadrature(run.alphas[0], run.betas[0])
     lambda_max, mu = extremes(nodes, weights, mu_rule)
-    if not lambda_max > 0:
-        raise ValueError("the Ritz values are all zero: no curvature to set a rate from")
+    if not lambda_max > 0 or not np.isfinite(lambda_max):
+        raise NoCurvature(f"the Ritz values are all zero or not finite (lambda_max = {lambda_max}): no curvature "
+                          "to set a rate from")
     lr, rho = heavy_ball(lambda_max, mu)
     return LearnerSuggestion(lambda_max=lambda_max, mu=mu, mu_rule=mu_rule, sgd_lr=safety * sgd_rate(lambda_max, mu),
                              heavy_ball_lr=safety * lr, heavy_ball_momentum=rho, safety=safety,

@@ -293,7 +293,8 @@ class LearningRateResult:
                 "model": "Cov(Q H_B Q^T) = x(B) Sigma, Sigma pooled over every scanned batch (sampling without "
                          "replacement), Q the full sample's top eigenvectors"},
             "calibration": self.calibration,
-            "cost": {"operator_products": scan.cost(), "per_example_gradients": self.moments_cost},
+            "cost": {"operator_products": scan.cost(), "per_example_gradients": self.moments_cost,
+                     "learner_products": self.learner.n_products if self.learner is not None else 0},
             "batches": [{"batch_size": m.batch_size, "index": m.index, "lambda_max": m.lambda_max,
                          "lambda_min": m.lambda_min, "top_residual": m.eigs.top_residuals[0],
                          "bottom_residual": m.eigs.bottom_residuals[0], "converged": m.eigs.converged,

@@ -10,12 +10,14 @@ hyperparameters. Each row carries the stability lines of its own learning rate e
 
     SGD 2/eta;  heavy ball 2(1 + rho)/eta;  Adam (2 + 2 beta1)/((1 - beta1) eta)  (38/eta at beta1 = 0.9)
 
-the first two against lambda_max (full-batch GD settles at lambda_max ~ 2/eta, the edge of
-stability: Cohen et al. 2021), the last against the preconditioned sharpness (Cohen et al. 2022).
+(Nesterov: (2 + 2 rho)/((1 + 2 rho) eta)), the first two against lambda_max (full-batch GD settles
+at lambda_max ~ 2/eta, the edge of stability: Cohen et al. 2021), the last against the
+preconditioned sharpness (Cohen et al. 2022).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -77,7 +79,8 @@ def in_training_order(points: Sequence[Any]) -> tuple[list[Any], str]:
 
 
 def _last_number(name: str) -> int | None:
-    found = re.findall(r"\d+", Path(name).stem)
+    """The last number of the path without its suffix: 'epoch_12.pt' -> 12, 'checkpoint-500/model.bin' -> 500."""
+    found = re.findall(r"\d+", str(Path(name).with_suffix("")))
     return int(found[-1]) if found else None
 
 
@@ -90,8 +93,8 @@ class TrackRow:
     step: int | None
     loss: float
     lambda_max: float | None
-    lambda_max_residual: float
-    lambda_max_converged: bool
+    lambda_max_residual: float = math.inf
+    lambda_max_converged: bool = False
     trace: float | None = None
     trace_stderr: float | None = None
     batch_size: int | None = None
@@ -112,6 +115,7 @@ class TrackRow:
     line_momentum: float | None = None
     line_adam: float | None = None
     sha256: str | None = None
+    notes: tuple[str, ...] = ()  # what the optimizer state said, and what could not be measured
     n_products: int = 0
     wall_time_s: float = 0.0
 
@@ -149,13 +153,16 @@ class TrackResult:
 
 
 def stability_lines(lr: float | None, momentum: float | None, beta1: float | None,
-                    optimizer: str | None) -> dict[str, float | None]:
-    """The divergence thresholds of the quadratic model at learning rate ``lr`` (module docstring)."""
+                    optimizer: str | None, nesterov: bool = False) -> dict[str, float | None]:
+    """The divergence thresholds of the quadratic model at learning rate ``lr`` (module docstring);
+    with ``nesterov`` the momentum line is Nesterov's (2 + 2 rho)/((1 + 2 rho) eta)."""
     if not lr or lr <= 0:
         return {"line_sgd": None, "line_momentum": None, "line_adam": None}
     adam = optimizer == "adam" and beta1 is not None
-    return {"line_sgd": 2.0 / lr if optimizer != "adam" else None,
-            "line_momentum": 2.0 * (1.0 + momentum) / lr if optimizer != "adam" and momentum else None,
+    momentum_line = None
+    if optimizer != "adam" and momentum:
+        momentum_line = (2.0 + 2.0 * momentum) / (((1.0 + 2.0 * momentum) if nesterov else 1.0) * lr)
+    return {"line_sgd": 2.0 / lr if optimizer != "adam" else None, "line_momentum": momentum_line,
             "line_adam": (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr) if adam else None}
 
 
@@ -164,7 +171,7 @@ def track(points: Sequence[TrackPoint], operator: str = "hessian", *, batch_size
           hyperparameters: Mapping[str, Any] | None = None, seed: int = 0, settings: ProductSettings | None = None,
           progress: Any = None, pieces: Pieces = COMPUTE_NOW) -> TrackResult:
     """Measure every point (module docstring); the rows come in training order (in_training_order). Every
-    checkpoint is one piece, named by its file digest when it has one. ``hyperparameters``: values
+    checkpoint is one piece, named by its place and its file's digest. ``hyperparameters``: values
     that override every checkpoint's (lr, momentum, beta1, beta2, eps; None: not given).
     ``trace_products`` 0 skips the trace."""
     t0 = time.perf_counter()
@@ -178,7 +185,7 @@ def track(points: Sequence[TrackPoint], operator: str = "hessian", *, batch_size
         progress.stage("checkpoints", len(points), unit="checkpoint")
     measured, shapes = [], set()
     for i, point in enumerate(points):  # each on its own: the order they are measured in changes no number
-        key = f"checkpoint-{point.digest[:16]}" if point.digest else f"checkpoint-{i}"
+        key = f"checkpoint-{i}-{point.digest[:16]}" if point.digest else f"checkpoint-{i}"
 
         def measure(point: TrackPoint = point) -> tuple[TrackRow, tuple[int, int]]:
             loaded = point.loaded()
@@ -196,12 +203,23 @@ def track(points: Sequence[TrackPoint], operator: str = "hessian", *, batch_size
         if progress is not None:
             progress.advance(1)
     rows, order = in_training_order(measured)
-    n_params, n_samples = shapes.pop()
     warnings = []
+    if order == "given" and len(rows) > 1:
+        warnings.append("the checkpoints carry no step and their names no number: the rows are in the order given")
+    keys = [r.step if order == "step" else _last_number(r.name) for r in rows] if order != "given" else []
+    if len(set(keys)) < len(keys):
+        warnings.append(f"some checkpoints share a {order == 'step' and 'step' or 'number'}: their rows keep the "
+                        "order given")
+    n_params, n_samples = shapes.pop()
     if not any(r.lr for r in rows):
         warnings.append(f"no checkpoint carries a learning rate: pass {setting('lr')} to draw the stability lines")
-    if any(not r.lambda_max_converged for r in rows):
-        warnings.append(f"lambda_max did not converge to {setting('tol')} on some checkpoints: see their residuals")
+    for what, flag in (("lambda_max", "lambda_max_converged"), ("the batch's lambda_max", "batch_converged"),
+                       ("Adam's preconditioned sharpness", "adam_converged")):
+        missed = [r.name for r in rows if getattr(r, flag) is False]
+        if missed:
+            warnings.append(f"{what} did not converge to {setting('tol')} on {len(missed)} checkpoint(s) "
+                            f"({', '.join(missed[:3])}): see their residuals and flags")
+    warnings += sorted({f"{r.name}: {note}" for r in rows for note in r.notes})
     return TrackResult(operator=operator, n_params=n_params, n_samples=n_samples, order=order, rows=tuple(rows),
                        settings=dict(batch_size=batch_size, tol=tol, max_steps=max_steps,
                                      trace_products=trace_products, trace_method=trace_method, seed=seed,
@@ -240,14 +258,19 @@ def _measure(point: TrackPoint, operator: str, batch_size: int | None, tol: floa
     hyper.update(overrides)
     kind = found.kind or ("adam" if any(k in overrides for k in ("beta1", "beta2")) else None)
     saved = saved_adam_state(found, problem) if kind == "adam" else None
+    notes = list(found.notes)
+    if kind == "adam" and saved is None:
+        notes.append("no Adam preconditioned sharpness: the checkpoint carries no usable Adam moments "
+                     "(exp_avg_sq with a step count, one parameter group, matching shapes)")
     if saved is not None:
         diagonal = saved_diagonal(saved, hyper["beta2"] if hyper["beta2"] is not None else 0.999,
                                   hyper["eps"] if hyper["eps"] is not None else 1e-8)
         adam = extremal_eigs(PreconditionedOperator(op, diagonal), 1, 0, tol=tol, seed=derive(seed, "adam-sharpness"))
         values.update(adam_sharpness=float(adam.top_eigenvalues[0]), adam_converged=bool(adam.converged))
         products += adam.n_products
-    lines = stability_lines(hyper["lr"], hyper["momentum"], hyper["beta1"] if kind == "adam" else None, kind)
+    lines = stability_lines(hyper["lr"], hyper["momentum"], hyper["beta1"] if kind == "adam" else None, kind,
+                            nesterov=bool(found.nesterov))
     return TrackRow(name=point.name, step=point.step, loss=problem.loss_value(),
                     lambda_max=top.top_eigenvalues[0], lambda_max_residual=float(top.top_residuals[0]),
                     lambda_max_converged=bool(top.converged), **values, optimizer=kind, **hyper, sources=sources,
-                    **lines, n_products=products, wall_time_s=time.perf_counter() - t0)
+                    **lines, notes=tuple(notes), n_products=products, wall_time_s=time.perf_counter() - t0)

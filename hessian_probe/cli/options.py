@@ -208,7 +208,10 @@ def expand_checkpoints(given: tuple[str, ...]) -> list[Path]:
             found += [Path(m) for m in matched]
         else:
             found.append(Path(text))
-    return list(dict.fromkeys(found))
+    unique: dict[Path, Path] = {}
+    for path in found:  # one file spelled twice (a.pt, ./a.pt, /abs/a.pt) is measured once
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def _names(text: str, allowed: tuple[str, ...], option: str) -> list[str]:

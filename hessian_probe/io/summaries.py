@@ -120,10 +120,16 @@ def track_lines(record: Record) -> list[str]:
              f"{'Adam lmax':>10} {'Adam line':>10}  checkpoint"]
     for r in record["rows"]:
         step = "-" if r["step"] is None else str(r["step"])
-        star = "" if r["lambda_max_converged"] else "*"
-        lines.append(f"  {step:>8} {_cell(r['lambda_max'], 10)}{star or ' '} {_cell(r['line_sgd'])} "
-                     f"{_cell(r['trace'])} {_cell(r['batch_lambda_max'])} {_cell(r['batch_sharpness'])} "
-                     f"{_cell(r['adam_sharpness'])} {_cell(r['line_adam'])}  {r['name']}")
+        def star(flag: str) -> str:
+            return "*" if r.get(flag) is False else " "
+
+        lines.append(f"  {step:>8} {_cell(r['lambda_max'], 10)}{star('lambda_max_converged')} {_cell(r['line_sgd'])} "
+                     f"{_cell(r['trace'])} {_cell(r['batch_lambda_max'], 9)}{star('batch_converged')} "
+                     f"{_cell(r['batch_sharpness'])} {_cell(r['adam_sharpness'], 9)}{star('adam_converged')} "
+                     f"{_cell(r['line_adam'])}  {r['name']}")
+    if any(r.get(f) is False for r in record["rows"]
+           for f in ("lambda_max_converged", "batch_converged", "adam_converged")):
+        lines.append("  (* not converged: see the residuals in track.json)")
     return lines
 
 

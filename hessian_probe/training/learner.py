@@ -16,18 +16,24 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..analysis.learner import LearnerSuggestion, suggest
+from ..analysis.learner import MU_RULES, LearnerSuggestion, NoCurvature, suggest
+from ..errors import setting
 from ..operators import curvature_operator
 from ..problem import make_problem
+
+MAX_MOMENTUM = 0.99  # the rule gives rho -> 1 as mu -> 0, where the heavy ball stops contracting
 
 
 class CurvatureLearner:
     """Sets ``optimizer``'s lr (and momentum) from the curvature of ``data`` every ``every`` steps.
     ``safety`` multiplies the rates; ``mu_rule``: 'heavy-node' or 'median' (analysis.learner).
     ``max_growth`` (not in the seed authors' rule; None: off): each new rate is at most this many
-    times the one before, starting from the optimizer's own -- measured on digits
+    times the one before, starting from the optimizer's own. Measured on digits
     (benchmarks/learner.py), the rule alone runs away when a too-large rate flattens a tanh network
-    (lower curvature, a larger rate, flatter still); a cap of 2 stops that."""
+    (lower curvature, a larger rate, flatter still); a cap of 2 with ``safety`` 0.5 kept both
+    workloads converging, with ``safety`` 1 it did not. Heavy-ball momentum is capped at
+    MAX_MOMENTUM. An estimate is skipped (``skipped`` says where and why) when the weights are not
+    finite or the curvature is all zero; every other error is raised."""
 
     def __init__(self, model: nn.Module, loss: str | Callable, data: tuple[Tensor, Tensor],
                  optimizer: torch.optim.Optimizer, *, every: int = 100, lanczos_steps: int = 20,
@@ -37,7 +43,14 @@ class CurvatureLearner:
         if not isinstance(optimizer, torch.optim.SGD):
             raise TypeError(f"the curvature learner sets a torch.optim.SGD's rate, not a {type(optimizer).__name__}'s")
         if every < 1 or lanczos_steps < 1 or not 0 < safety <= 1:
-            raise ValueError("every and lanczos_steps must be at least 1 and safety in (0, 1]")
+            raise ValueError(f"{setting('every')} and {setting('lanczos_steps')} must be at least 1 and "
+                             f"{setting('safety')} in (0, 1]")
+        if mu_rule not in MU_RULES:
+            raise ValueError(f"{setting('mu_rule')} must be one of {', '.join(MU_RULES)}, got {mu_rule!r}")
+        if max_growth is not None and not max_growth >= 1:
+            raise ValueError(f"{setting('max_growth')} must be at least 1 (or None: no cap), got {max_growth}")
+        if heavy_ball and any(g.get("nesterov") or g.get("dampening") for g in optimizer.param_groups):
+            raise ValueError("the heavy-ball rule is Polyak's: use torch.optim.SGD without nesterov and dampening")
         self.model, self.loss, self.data, self.optimizer = model, loss, data, optimizer
         self.every, self.lanczos_steps, self.heavy_ball = every, lanczos_steps, heavy_ball
         self.mu_rule, self.safety, self.seed = mu_rule, safety, seed
@@ -53,23 +66,26 @@ class CurvatureLearner:
 
     def step(self, step: int) -> LearnerSuggestion | None:
         """Estimate and set the settings every ``every`` steps (step 0 included), else None (also when
-        the weights are not finite or the curvature is all zero: ``skipped`` says where and why)."""
+        the estimate is skipped)."""
         if step % self.every:
             return None
         t0 = time.perf_counter()
+        diverged = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
         try:
+            if diverged:
+                raise NoCurvature(f"non-finite weights ({', '.join(diverged[:3])}): training has diverged")
             problem = make_problem(self.model, self.data, self.loss, chunk_size=self.chunk_size, dtype=self.dtype)
             suggestion = suggest(curvature_operator(problem, "hessian"), lanczos_steps=self.lanczos_steps,
                                  mu_rule=self.mu_rule, safety=self.safety, seed=self.seed)
-        except ValueError as exc:  # non-finite weights, or no curvature left: training keeps its settings
-            self.skipped.append((step, str(exc).splitlines()[0]))
+        except NoCurvature as exc:  # training keeps its settings; every other error is the caller's
+            self.skipped.append((step, str(exc)))
             self.seconds += time.perf_counter() - t0
             return None
         for group in self.optimizer.param_groups:
             rate = suggestion.heavy_ball_lr if self.heavy_ball else suggestion.sgd_lr
             group["lr"] = min(rate, self.max_growth * group["lr"]) if self.max_growth else rate
             if self.heavy_ball:
-                group["momentum"] = suggestion.heavy_ball_momentum
+                group["momentum"] = min(suggestion.heavy_ball_momentum, MAX_MOMENTUM)
         group = self.optimizer.param_groups[0]
         self.history.append((step, suggestion))
         self.applied.append((step, group["lr"], group.get("momentum")))

@@ -36,11 +36,16 @@ def sharpness_callback(monitor: SharpnessMonitor) -> Any:
 
         def __init__(self) -> None:
             self.monitor = monitor
+            self.last_step: int | None = None
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                                batch_idx: int) -> None:
+            step = trainer.global_step - 1  # global_step counts finished optimizer steps
+            if step == self.last_step:  # gradient accumulation: several batches, one step
+                return
+            self.last_step = step
             optimizer = trainer.optimizers[0] if trainer.optimizers else None
-            row = self.monitor.step(trainer.global_step - 1, optimizer)  # global_step counts finished steps
+            row = self.monitor.step(step, optimizer)
             if row is not None:
                 pl_module.log("curvature/lambda_max", row.lambda_max)
 

@@ -7,9 +7,10 @@ eigenvector (training moves it little between measurements, so a few steps reach
         ...; optimizer.step()
         monitor.step(step, optimizer)        # a row every 50 steps, None otherwise
 
-Each row holds the optimizer's learning rate and its stability lines 2/eta and 2(1 + rho)/eta
-(analysis.track.stability_lines), and the monitor's own cost (products and seconds), so that its
-overhead is seen, not guessed.
+A warm start carries a random part and every tenth measurement starts cold, so that a direction
+that has become the sharpest since the last one is found. Each row holds the optimizer's learning
+rate and its stability lines 2/eta and 2(1 + rho)/eta (analysis.track.stability_lines), and the
+monitor's own cost (products and seconds), so that its overhead is seen, not guessed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..analysis.track import stability_lines
+from ..errors import setting
 from ..linalg import extremal_eigs
 from ..operators import curvature_operator
 from ..problem import make_problem
@@ -50,6 +52,8 @@ class SharpnessRow:
     seconds: float
 
 
+WARM_NOISE = 0.1  # the random part of a warm start, relative to the unit eigenvector
+COLD_EVERY = 10  # measurements between cold (random) starts
 MEASURED_BELOW = 1e-3  # a tol from which float32 residuals are checked by a product (linalg.eigs)
 COLUMNS = [f.name for f in dataclasses.fields(SharpnessRow)]
 
@@ -57,7 +61,8 @@ COLUMNS = [f.name for f in dataclasses.fields(SharpnessRow)]
 class SharpnessMonitor:
     """lambda_max every ``every`` steps on ``data`` (module docstring). ``tol``: relative Ritz residual;
     ``max_steps``: Lanczos steps at most per measurement; ``csv_path``: a CSV that gets one row per
-    measurement (its header first, replacing an existing file); ``tensorboard``: a
+    measurement (its header first; an existing file is replaced only with ``overwrite``; under
+    torch.distributed rank 0 alone writes it); ``tensorboard``: a
     torch.utils.tensorboard SummaryWriter or a log folder; ``wandb``: log to the active Weights &
     Biases run; ``record_loss``: also the loss on ``data`` (one forward pass). The products run in the
     model's dtype unless ``dtype`` is given. The default ``tol`` 1e-2 gives lambda_max to about
@@ -66,9 +71,10 @@ class SharpnessMonitor:
     def __init__(self, model: nn.Module, loss: str | Callable, data: tuple[Tensor, Tensor], *, every: int = 50,
                  operator: str = "hessian", tol: float = 1e-2, max_steps: int = 20, csv_path: str | Path | None = None,
                  tensorboard: Any = None, wandb: bool = False, chunk_size: int | None = None,
-                 dtype: torch.dtype | None = None, seed: int = 0, record_loss: bool = False) -> None:
+                 dtype: torch.dtype | None = None, seed: int = 0, record_loss: bool = False,
+                 overwrite: bool = False) -> None:
         if every < 1:
-            raise ValueError(f"every must be at least 1, got {every}")
+            raise ValueError(f"{setting('every')} must be at least 1, got {every}")
         self.model, self.loss, self.data = model, loss, data
         self.every, self.operator, self.tol, self.max_steps = every, operator, tol, max_steps
         self.chunk_size, self.dtype, self.seed, self.record_loss = chunk_size, dtype, seed, record_loss
@@ -78,7 +84,12 @@ class SharpnessMonitor:
         self._built: tuple[Any, Any] | None = None
         self._tensorboard = _summary_writer(tensorboard)
         self._wandb = _wandb() if wandb else None
-        if self.csv_path is not None:
+        self._writes = not (torch.distributed.is_available() and torch.distributed.is_initialized()
+                            and torch.distributed.get_rank() != 0)  # under DDP rank 0 alone writes the CSV
+        if self.csv_path is not None and self._writes:
+            if self.csv_path.exists() and not overwrite:
+                raise FileExistsError(f"{self.csv_path} exists: pass overwrite=True to replace it, or another "
+                                      "csv_path")
             with self.csv_path.open("w", newline="") as fh:
                 csv.writer(fh).writerow(COLUMNS)
 
@@ -94,14 +105,21 @@ class SharpnessMonitor:
         """Measure now, whatever the step."""
         t0 = time.perf_counter()
         problem, op = self._operator()
-        start = self._vector if self._vector is not None and self._vector.numel() == op.size else None
+        start = None
+        if self._vector is not None and self._vector.numel() == op.size and len(self.rows) % COLD_EVERY:
+            # the last top eigenvector plus a random part, so that a direction that became the
+            # sharpest since is in the Krylov space too; every COLD_EVERY-th measurement starts afresh
+            noise = torch.randn(op.size, generator=torch.Generator().manual_seed(self.seed + len(self.rows)),
+                                dtype=torch.float64).to(self._vector)
+            start = self._vector + WARM_NOISE * noise / noise.norm()
         eigs = extremal_eigs(op, 1, 0, tol=self.tol, max_steps=self.max_steps, seed=self.seed,
                              return_eigenvectors=True, start=start, measure_residuals=self.tol < MEASURED_BELOW)
         self._vector = eigs.top_eigenvectors[0].detach()
         group = optimizer.param_groups[0] if optimizer is not None else {}
         lr, momentum = group.get("lr"), group.get("momentum")
         kind = "adam" if "betas" in group else "sgd"
-        lines = stability_lines(lr, momentum, group.get("betas", (None,))[0], kind)
+        lines = stability_lines(lr, momentum, group.get("betas", (None,))[0], kind,
+                                nesterov=bool(group.get("nesterov", False)))
         row = SharpnessRow(step=step, lambda_max=float(eigs.top_eigenvalues[0]),
                            residual=float(eigs.top_residuals[0]), converged=bool(eigs.converged),
                            loss=problem.loss_value() if self.record_loss else None, lr=lr, momentum=momentum,
@@ -128,11 +146,11 @@ class SharpnessMonitor:
 
     def _log(self, row: SharpnessRow) -> None:
         values = dataclasses.asdict(row)
-        if self.csv_path is not None:
+        if self.csv_path is not None and self._writes:
             with self.csv_path.open("a", newline="") as fh:
                 csv.writer(fh).writerow(["" if values[c] is None else values[c] for c in COLUMNS])
-        scalars = {k: v for k, v in values.items() if k in ("lambda_max", "loss", "line_sgd", "line_momentum")
-                   and v is not None}
+        scalars = {k: float(v) for k, v in values.items()
+                   if k in ("lambda_max", "converged", "loss", "line_sgd", "line_momentum") and v is not None}
         if self._tensorboard is not None:
             for key, value in scalars.items():
                 self._tensorboard.add_scalar(f"curvature/{key}", value, row.step)
