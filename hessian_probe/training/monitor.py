@@ -7,7 +7,7 @@ eigenvector (training moves it little between measurements, so a few steps reach
         ...; optimizer.step()
         monitor.step(step, optimizer)        # a row every 50 steps, None otherwise
 
-A warm start carries a random part and every tenth measurement starts cold, so that a direction
+A warm start carries a small random part and every 20th measurement starts cold, so that a direction
 that has become the sharpest since the last one is found. Each row holds the optimizer's learning
 rate and its stability lines 2/eta and 2(1 + rho)/eta (analysis.track.stability_lines), and the
 monitor's own cost (products and seconds), so that its overhead is seen, not guessed.
@@ -52,8 +52,8 @@ class SharpnessRow:
     seconds: float
 
 
-WARM_NOISE = 0.1  # the random part of a warm start, relative to the unit eigenvector
-COLD_EVERY = 10  # measurements between cold (random) starts
+WARM_NOISE = 0.01  # the random part of a warm start, relative to the unit eigenvector
+COLD_EVERY = 20  # measurements between cold (random) starts
 MEASURED_BELOW = 1e-3  # a tol from which float32 residuals are checked by a product (linalg.eigs)
 COLUMNS = [f.name for f in dataclasses.fields(SharpnessRow)]
 
