@@ -64,7 +64,9 @@ class SharpnessMonitor:
     measurement (its header first; an existing file is replaced only with ``overwrite``; under
     torch.distributed rank 0 alone writes it); ``tensorboard``: a
     torch.utils.tensorboard SummaryWriter or a log folder; ``wandb``: log to the active Weights &
-    Biases run; ``record_loss``: also the loss on ``data`` (one forward pass). The products run in the
+    Biases run; ``record_loss``: also the loss on ``data`` (one forward pass); ``cold_every``: a
+    measurement from a random start every this many (None: always warm, cheaper, but a direction
+    that becomes the sharpest may be found late). The products run in the
     model's dtype unless ``dtype`` is given. The default ``tol`` 1e-2 gives lambda_max to about
     (tol lambda_max)^2 / gap (a Ritz value's error is its residual squared over the spectral gap)."""
 
@@ -72,12 +74,13 @@ class SharpnessMonitor:
                  operator: str = "hessian", tol: float = 1e-2, max_steps: int = 20, csv_path: str | Path | None = None,
                  tensorboard: Any = None, wandb: bool = False, chunk_size: int | None = None,
                  dtype: torch.dtype | None = None, seed: int = 0, record_loss: bool = False,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, cold_every: int | None = COLD_EVERY) -> None:
         if every < 1:
             raise ValueError(f"{setting('every')} must be at least 1, got {every}")
         self.model, self.loss, self.data = model, loss, data
         self.every, self.operator, self.tol, self.max_steps = every, operator, tol, max_steps
         self.chunk_size, self.dtype, self.seed, self.record_loss = chunk_size, dtype, seed, record_loss
+        self.cold_every = cold_every
         self.rows: list[SharpnessRow] = []
         self.csv_path = Path(csv_path) if csv_path is not None else None
         self._vector: Tensor | None = None
@@ -106,9 +109,10 @@ class SharpnessMonitor:
         t0 = time.perf_counter()
         problem, op = self._operator()
         start = None
-        if self._vector is not None and self._vector.numel() == op.size and len(self.rows) % COLD_EVERY:
+        cold = bool(self.cold_every) and len(self.rows) % self.cold_every == 0
+        if self._vector is not None and self._vector.numel() == op.size and not cold:
             # the last top eigenvector plus a random part, so that a direction that became the
-            # sharpest since is in the Krylov space too; every COLD_EVERY-th measurement starts afresh
+            # sharpest since is in the Krylov space too; every cold_every-th measurement starts afresh
             noise = torch.randn(op.size, generator=torch.Generator().manual_seed(self.seed + len(self.rows)),
                                 dtype=torch.float64).to(self._vector)
             start = self._vector + WARM_NOISE * noise / noise.norm()
