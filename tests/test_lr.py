@@ -500,3 +500,13 @@ def test_validate_lr_takes_the_scan_options_of_lr(tmp_path, checkpoint):
     assert [r["batch_size"] for r in record["rows"]][:2] == [8, 16]
     assert all(r["n_batches"] == 2 for r in record["rows"][:-1])
     assert record["settings"]["tol"] == 1e-4 and not record["densities"]
+
+
+def test_plot_redraws_lr_png_from_lr_json(digits_lr, tmp_path):
+    """Issue 19, item 7: `plot` redraws an lr result (its folder or lr.json) and refuses overlays of it."""
+    out, _ = digits_lr
+    drawn = CliRunner().invoke(main, ["plot", str(out / "lr"), "--out", str(tmp_path / "again.png")])
+    assert drawn.exit_code == 0, drawn.output
+    assert (tmp_path / "again.png").stat().st_size > 20_000
+    both = CliRunner().invoke(main, ["plot", str(out / "lr" / "lr.json"), str(out / "lr")])
+    assert both.exit_code == 2 and "one lr or track result at a time" in both.stderr

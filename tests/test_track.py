@@ -63,6 +63,8 @@ def test_track_orders_by_saved_step_and_each_lambda_max_is_that_files_eigs(run_c
         assert row["line_sgd"] == pytest.approx(2 / 0.3) and row["line_momentum"] == pytest.approx(2 * 1.5 / 0.3)
         assert row["batch_size"] == 32 and row["batch_lambda_max"] > 0 and row["trace_stderr"] is not None
     assert (out / "track.png").stat().st_size > 10_000
+    redrawn = CliRunner().invoke(main, ["plot", str(out), "--out", str(tmp_path / "again.png")])  # issue 19, item 7
+    assert redrawn.exit_code == 0 and (tmp_path / "again.png").stat().st_size > 10_000, redrawn.output
     given = CliRunner().invoke(main, ["track", str(folder / "d.pt"), str(folder / "c.pt"), *OPTIONS, "--lr", "0.1",
                                       "--trace-products", "0", "--json", "--out", str(tmp_path / "g")])
     rows = json.loads(given.stdout)["rows"]

@@ -21,25 +21,33 @@ from .running import silently
 
 @main.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("density.png"),
-              show_default=True, help="Image file; a PDF twin is written next to it.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Image file [default: density.png, lr.png or track.png, by what is drawn]; a density's PDF "
+                   "twin is written next to it.")
 @click.option("--label", "labels", multiple=True, help="Legend label per result, in order (repeatable).")
 @click.option("--title", default="", help="Figure title.")
 @DEBUG_OPTION
-def plot(results: tuple[Path, ...], out_file: Path, labels: tuple[str, ...], title: str) -> None:
-    """Redraw or overlay saved results (result.json files, or folders holding one).
+def plot(results: tuple[Path, ...], out_file: Path | None, labels: tuple[str, ...], title: str) -> None:
+    """Redraw or overlay saved results: spectral densities (result.json files, or folders holding
+    one), or redraw one lr or track result (lr.json, track.json, or their folder).
 
     \b
     Example: Hessian and GGN of the demo in one figure
       hessian-probe plot hessian-probe-demo/hessian hessian-probe-demo/ggn --out both.png
     """
     from ..files import written_by_us
-    from ..io.saved import read_record
+    from ..io.saved import read_plottable
     from ..plots import plot_densities
 
-    if out_file.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+    if out_file is not None and out_file.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
         raise CommandError(f"--out {out_file}: use a .png, .pdf, .svg or .jpg file name", exit_code=2)
-    records = [read_record(path) for path in results]
+    found = [read_plottable(path) for path in results]
+    kinds = {kind for kind, _, _ in found}
+    if kinds != {"density"}:
+        _redraw(found, out_file, labels)
+        return
+    out_file = out_file or Path("density.png")
+    records = [record for _, record, _ in found]
     if labels and len(labels) != len(records):
         raise CommandError(f"{len(labels)} --label values for {len(records)} results", exit_code=2)
     if not labels and len({r["operator"] for r in records}) < len(records):
@@ -55,6 +63,27 @@ def plot(results: tuple[Path, ...], out_file: Path, labels: tuple[str, ...], tit
         out_file.parent.mkdir(parents=True, exist_ok=True)
     plot_densities(records, paths, title=title, labels=labels or None)
     click.echo(f"wrote {', '.join(map(str, paths))}{kept}")
+
+
+def _redraw(found: list, out_file: Path | None, labels: tuple[str, ...]) -> None:
+    """lr.png or track.png again from one saved lr.json or track.json."""
+    from ..errors import first_line
+    from ..plots import plot_learning_rates, plot_track
+
+    if len(found) > 1:
+        raise CommandError("plot overlays spectral densities only: give one lr or track result at a time", exit_code=2)
+    if labels:
+        raise CommandError("--label names the densities of an overlay; an lr or track figure has its own legend",
+                           exit_code=2)
+    kind, record, where = found[0]
+    out_file = out_file or Path(f"{kind}.png")
+    if out_file.parent != Path():
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        (plot_learning_rates if kind == "lr" else plot_track)(record, out_file)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CommandError(f"{where} cannot be plotted ({first_line(exc)}): rerun `hessian-probe {kind}`") from None
+    click.echo(f"wrote {out_file}")
 
 
 @main.command()

@@ -17,23 +17,43 @@ from ..results import from_state, to_state
 from .names import LR_STATE
 from .records import file_digest, read_json
 
+PLOTTED = ("result.json", "lr.json", "track.json")  # what a folder may hold to redraw, in this order
+
 
 def read_record(path: str | Path) -> dict[str, Any]:
     """A saved result (a result.json, or a folder holding one) that has an SLQ density to draw."""
+    kind, record, where = read_plottable(path)
+    if kind != "density":
+        raise InputError(f"{where} has no spectral density to plot (written by `hessian-probe spectrum`?)")
+    return record
+
+
+def read_plottable(path: str | Path) -> tuple[str, dict[str, Any], Path]:
+    """A saved result to redraw: ('density', a spectrum's record), ('lr', lr.json's) or ('track',
+    track.json's), and the file it came from. A folder is read for result.json, lr.json or
+    track.json, the first it holds."""
     path = Path(path)
     if path.is_dir():
-        path = path / "result.json"
+        path = next((path / name for name in PLOTTED if (path / name).is_file()), path / "result.json")
     if not path.is_file():
         raise InputError(f"result file not found: {path}")
     try:
         record = read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not valid JSON: {exc}") from None
-    slq = record.get("slq") if isinstance(record, dict) else None
-    if not isinstance(slq, dict) or not {"nodes", "weights"} <= set(slq) or "operator" not in record:
-        raise InputError(f"{path} has no spectral density to plot (written by `hessian-probe spectrum`?)")
-    _check_quadrature(slq, path)
-    return record
+    if not isinstance(record, dict):
+        record = {}
+    slq = record.get("slq")
+    if isinstance(slq, dict) and {"nodes", "weights"} <= set(slq) and "operator" in record:
+        _check_quadrature(slq, path)
+        return "density", record, path
+    if isinstance(record.get("rows"), list) and record["rows"] and "operator" in record:
+        if isinstance(record.get("fit"), dict):
+            return "lr", record, path
+        if "order" in record:
+            return "track", record, path
+    raise InputError(f"{path} has no spectral density, learning rates or track to plot (written by "
+                     "`hessian-probe spectrum`, `lr` or `track`?)")
 
 
 MAX_PLOT_NODES = 1_000_000  # SLQ nodes a plot reads (probes x steps); a real run has thousands
