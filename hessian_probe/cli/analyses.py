@@ -60,7 +60,8 @@ def eigs(op, *, seed, progress, out_dir, loaded, journal, top_k, bottom_k, tol, 
 
     \b
     Example: the 5 largest and 3 smallest Hessian eigenvalues of the last layer
-      hessian-probe eigs --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --top-k 5 --bottom-k 3 --params 2
+      hessian-probe eigs --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits \\
+        --top-k 5 --bottom-k 3 --params 2
     """
     from ..analysis.eigenvalues import eigenvalues
 
@@ -85,7 +86,7 @@ def trace(op, *, seed, progress, out_dir, loaded, journal, products, method):
 
     \b
     Example:
-      hessian-probe trace --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --operator ggn
+      hessian-probe trace --checkpoint hessian-probe-demo/checkpoint.pt --model mlp --data digits --operator ggn
     """
     from ..analysis.eigenvalues import trace as estimate_trace
 
