@@ -185,7 +185,7 @@ def _interrupted(*_args, **_kwargs):
 
 
 def test_ctrl_c_outside_an_analysis_run_is_one_line_and_130(tmp_path, monkeypatch):
-    monkeypatch.setattr("hessian_probe.io.saved.read_record", _interrupted)
+    monkeypatch.setattr("hessian_probe.io.saved.read_plottable", _interrupted)
     result = invoke("plot", tmp_path / "result.json")
     assert result.exit_code == 130 and result.stderr.strip().splitlines() == ["Error: interrupted (Ctrl-C)"]
 
@@ -196,7 +196,7 @@ def test_a_caller_that_goes_on_gets_its_ctrl_c_back(tmp_path, monkeypatch):
 
     import click
 
-    monkeypatch.setattr("hessian_probe.io.saved.read_record", _interrupted)
+    monkeypatch.setattr("hessian_probe.io.saved.read_plottable", _interrupted)
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(click.ClickException, match="interrupted"):
         main.main(["plot", str(tmp_path / "result.json")], standalone_mode=False)

@@ -126,3 +126,16 @@ def test_two_files_with_the_same_bytes_keep_their_own_rows_when_pieces_are_saved
     assert result.rows[0].lambda_max == result.rows[1].lambda_max
     tied = track([TrackPoint("run/a.pt", 5, problem), TrackPoint("run/b.pt", 5, problem)], trace_products=0)
     assert any("share a step" in w for w in tied.warnings)
+
+
+def test_a_run_that_fails_before_saving_a_piece_leaves_nothing_to_overwrite(run_checkpoints, tmp_path):
+    """Issue 17, item 7: the corrected rerun needs no --overwrite when the failed run saved nothing."""
+    folder, _ = run_checkpoints
+    out = tmp_path / "t"
+    failed = CliRunner().invoke(main, ["track", str(folder / "c.pt"), *OPTIONS, "--batch-size", "500",
+                                       "--trace-products", "0", "--out", str(out)])  # refused after the journal began
+    assert failed.exit_code == 2 and "larger than the sample" in failed.stderr
+    assert not (out / "partial").exists()
+    rerun = CliRunner().invoke(main, ["track", str(folder / "c.pt"), *OPTIONS, "--trace-products", "0", "--out",
+                                      str(out)])
+    assert rerun.exit_code == 0, rerun.output

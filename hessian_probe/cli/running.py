@@ -105,7 +105,7 @@ def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], comp
     """Load, compute, write; Ctrl-C or SIGTERM stop cleanly, keeping the finished pieces for --resume."""
     import signal
 
-    from ..runtime.journal import PARTIAL, Journal, saved_pieces
+    from ..runtime.journal import PARTIAL, Journal, remove_own_pieces, saved_pieces
 
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
@@ -125,6 +125,10 @@ def _run(ctx: click.Context, run: RunOptions, spec_options: dict[str, Any], comp
                    "--resume to continue (in a config file: resume = true)" if saved else
                    " before any piece finished; nothing to resume")
         raise CommandError(f"interrupted ({how}){message}", code, on_every_rank=True) from None
+    except Exception:  # a run that failed before saving any piece leaves no partial/ to block its rerun
+        if distributed.is_main() and not saved_pieces(run.out_dir):
+            remove_own_pieces(run.out_dir / PARTIAL)
+        raise
     finally:
         lock.release()
         if previous is not None and not interrupted:
