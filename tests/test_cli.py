@@ -462,3 +462,21 @@ def test_every_help_example_parses_as_written():
     for command, args in examples:
         with command.make_context(command.name, list(args)) as ctx:  # raises on a missing or unknown option
             assert ctx.params
+
+
+def test_progress_on_a_non_terminal_is_plain_lines(capsys):
+    """Issue 17, item 7: a log file gets one line per long stage, no carriage-return bar."""
+    from hessian_probe.progress import ProductProgress
+
+    progress = ProductProgress(delay=0.0, label="hessian ")
+    progress.stage("SLQ", 40)
+    progress.advance(40)
+    progress.close()
+    quiet = ProductProgress(quiet=True, delay=0.0)
+    quiet.stage("trace", 9)
+    quiet.advance(9)
+    quiet.close()
+    err = capsys.readouterr().err
+    assert err.splitlines() == [line for line in err.splitlines() if line]
+    assert "\r" not in err and err.strip().splitlines() == [err.strip().splitlines()[0]]
+    assert err.startswith("hessian SLQ: 40/40 products") and err.rstrip().endswith("(done)")
