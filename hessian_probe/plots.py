@@ -28,19 +28,27 @@ PSD_OPERATORS = ("ggn", "fisher", "empirical-fisher")
 DEGENERATE_BULK = 1e-3  # a central-99% window narrower than this x the whole range carries no shape
 
 
+def _record(result: Any) -> Mapping[str, Any]:
+    """A record, or a typed result's (its ``to_dict()``): the plots take either."""
+    return result.to_dict() if hasattr(result, "to_dict") else result
+
+
 def plot_densities(
-    results: Sequence[Mapping[str, Any]],
-    paths: Sequence[Path],
+    results: Sequence[Any],
+    paths: Sequence[Path] = (),
     title: str = "",
     labels: Sequence[str] | None = None,
-) -> None:
+) -> Figure:
     """Two panels. Left: the bulk on a linear scale (the central 99% of the spectral mass, kernel
     width 2% of that window), where most eigenvalues live. Right: the whole spectrum as
     log10(phi + 1e-7) with Ghorbani et al.'s narrow kernel, which shows outliers and edges.
     Extremal eigenvalues are marked with ticks along the bottom; the legend carries the trace.
     A positive semi-definite operator (the GGN) is drawn from 0 (a kernel would smear mass below
     it); when the central 99% sits in a window narrower than 1e-3 of the whole range (almost all
-    weight at one point, e.g. zero), the bulk panel would show only the kernel and is left out."""
+    weight at one point, e.g. zero), the bulk panel would show only the kernel and is left out.
+    ``results``: records or SpectrumResults; the figure is saved to each of ``paths`` and returned
+    (in a notebook it shows itself; no backend is chosen here)."""
+    results = [_record(r) for r in results]
     labels = list(labels) if labels else [r["operator"] for r in results]
     measures = [pool_probes(r["slq"]["nodes"], r["slq"]["weights"]) for r in results]
     full, width = _common_grid(measures, 4000)
@@ -93,6 +101,7 @@ def plot_densities(
         fig.suptitle(title)
     for path in paths:
         save_figure(fig, path, dpi=120)
+    return fig
 
 
 def _common_grid(measures: Sequence[tuple[np.ndarray, np.ndarray]], points: int) -> tuple[np.ndarray, float]:
@@ -114,12 +123,14 @@ LR_STYLES = {"sgd": ("SGD", "tab:blue"), "momentum": ("heavy ball", "tab:orange"
              "nesterov": ("Nesterov", "tab:green"), "adam": ("Adam", "tab:red")}
 
 
-def plot_learning_rates(record: Mapping[str, Any], path: Path) -> None:
+def plot_learning_rates(record: Any, path: Path | None = None) -> Figure:
     """Left: per optimizer, the recommended rate (solid), the mean-square threshold under batch noise
     (dashed) and the fixed-Hessian one (dotted) against B (log-log), with validate-lr's measured
     thresholds (stars: blow-up, triangles: no progress) and a square-root reference slope.
     Right: lambda'(B) (mean and spread over batches) with the fit lambda_inf + kappa x^p, the batch
-    sharpness, and the full-sample lambda_max."""
+    sharpness, and the full-sample lambda_max. ``record``: lr.json's record or a LearningRateResult;
+    saved to ``path`` when given, and returned."""
+    record = _record(record)
     rows = record["rows"]
     n = record["n_samples"]
     b = np.array([r["batch_size"] for r in rows], dtype=float)
@@ -180,7 +191,9 @@ def plot_learning_rates(record: Mapping[str, Any], path: Path) -> None:
               title=f"{record['operator']} sharpness vs batch size" +
                     (f" (critical B ≈ {critical:.0f})" if critical else ""))
     right.legend(fontsize=8)
-    save_figure(fig, path, dpi=120)
+    if path is not None:
+        save_figure(fig, path, dpi=120)
+    return fig
 
 
 def plot_batch_spectra(record: Mapping[str, Any], path: Path) -> None:
@@ -203,11 +216,13 @@ def plot_batch_spectra(record: Mapping[str, Any], path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
-def plot_track(record: Mapping[str, Any], path: Path) -> None:
+def plot_track(record: Any, path: Path | None = None) -> Figure:
     """Sharpness against training step: lambda_max (with the batch's lambda_max and batch sharpness
     when measured) and each checkpoint's stability lines 2/eta and 2(1 + rho)/eta (dashed); on a
     second panel, when any checkpoint is Adam's, the preconditioned sharpness against
-    (2 + 2 beta1)/((1 - beta1) eta): the edge-of-stability picture."""
+    (2 + 2 beta1)/((1 - beta1) eta): the edge-of-stability picture. ``record``: track.json's record
+    or a TrackResult; saved to ``path`` when given, and returned."""
+    record = _record(record)
     rows = record["rows"]
     by_step = record.get("order") == "step"
     x = np.array([r["step"] if by_step else i for i, r in enumerate(rows)], dtype=float)
@@ -240,4 +255,6 @@ def plot_track(record: Mapping[str, Any], path: Path) -> None:
         right.set(xlabel="training step" if by_step else "checkpoint", ylabel="preconditioned curvature",
                   title="Adam's preconditioned sharpness")
         right.legend(fontsize=8)
-    save_figure(fig, path, dpi=120)
+    if path is not None:
+        save_figure(fig, path, dpi=120)
+    return fig

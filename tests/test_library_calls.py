@@ -103,3 +103,8 @@ def test_every_result_type_has_one_writer_and_one_summary(adam_trained, tmp_path
     assert len({format_of(r).summary for r in results}) == 3
     with pytest.raises(TypeError, match="no writer"):
         format_of({"operator": "hessian"})
+    from matplotlib.figure import Figure
+
+    from hessian_probe.plots import plot_densities  # in a notebook: a typed result in, the figure out, no file
+    figure = plot_densities([results[0]])
+    assert isinstance(figure, Figure) and figure.axes and not list(tmp_path.glob("*.png"))

@@ -99,6 +99,9 @@ def test_adam_checkpoints_get_the_preconditioned_sharpness_and_its_line():
                                                   saved_diagonal(saved, 0.999, 1e-8)), 1, 0, tol=1e-6)
     assert row.optimizer == "adam" and row.adam_sharpness == pytest.approx(direct.top_eigenvalues[0], rel=1e-6)
     assert row.line_adam == pytest.approx(38 / 0.01) and row.line_sgd is None
+    from hessian_probe.plots import plot_track
+
+    assert len(plot_track(result).axes) == 2  # a typed result draws too: sharpness and Adam's panel
     assert stability_lines(None, 0.9, 0.9, "sgd") == {"line_sgd": None, "line_momentum": None, "line_adam": None}
 
 
