@@ -145,3 +145,36 @@ def test_an_interrupted_validation_resumes_to_the_same_thresholds(tmp_path, chec
     for key in ("validation", "validation_no_progress"):
         assert numbers(records[1][key]) == numbers(records[0][key])
         assert len(records[0][key]) == 4  # 2 sizes x 2 optimizers
+
+
+@pytest.mark.slow  # 30 s; the journal's resume is the spectrum's and the scan's, tested above
+def test_an_interrupted_track_resumes_to_the_same_rows(tmp_path, checkpoint):
+    """Issue 16: track resumes per checkpoint -- the finished checkpoints are read back, not measured
+    again, and the rows equal an uninterrupted run's."""
+    from hessian_probe.demo import train_digits_mlp
+
+    files = []
+    for steps in (5, 10, 15, 20):
+        files.append(tmp_path / f"epoch_{steps}.pt")
+        train_digits_mlp(files[-1], seed=0, steps=steps)
+
+    def launch(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "hessian_probe", "track", *map(str, files), "--model", "mlp", "--data",
+                "digits", "--samples", "300", "--batch-size", "32", "--trace-products", "0", "--quiet", "--out",
+                str(out), *extra]
+
+    done = subprocess.run(launch(tmp_path / "whole"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    process = subprocess.Popen(launch(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list((out / "partial").glob("*.pt"))) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, "no pieces saved"
+        time.sleep(0.05)
+    process.kill()
+    process.communicate(timeout=60)
+    resumed = subprocess.run(launch(out, "--resume"), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads((out / "track.json").read_text())
+    assert record["provenance"]["resumed_pieces"] >= 2
+    assert numbers(record) == numbers(json.loads((tmp_path / "whole" / "track.json").read_text()))
