@@ -294,7 +294,7 @@ def test_plot_overlays_saved_results_and_refuses_others(tmp_path, checkpoint):
     assert mismatch.exit_code == 2
 
 
-@pytest.mark.parametrize("name", ["spectrum", "eigs", "trace", "plot", "lr",
+@pytest.mark.parametrize("name", ["spectrum", "eigs", "trace", "plot", "lr", "track",
                                   # 35 s; test_lr covers the command
                                   pytest.param("validate-lr", marks=pytest.mark.slow)])
 def test_example_configs_run(tmp_path, checkpoint, name):
