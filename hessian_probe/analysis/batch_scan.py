@@ -58,6 +58,13 @@ def batch_indices(n_samples: int, batch_size: int, seed: int, index: int) -> Ten
     return torch.randperm(n_samples, generator=torch.Generator().manual_seed(state))[:batch_size]
 
 
+def random_batch(problem: Problem, inputs: Tensor, targets: Tensor, batch_size: int, seed: int, index: int,
+                 chunk_size: int | None) -> Problem:
+    """The problem of the ``index``-th random batch of B of the examples (batch_indices), in chunks."""
+    idx = batch_indices(len(inputs), batch_size, seed, index)
+    return problem.with_batches(split_batches(inputs[idx], targets[idx], chunk_size))
+
+
 @saveable
 @dataclass(frozen=True, kw_only=True)
 class BatchMeasurement:
@@ -314,8 +321,7 @@ def batch_scan(
 
     def measure(task: tuple[int, int]) -> BatchMeasurement:
         b, j = task
-        idx = batch_indices(n, b, seed, j)
-        batch_problem = problem.with_batches(split_batches(inputs[idx], targets[idx], chunk_size))
+        batch_problem = random_batch(problem, inputs, targets, b, seed, j, chunk_size)
         measured = measure_batch(
             batch_problem, kind, batch_size=b, index=j, seed=derive(seed, "batch-measurement", j), tol=tol,
             subspace=basis,

@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..batches import split_batches
 from ..errors import setting
 from ..linalg import extremal_eigs
 from ..linalg import trace as estimate_trace
@@ -36,9 +35,12 @@ from ..protocols import COMPUTE_NOW, Pieces
 from ..results import saveable, to_jsonable
 from ..seeds import derive
 from .adam import saved_diagonal
-from .batch_scan import batch_indices, measure_batch
+from .batch_scan import measure_batch, random_batch
 from .eigenvalues import eigenvalues
-from .optimizer_state import optimizer_state_of, saved_adam_state
+from .hyperparameters import OptimizerHyperparameters
+from .lr import adam_threshold
+from .optimizer_state import found_hyperparameters, optimizer_state_of, saved_adam_state
+from .stability import quadratic_threshold
 
 ORDERS = ("step", "name", "given")
 OVERRIDES = ("lr", "momentum", "beta1", "beta2", "eps")
@@ -154,16 +156,19 @@ class TrackResult:
 
 def stability_lines(lr: float | None, momentum: float | None, beta1: float | None,
                     optimizer: str | None, nesterov: bool = False) -> dict[str, float | None]:
-    """The divergence thresholds of the quadratic model at learning rate ``lr`` (module docstring);
-    with ``nesterov`` the momentum line is Nesterov's (2 + 2 rho)/((1 + 2 rho) eta)."""
+    """The curvature at which ``lr`` is the quadratic model's divergence threshold (module docstring);
+    with ``nesterov`` the momentum line is Nesterov's. Every such threshold is c / curvature
+    (stability.quadratic_threshold, lr.adam_threshold), so the line is the same c / lr."""
+    lines: dict[str, float | None] = {"line_sgd": None, "line_momentum": None, "line_adam": None}
     if not lr or lr <= 0:
-        return {"line_sgd": None, "line_momentum": None, "line_adam": None}
-    adam = optimizer == "adam" and beta1 is not None
-    momentum_line = None
-    if optimizer != "adam" and momentum:
-        momentum_line = (2.0 + 2.0 * momentum) / (((1.0 + 2.0 * momentum) if nesterov else 1.0) * lr)
-    return {"line_sgd": 2.0 / lr if optimizer != "adam" else None, "line_momentum": momentum_line,
-            "line_adam": (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr) if adam else None}
+        return lines
+    if optimizer == "adam":
+        lines["line_adam"] = adam_threshold(lr, beta1) if beta1 is not None else None
+        return lines
+    lines["line_sgd"] = quadratic_threshold("sgd", lr)
+    if momentum:
+        lines["line_momentum"] = quadratic_threshold("nesterov" if nesterov else "momentum", lr, momentum)
+    return lines
 
 
 def track(points: Sequence[TrackPoint], operator: str = "hessian", *, batch_size: int | None = None,
@@ -208,8 +213,8 @@ def track(points: Sequence[TrackPoint], operator: str = "hessian", *, batch_size
         warnings.append("the checkpoints carry no step and their names no number: the rows are in the order given")
     keys = [r.step if order == "step" else _last_number(r.name) for r in rows] if order != "given" else []
     if len(set(keys)) < len(keys):
-        warnings.append(f"some checkpoints share a {order == 'step' and 'step' or 'number'}: their rows keep the "
-                        "order given")
+        warnings.append(f"some checkpoints share a {'step' if order == 'step' else 'number'}: their rows keep "
+                        "the order given")
     n_params, n_samples = shapes.pop()
     if not any(r.lr for r in rows):
         warnings.append(f"no checkpoint carries a learning rate: pass {setting('lr')} to draw the stability lines")
@@ -242,17 +247,15 @@ def _measure(point: TrackPoint, operator: str, batch_size: int | None, tol: floa
         products += tr.n_products
     n = problem.n_samples
     if batch_size is not None and batch_size < n:
-        inputs, targets = problem.examples()
-        idx = batch_indices(n, batch_size, seed, 0)
-        batch = problem.with_batches(split_batches(inputs[idx], targets[idx], problem.chunk_size))
+        batch = random_batch(problem, *problem.examples(), batch_size, seed, 0, problem.chunk_size)
         m = measure_batch(batch, operator, batch_size=batch_size, index=0, tol=tol,
                           seed=derive(seed, "batch-measurement", 0), settings=settings)
         values.update(batch_size=batch_size, batch_lambda_max=m.lambda_max, batch_lambda_min=m.lambda_min,
                       batch_converged=bool(m.eigs.converged), batch_sharpness=m.batch_sharpness)
         products += sum((m.n_products or {}).values())
     found = optimizer_state_of(point.optimizer_state, problem)
-    hyper = {"lr": found.lr, "momentum": found.momentum, "beta1": found.betas[0] if found.betas else None,
-             "beta2": found.betas[1] if found.betas else None, "eps": found.eps}
+    saved_values = found_hyperparameters(found)
+    hyper = {"lr": found.lr, **{k: saved_values[k] for k in OVERRIDES if k != "lr"}}
     sources = {k: ("option" if k in overrides else "checkpoint") for k, v in hyper.items()
                if k in overrides or v is not None}
     hyper.update(overrides)
@@ -263,8 +266,9 @@ def _measure(point: TrackPoint, operator: str, batch_size: int | None, tol: floa
         notes.append("no Adam preconditioned sharpness: the checkpoint carries no usable Adam moments "
                      "(exp_avg_sq with a step count, one parameter group, matching shapes)")
     if saved is not None:
-        diagonal = saved_diagonal(saved, hyper["beta2"] if hyper["beta2"] is not None else 0.999,
-                                  hyper["eps"] if hyper["eps"] is not None else 1e-8)
+        defaults = OptimizerHyperparameters()
+        diagonal = saved_diagonal(saved, hyper["beta2"] if hyper["beta2"] is not None else defaults.beta2,
+                                  hyper["eps"] if hyper["eps"] is not None else defaults.eps)
         adam = extremal_eigs(PreconditionedOperator(op, diagonal), 1, 0, tol=tol, seed=derive(seed, "adam-sharpness"))
         values.update(adam_sharpness=float(adam.top_eigenvalues[0]), adam_converged=bool(adam.converged))
         products += adam.n_products
