@@ -29,14 +29,22 @@ def dense_hessian(model: nn.Module, loss_fn, inputs: Tensor, targets: Tensor, na
     )
 
 
-def train_briefly(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, steps: int = 150,
-                  lr: float = 0.01) -> nn.Module:
-    """Full-batch Adam, seeded by the caller: a point that is trained but not at a minimum."""
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+def adam_steps(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, steps: int, lr: float = 0.01,
+               **adam: object) -> torch.optim.Adam:
+    """``steps`` full-batch Adam steps (``adam``: its other options), seeded by the caller; the optimizer,
+    whose state a checkpoint carries."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr, **adam)
     for _ in range(steps):
         optimiser.zero_grad()
         loss_fn(model(inputs), targets).backward()
         optimiser.step()
+    return optimiser
+
+
+def train_briefly(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn, steps: int = 150,
+                  lr: float = 0.01) -> nn.Module:
+    """Full-batch Adam, seeded by the caller: a point that is trained but not at a minimum."""
+    adam_steps(model, inputs, targets, loss_fn, steps, lr)
     return model.eval()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import adam_steps
 
 from hessian_probe import curvature_operator, make_problem
 from hessian_probe.analysis import (
@@ -38,11 +39,7 @@ def adam_trained():
     torch.manual_seed(0)
     x, y = load_digits(200, seed=0)
     model = mlp(hidden=8)
-    adam = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.8, 0.99), eps=1e-7)
-    for _ in range(30):
-        adam.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        adam.step()
+    adam = adam_steps(model, x, y, torch.nn.functional.cross_entropy, 30, betas=(0.8, 0.99), eps=1e-7)
     return make_problem(model, (x, y), "cross_entropy", dtype=torch.float64), adam.state_dict()
 
 

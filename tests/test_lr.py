@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import adam_steps
 from torch import nn
 
 from hessian_probe import make_problem
@@ -366,11 +367,7 @@ def small_mlp_problem():
     torch.manual_seed(0)
     x, y = load_digits(300, seed=0)
     model = mlp(hidden=16)
-    adam = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(40):
-        adam.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        adam.step()
+    adam = adam_steps(model, x, y, torch.nn.functional.cross_entropy, 40)
     problem = make_problem(model, (x, y), "cross_entropy", dtype=F64)
     info = read_optimizer_state(adam.state_dict(), [n for n, _ in model.named_parameters()])
     from hessian_probe.loading.optimizer import saved_adam_state

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from helpers import adam_steps
 
 from hessian_probe import curvature_operator, extremal_eigs, make_problem
 from hessian_probe.analysis.adam import saved_diagonal
@@ -85,11 +86,7 @@ def test_adam_checkpoints_get_the_preconditioned_sharpness_and_its_line():
     torch.manual_seed(0)
     x, y = load_digits(120, seed=0)
     model = mlp(hidden=8)
-    adam = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(10):
-        adam.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        adam.step()
+    adam = adam_steps(model, x, y, F.cross_entropy, 10)
     problem = make_problem(model, (x, y), "cross_entropy", dtype=torch.float64)
     state = adam.state_dict()
     result = track([TrackPoint("adam.pt", step=10, problem=problem, optimizer_state=state)], trace_products=0)
