@@ -59,14 +59,15 @@ def check_learning_rates(problem: Problem, operator: str = "hessian", prediction
     n = problem.n_samples
     if batch_sizes and max(batch_sizes) > n:  # before any scan or run
         raise UsageError(f"{setting('batch_sizes')}: {max(batch_sizes)} is larger than the sample ({n} examples)")
-    if predictions is None:
-        predictions = learning_rates(problem, operator, **dict(scan or {}), optimizer_state=optimizer_state,
-                                     seed=seed, settings=settings, progress=progress, pieces=pieces)
-    if not batch_sizes and not predictions.default_validation_sizes():
-        raise UsageError(f"no batch size below the sample ({n} examples) to train at: pass {setting('batch_sizes')}")
-    saved = None
+    saved = None  # Adam's saved moments, read once for the scan (if it runs here) and the runs
     if optimizer_state is not None:
         saved = saved_adam_state(optimizer_state_of(optimizer_state, problem), problem)
+    if predictions is None:
+        predictions = learning_rates(problem, operator, **dict(scan or {}), optimizer_state=optimizer_state,
+                                     saved_state=saved, seed=seed, settings=settings, progress=progress,
+                                     pieces=pieces)
+    if not batch_sizes and not predictions.default_validation_sizes():
+        raise UsageError(f"no batch size below the sample ({n} examples) to train at: pass {setting('batch_sizes')}")
     validation = validate_learning_rates(problem, predictions, recipe, optimizers=optimizers, batch_sizes=batch_sizes,
                                          criteria=criteria, saved_state=saved, seed=seed, progress=progress,
                                          pieces=pieces)
