@@ -7,7 +7,8 @@ batch order in every run), cross-entropy. The grid: 7 constant rates a factor of
 every 100 steps, 20 Lanczos steps of the Hessian on a fixed subset of 256 examples set the rate
 (SGD mode: 2/(lambda_max + mu)) or the rate and momentum (heavy-ball mode), times a safety
 factor (1: the seed authors' rule; 0.5, 0.25), with or without a cap on the rate's growth per
-update (max_growth; the run starts from lr 0.1). Reported: each run's
+update (max_growth; the run starts from lr 0.1), with or without the batch-noise correction at the
+training batch size (8 noise batches per estimate). Reported: each run's
 final full-sample training loss, the learner's lr / momentum trajectory, and its cost as wall time
 over one plain run's (curvature products included). Bar: learner loss within 10% of the grid's
 best, cost under 1.5 runs (the grid costs 7).
@@ -27,13 +28,16 @@ from hessian_probe.loading.builtin_models import mlp, small_cnn
 from hessian_probe.loading.datasets import load_digits
 from hessian_probe.training import CurvatureLearner
 
-LEARNERS = (("sgd", 1.0, None), ("sgd", 0.5, None), ("sgd", 0.5, 2.0), ("sgd", 1.0, 2.0), ("heavy-ball", 0.5, None),
-            ("heavy-ball", 0.25, 2.0))  # (mode, safety, max_growth): the seed authors' rule is ("sgd", 1.0, None)
+LEARNERS = (("sgd", 1.0, None, False), ("sgd", 0.5, None, False), ("sgd", 0.5, 2.0, False), ("sgd", 1.0, 2.0, False),
+            ("heavy-ball", 0.5, None, False), ("heavy-ball", 0.25, 2.0, False), ("sgd", 1.0, None, True),
+            ("sgd", 0.5, 2.0, True), ("heavy-ball", 0.5, 2.0, True))
+# (mode, safety, max_growth, batch-noise correction at the training batch size): the seed authors' rule is
+# ("sgd", 1.0, None, False)
 WORKLOADS = {"digits-mlp": (lambda: mlp(), False), "digits-cnn": (lambda: small_cnn(channels=8), True)}
 
 
 def run(workload: str, steps: int, batch_size: int, lr: float | None, mode: str | None, every: int,
-        subset: int, safety: float = 1.0, max_growth: float | None = None) -> dict:
+        subset: int, safety: float = 1.0, max_growth: float | None = None, noise: bool = False) -> dict:
     build, image = WORKLOADS[workload]
     x, y = load_digits(None, seed=0, image=image)
     torch.manual_seed(0)
@@ -43,7 +47,8 @@ def run(workload: str, steps: int, batch_size: int, lr: float | None, mode: str 
     if mode is not None:
         pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:subset]
         learner = CurvatureLearner(model, F.cross_entropy, (x[pick], y[pick]), optimizer, every=every,
-                                   heavy_ball=mode == "heavy-ball", safety=safety, max_growth=max_growth)
+                                   heavy_ball=mode == "heavy-ball", safety=safety, max_growth=max_growth,
+                                   batch_size=batch_size if noise else None)
     order = torch.Generator().manual_seed(2)
     t0 = time.perf_counter()
     for step in range(steps):
@@ -63,7 +68,8 @@ def run(workload: str, steps: int, batch_size: int, lr: float | None, mode: str 
     if learner is not None:
         out.update(products=learner.n_products, learner_seconds=learner.seconds, skipped=learner.skipped[:3],
                    trajectory=[{"step": s, "lr": lr, "momentum": momentum, "rule_lr": (
-                       g.heavy_ball_lr if mode == "heavy-ball" else g.sgd_lr), "lambda_max": g.lambda_max, "mu": g.mu}
+                       g.heavy_ball_lr if mode == "heavy-ball" else g.sgd_lr), "lambda_max": g.lambda_max, "mu": g.mu,
+                       "noise_rule_lr": g.noise_heavy_ball_lr if mode == "heavy-ball" else g.noise_sgd_lr}
                        for (s, g), (_, lr, momentum) in zip(learner.history, learner.applied)])
     return out
 
@@ -90,9 +96,10 @@ def main() -> None:
         entry = {"grid": {k: v["final_loss"] for k, v in runs.items()}, "best_lr": float(best),
                  "best_loss": finite[best]["final_loss"], "best_at_grid_edge": best in edges,
                  "plain_run_s": plain_seconds}
-        for mode, safety, growth in LEARNERS:
-            learned = run(workload, args.steps, args.batch_size, None, mode, args.every, args.subset, safety, growth)
-            name = f"{mode} x{safety:g}" + (f" growth<={growth:g}" if growth else "")
+        for mode, safety, growth, noise in LEARNERS:
+            learned = run(workload, args.steps, args.batch_size, None, mode, args.every, args.subset, safety, growth,
+                          noise)
+            name = f"{mode} x{safety:g}" + (f" growth<={growth:g}" if growth else "") + (" noise" if noise else "")
             entry[name] = {**learned, "loss_over_best": (learned["final_loss"] / entry["best_loss"]
                                                          if learned["final_loss"] is not None else None),
                            "cost_in_runs": learned["seconds"] / plain_seconds}

@@ -35,6 +35,7 @@ STREAMS = {
     "batch-density": Stream(2),  # analysis.batch_scan: a batch's (and the full sample's) SLQ density
     "adam-subspace": Stream(3),  # analysis.batch_scan: the preconditioned top eigenvectors at B
     "learner": Stream(3000),  # analysis.lr: the learner's one-shot Lanczos probe on the full sample
+    "learner-noise": Stream(4000, (1,)),  # training.learner: the noise batches of the estimate at step t
 }
 
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from hessian_probe import curvature_operator, extremal_eigs, make_problem
-from hessian_probe.analysis.learner import extremes, heavy_ball, sgd_rate, suggest
+from hessian_probe.analysis.learner import LearnerSuggestion, extremes, heavy_ball, sgd_rate, suggest, with_batch_noise
+from hessian_probe.analysis.stability import spectral_radius
 from hessian_probe.loading.builtin_models import mlp
 from hessian_probe.loading.datasets import load_digits
 from hessian_probe.operators import DenseOperator
@@ -124,6 +125,49 @@ def test_the_learner_sets_sgds_rate_and_momentum_every_k_steps():
     assert last.safety == 0.5 and learner.n_products == sum(s.n_products for _, s in learner.history)
     with pytest.raises(TypeError, match="torch.optim.SGD"):
         CurvatureLearner(model, F.cross_entropy, (x, y), torch.optim.Adam(model.parameters()))
+
+
+def test_the_batch_noise_correction_caps_the_rates_at_the_mean_square_thresholds():
+    base = LearnerSuggestion(lambda_max=2.0, mu=0.02, mu_rule="heavy-node", sgd_lr=0.5 * sgd_rate(2.0, 0.02),
+                             heavy_ball_lr=0.5 * heavy_ball(2.0, 0.02)[0], heavy_ball_momentum=heavy_ball(2.0, 0.02)[1],
+                             safety=0.5, lanczos_steps=20, n_products=20)
+    curvatures = [1.0, 3.0, 2.0, 6.0]  # a = 3, s^2 = 14/3: SGD's threshold 2a / (a^2 + s^2) = 6 / (41/3)
+    noisy = with_batch_noise(base, curvatures, batch_size=16)
+    assert noisy.batch_curvature == 3.0 and noisy.batch_curvature_std == pytest.approx(np.sqrt(14 / 3))
+    assert noisy.noise_sgd_lr == pytest.approx(0.5 * 18 / 41, rel=2e-3)  # bisection to rtol 1e-3
+    assert noisy.sgd_lr == noisy.noise_sgd_lr < base.sgd_lr  # the cap binds: 0.22 < 0.495
+    rho, heavy = noisy.heavy_ball_momentum, noisy.noise_heavy_ball_lr / 0.5  # at the threshold the radius is 1
+    mean, var = np.array([[3.0]]), np.array([[14 / 3]])
+    assert spectral_radius("momentum", heavy * 0.999, rho, mean, var) < 1 < spectral_radius("momentum", heavy * 1.002,
+                                                                                              rho, mean, var)
+    assert noisy.heavy_ball_lr == min(base.heavy_ball_lr, noisy.noise_heavy_ball_lr)
+    quiet = with_batch_noise(base, [0.01, 0.01, 0.01], batch_size=16)  # flat along v: the rule's rates stand
+    assert quiet.sgd_lr == base.sgd_lr and quiet.heavy_ball_lr == base.heavy_ball_lr
+    with pytest.raises(ValueError, match="at least two"):
+        with_batch_noise(base, [1.0], batch_size=16)
+
+
+def test_the_learner_with_a_batch_size_measures_the_noise_along_its_top_ritz_vector():
+    torch.manual_seed(0)
+    x, y = load_digits(128, seed=0)
+    x = x.double()
+    model = mlp(hidden=8).double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    learner = CurvatureLearner(model, F.cross_entropy, (x, y), optimizer, every=10, batch_size=8, noise_batches=4)
+    suggestion = learner.step(0)
+    v = suggestion.top_vector
+    problem = make_problem(model, (x, y), F.cross_entropy)
+    truth = extremal_eigs(curvature_operator(problem, "hessian"), 1, 0, tol=1e-10)
+    assert abs(float(v @ curvature_operator(problem, "hessian").matvec(v))) == pytest.approx(
+        truth.top_eigenvalues[0], rel=1e-3)  # the Ritz vector of 20 steps: its Rayleigh quotient is lambda_max
+    assert suggestion.batch_size == 8 and suggestion.n_products == suggestion.lanczos_steps + 4
+    assert suggestion.batch_curvature_std > 0 and optimizer.param_groups[0]["lr"] == suggestion.sgd_lr == min(
+        sgd_rate(suggestion.lambda_max, suggestion.mu), suggestion.noise_sgd_lr)
+    again = CurvatureLearner(model, F.cross_entropy, (x, y), torch.optim.SGD(model.parameters(), lr=1e-3), every=10,
+                             batch_size=8, noise_batches=4).step(0)
+    assert again.batch_curvature == suggestion.batch_curvature  # seeded batches
+    with pytest.raises(ValueError, match="noise_batches"):
+        CurvatureLearner(model, F.cross_entropy, (x, y), optimizer, batch_size=8, noise_batches=1)
 
 
 def test_the_lightning_callback_calls_the_monitor_after_each_step():
