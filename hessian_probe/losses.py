@@ -3,7 +3,9 @@
 The Gauss-Newton product needs S u, where S is the Hessian of the batch loss with respect to
 the network outputs (Schraudolph 2002, "Fast curvature matrix-vector products"):
 
-- softmax cross-entropy over the class dimension 1: S_i = (diag p_i - p_i p_i^T) / n_terms
+- softmax cross-entropy over the class dimension 1 (or the last, for (N, T, V) logits and (N, T)
+  labels), labels equal to ignore_index -100 left out: S_i = (diag p_i - p_i p_i^T) / n_terms,
+  n_terms the labels that count; ``causal_lm`` is the same on logits[:, :-1] and labels[:, 1:]
 - MSE over all elements: S = (2 / numel) I
 - binary cross-entropy on logits: S = diag(sigma (1 - sigma)) / numel; on probabilities p (after
   a final sigmoid): S = diag(t / p^2 + (1 - t) / (1 - p)^2) / numel
@@ -42,19 +44,26 @@ class Loss(ABC):
         log-likelihood of (a user's loss does not say)."""
         return type(self).output_fisher_matmat is not Loss.output_fisher_matmat
 
-    def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:
+    def output_fisher_matmat(self, outputs: Tensor, U: Tensor, targets: Tensor | None = None) -> Tensor:
         """E_{y ~ p(y|outputs)}[g g^T] U, g the gradient of the loss in the outputs: the Fisher's
         middle matrix. For outputs that are natural parameters it is the output Hessian, whatever
-        the targets (cross-entropy, MSE, BCE on logits)."""
+        the targets' values (cross-entropy, MSE, BCE on logits); ``targets`` only tell which
+        positions count (labels -100) and where the classes are."""
         raise NotImplementedError(f"the loss {self.name!r} gives no predictive distribution")
 
-    def terms_per_example(self, outputs: Tensor) -> int:
+    def terms_per_example(self, outputs: Tensor, targets: Tensor | None = None) -> float:
         """How many independent terms (each the negative log-likelihood of one distribution) the mean
         loss averages per example: one for a user's loss, which names no distribution."""
         return 1
 
     def validate(self, outputs: Tensor, targets: Tensor) -> None:
         """Raise ValueError if targets cannot belong to these outputs."""
+
+    def term_count(self, targets: Tensor) -> int | None:
+        """How many terms the mean over this batch averages, for a loss that counts its terms (labels
+        that count, not ignore_index): a sample's mean then weighs each batch by it, not by its
+        size. None: one term per example."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -65,7 +74,7 @@ class NaturalParameterLoss(Loss):
     with its canonical link): the Fisher's middle matrix is then the output Hessian, whatever the
     targets (Martens 2020, section 9.2)."""
 
-    def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:
+    def output_fisher_matmat(self, outputs: Tensor, U: Tensor, targets: Tensor | None = None) -> Tensor:
         return self.output_hessian_matmat(outputs, torch.zeros_like(outputs), U)  # S does not read the targets
 
 
@@ -73,31 +82,54 @@ class ElementwiseTerms:
     """For a loss that is a mean over output elements, each one distribution's negative
     log-likelihood (MSE, BCE): as many terms per example as it has outputs."""
 
-    def terms_per_example(self, outputs: Tensor) -> int:
+    def terms_per_example(self, outputs: Tensor, targets: Tensor | None = None) -> float:
         return outputs[0].numel()
 
 
+IGNORE_INDEX = -100  # torch's and Hugging Face's label for "no loss here" (padding, prompt tokens)
+
+
 class CrossEntropy(NaturalParameterLoss):
-    """``F.cross_entropy`` with classes on dim 1; targets are class indices or probabilities."""
+    """``F.cross_entropy`` with classes on dim 1 -- or on the last dim, for (N, T, V) logits with
+    (N, T) labels (language models; dim 1 wins when both read the same) -- targets class indices
+    or probabilities; labels equal to -100 (torch's ignore_index) are left out of the mean."""
 
     name = "cross_entropy"
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(outputs, targets)
+        return F.cross_entropy(_classes_first(outputs, targets), targets, ignore_index=IGNORE_INDEX)
 
-    def terms_per_example(self, outputs: Tensor) -> int:  # one categorical per position
-        return outputs[0, 0].numel()
+    def terms_per_example(self, outputs: Tensor, targets: Tensor | None = None) -> float:
+        """One categorical per position that counts (the mean over the batch, with labels -100)."""
+        if targets is None or targets.is_floating_point():
+            return outputs[0, 0].numel()
+        return float((targets != IGNORE_INDEX).sum()) / len(targets)
+
+    def output_fisher_matmat(self, outputs: Tensor, U: Tensor, targets: Tensor | None = None) -> Tensor:
+        if targets is None or targets.is_floating_point():
+            return self.output_hessian_matmat(outputs, torch.zeros_like(outputs), U)
+        return self.output_hessian_matmat(outputs, targets, U)  # S reads only where the classes are, and the mask
+
+    def term_count(self, targets: Tensor) -> int | None:
+        return None if targets.is_floating_point() else int((targets != IGNORE_INDEX).sum())
 
     def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
-        p = torch.softmax(outputs, dim=1)
-        n_terms = outputs.numel() // outputs.shape[1]
+        last = _classes_last(outputs, targets)
+        dim = -1 if last else 2  # the class dimension of U (k, N, C, ...)
+        p = torch.softmax(outputs, dim=-1 if last else 1)
         pu = p * U
-        return (pu - p * pu.sum(dim=2, keepdim=True)) / n_terms
+        s = pu - p * pu.sum(dim=dim, keepdim=True)
+        if targets.is_floating_point():
+            return s / (outputs.numel() // outputs.shape[1])
+        counted = targets != IGNORE_INDEX
+        mask = counted.unsqueeze(-1 if last else 1).to(s.dtype)
+        return s * mask / counted.sum().clamp(min=1)
 
     def validate(self, outputs: Tensor, targets: Tensor) -> None:
         if outputs.ndim < 2:
             raise ValueError(f"cross_entropy needs outputs of shape (N, C, ...), got {tuple(outputs.shape)}")
-        n_classes = outputs.shape[1]
+        last = _classes_last(outputs, targets)
+        n_classes = outputs.shape[-1 if last else 1]
         if targets.is_floating_point():
             if targets.shape != outputs.shape:
                 if targets.ndim == outputs.ndim - 1 and torch.equal(targets, targets.round()):
@@ -114,14 +146,67 @@ class CrossEntropy(NaturalParameterLoss):
             return
         if targets.dtype == torch.bool:
             raise ValueError("class labels are booleans: save them as integers (y.long())")
-        expected = (outputs.shape[0],) + tuple(outputs.shape[2:])
-        if tuple(targets.shape) != expected:
-            raise ValueError(f"class-index targets must have shape {expected}, got {tuple(targets.shape)}")
-        if targets.numel() and (targets.min() < 0 or targets.max() >= n_classes):
+        if not last:
+            expected = (outputs.shape[0],) + tuple(outputs.shape[2:])
+            if tuple(targets.shape) != expected:
+                also = (f" (or {tuple(outputs.shape[:-1])}, classes on the last dim)" if outputs.ndim >= 3 else "")
+                raise ValueError(f"class-index targets must have shape {expected}{also}, got {tuple(targets.shape)}")
+        counted = targets[targets != IGNORE_INDEX]
+        if targets.numel() and not counted.numel():
+            raise ValueError(f"every label is {IGNORE_INDEX} (ignore_index): there is no loss to take the curvature of")
+        if counted.numel() and (counted.min() < 0 or counted.max() >= n_classes):
             raise ValueError(
-                f"labels must lie in [0, {n_classes - 1}] for a model with {n_classes} outputs, "
-                f"found range [{int(targets.min())}, {int(targets.max())}]"
+                f"labels must lie in [0, {n_classes - 1}] (or be {IGNORE_INDEX}, left out) for a model with "
+                f"{n_classes} outputs, found range [{int(counted.min())}, {int(counted.max())}]"
             )
+
+
+def _classes_last(outputs: Tensor, targets: Tensor) -> bool:
+    """Integer labels of shape outputs.shape[:-1] that do not also fit classes on dim 1."""
+    if targets.is_floating_point() or outputs.ndim < 3:
+        return False
+    first = (outputs.shape[0],) + tuple(outputs.shape[2:])
+    return tuple(targets.shape) == tuple(outputs.shape[:-1]) and tuple(targets.shape) != first
+
+
+def _classes_first(outputs: Tensor, targets: Tensor) -> Tensor:
+    return outputs.movedim(-1, 1) if _classes_last(outputs, targets) else outputs
+
+
+class CausalLanguageModel(CrossEntropy):
+    """Next-token cross-entropy of a causal language model, as Hugging Face computes it: logits
+    (N, T, V) at position t predict labels[:, t + 1]; labels -100 are left out and the mean is over
+    the tokens that count. The last position predicts nothing (its output Hessian is zero)."""
+
+    name = "causal_lm"
+
+    def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(outputs[:, :-1].movedim(-1, 1), targets[:, 1:], ignore_index=IGNORE_INDEX)
+
+    def term_count(self, targets: Tensor) -> int | None:
+        return int((targets[:, 1:] != IGNORE_INDEX).sum())  # the tokens predicted, whatever the padding
+
+    def terms_per_example(self, outputs: Tensor, targets: Tensor | None = None) -> float:
+        if targets is None:
+            return outputs.shape[1] - 1
+        return float((targets[:, 1:] != IGNORE_INDEX).sum()) / len(targets)
+
+    def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
+        shifted = super().output_hessian_matmat(outputs[:, :-1], targets[:, 1:], U[:, :, :-1])
+        return torch.cat([shifted, torch.zeros_like(U[:, :, -1:])], dim=2)
+
+    def output_fisher_matmat(self, outputs: Tensor, U: Tensor, targets: Tensor | None = None) -> Tensor:
+        if targets is None:
+            targets = torch.zeros(outputs.shape[:-1], dtype=torch.long, device=outputs.device)
+        return self.output_hessian_matmat(outputs, targets, U)
+
+    def validate(self, outputs: Tensor, targets: Tensor) -> None:
+        if outputs.ndim != 3 or tuple(targets.shape) != tuple(outputs.shape[:2]) or targets.is_floating_point():
+            raise ValueError(f"causal_lm needs logits (N, T, V) and integer labels (N, T); got outputs "
+                             f"{tuple(outputs.shape)} and labels {tuple(targets.shape)} {targets.dtype}")
+        if outputs.shape[1] < 2:
+            raise ValueError("causal_lm needs sequences of at least 2 tokens (position t predicts token t + 1)")
+        super().validate(outputs[:, :-1], targets[:, 1:])
 
 
 class MeanSquaredError(ElementwiseTerms, NaturalParameterLoss):
@@ -171,7 +256,8 @@ class BinaryCrossEntropy(ElementwiseTerms, Loss):
 
     name = "bce"
 
-    def output_fisher_matmat(self, outputs: Tensor, U: Tensor) -> Tensor:  # E_t[t/p^2 + (1-t)/(1-p)^2], t ~ p
+    def output_fisher_matmat(self, outputs: Tensor, U: Tensor,
+                             targets: Tensor | None = None) -> Tensor:  # E_t[t/p^2 + (1-t)/(1-p)^2], t ~ p
         return U / (outputs * (1 - outputs) * outputs.numel())
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
@@ -215,7 +301,8 @@ class CustomLoss(Loss):
 
 
 BUILTIN_LOSSES: dict[str, type[Loss]] = {"cross_entropy": CrossEntropy, "mse": MeanSquaredError,
-                                         "bce_with_logits": BinaryCrossEntropyWithLogits, "bce": BinaryCrossEntropy}
+                                         "bce_with_logits": BinaryCrossEntropyWithLogits, "bce": BinaryCrossEntropy,
+                                         "causal_lm": CausalLanguageModel}
 
 
 def _torch_equivalent(spec: object) -> Loss | None:

@@ -10,6 +10,7 @@ and shared out is batches.py; where they live (device or pinned host memory) is 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -100,10 +101,28 @@ class Problem:
 
     def weighted_batches(self) -> Iterator[tuple[Tensor, Tensor, float]]:
         """(x, y, |b|/N) for every batch, on the parameters' device: sum_b weight * batch mean =
-        mean over the sample. A sample kept in host memory is copied over batch by batch."""
-        n, device = self.n_samples, self.device
-        for x, y in self.batches:
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), len(x) / n
+        mean over the sample. A sample kept in host memory is copied over batch by batch. A loss
+        that averages over the labels that count (cross-entropy with labels -100, causal_lm) is
+        weighted by those instead: M_b / M, so that the sum is still the mean over the sample."""
+        device = self.device
+        for (x, y), weight in zip(self.batches, self.batch_weights):
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), weight
+
+    @functools.cached_property
+    def batch_weights(self) -> tuple[float, ...]:
+        """|b| / N per batch, or M_b / M where the loss counts its terms (Loss.term_count; under
+        torchrun M is all-reduced, once, at the first product or loss)."""
+        counts = [self.loss.term_count(y) for _, y in self.batches]
+        if any(c is None for c in counts):
+            n = self.n_samples
+            return tuple(len(x) / n for x, _ in self.batches)
+        total = float(sum(counts))
+        if self.shard is not None:
+            self._check_group()
+            total = float(self.group.all_reduce_sum(torch.tensor([total], dtype=torch.float64, device=self.device)))
+        if not total > 0:
+            raise ValueError("no label counts (every one is ignore_index -100): there is no loss")
+        return tuple(c / total for c in counts)
 
     @torch.no_grad()
     def loss_value(self) -> float:
@@ -274,7 +293,8 @@ def make_problem(
 def _validate_data(problem: Problem) -> None:
     """One forward pass: the model returns a tensor, targets fit it, labels are in range, and the
     loss is a finite scalar."""
-    for i, (x, y, _) in enumerate(problem.weighted_batches()):
+    for i, (x, y) in enumerate(problem.batches):  # not weighted_batches: no collective here (batch_weights)
+        x, y = x.to(problem.device), y.to(problem.device)
         try:
             outputs = problem.forward(problem.params, x)
         except RuntimeError as exc:

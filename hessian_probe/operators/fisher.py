@@ -43,7 +43,7 @@ class FisherOperator(GGNOperator):
         super().__init__(problem, settings)
 
     def output_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
-        return self.problem.loss.output_fisher_matmat(outputs, U)
+        return self.problem.loss.output_fisher_matmat(outputs, U, targets)
 
 
 class EmpiricalFisherOperator(GGNOperator):
@@ -56,5 +56,5 @@ class EmpiricalFisherOperator(GGNOperator):
         with torch.enable_grad():
             per_example = grad(lambda o: self.problem.loss(o, targets))(outputs) * n  # g_n = |b| grad_{f_n} L_b
         overlaps = (U * per_example).flatten(2).sum(2)  # <g_n, U_n>: (k, |b|)
-        terms = self.problem.loss.terms_per_example(outputs)
+        terms = self.problem.loss.terms_per_example(outputs, targets)
         return per_example * overlaps.reshape(*overlaps.shape, *[1] * (outputs.ndim - 1)) * (terms / n)

@@ -30,7 +30,7 @@ def available_memory() -> int | None:
 
 def activation_bytes(problem) -> int:
     """Bytes autograd saves for one example's loss (the forward's activations)."""
-    x, y, _ = next(iter(problem.weighted_batches()))
+    x, y = (t.to(problem.device) for t in problem.batches[0])  # not weighted_batches: no collective here
     total = 0
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
