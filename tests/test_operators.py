@@ -334,3 +334,47 @@ def test_cpu_products_are_split_to_fit_the_available_memory(digits, monkeypatch)
     assert op.max_rows == 100 and reference.max_rows > 10_000
     V = torch.randn(4, op.size, dtype=F64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(op.matmat(V), reference.matmat(V), rtol=1e-12, atol=1e-15)
+
+
+def test_a_layer_without_a_second_derivative_is_one_clear_error_and_attention_just_works():
+    from hessian_probe.errors import InputError
+
+    class FirstOrderTanh(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = torch.tanh(x)
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, g):
+            (y,) = ctx.saved_tensors
+            return g * (1 - y * y)
+
+    class Net(torch.nn.Module):
+        def __init__(self, attention: bool) -> None:
+            super().__init__()
+            self.attention, self.proj = attention, torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.proj(x)
+            if self.attention:  # default SDPA: the CPU's flash kernel has no double backward of its own
+                q = h.reshape(len(x), 1, 2, 2)
+                return torch.nn.functional.scaled_dot_product_attention(q, q, q).reshape(len(x), 4)
+            return FirstOrderTanh.apply(h)
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randn(8, 4)
+    net = Net(attention=True)
+    attention = make_problem(net, (x, y), "mse")
+    v = torch.randn(attention.n_params)
+    params = list(net.parameters())
+    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):  # the reference, by hand
+        gradient = torch.autograd.grad((net(x) - y).square().mean(), params, create_graph=True)
+        hv = torch.autograd.grad(gradient, params, [t[0] for t in attention.space.unflatten(v.reshape(1, -1)).values()])
+    expected = torch.cat([h.flatten() for h in hv])
+    assert torch.allclose(curvature_operator(attention, "hessian").matvec(v), expected, atol=1e-6)
+    problem = make_problem(Net(attention=False), (x, y), "mse")
+    with pytest.raises(InputError, match="derivatives that a layer of the model does not have"):
+        curvature_operator(problem, "hessian").matvec(torch.randn(problem.n_params))

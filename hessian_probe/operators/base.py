@@ -15,7 +15,7 @@ from torch import Tensor
 from ..errors import InputError, NonFiniteError, first_line
 from ..problem import Problem
 from ..protocols import SOLO, Group
-from .settings import ProductSettings, float32_precision
+from .settings import ProductSettings, product_kernels
 
 
 class CurvatureOperator(ABC):
@@ -112,6 +112,14 @@ def out_of_memory(exc: BaseException) -> bool:
         "tried to allocate" in text or "out of memory" in text.lower()
 
 
+def no_derivative(exc: BaseException) -> bool:
+    """torch has no (second or forward-mode) derivative for an operation the product went through."""
+    text = str(exc)
+    return (("derivative for" in text and "is not implemented" in text)
+            or ("forward AD" in text and "not support" in text)
+            or "once_differentiable" in text or "functorch transforms" in text)
+
+
 class SampleOperator(CurvatureOperator):
     """Curvature of the mean loss of a :class:`Problem`; owns the loop over its batches.
 
@@ -154,7 +162,7 @@ class SampleOperator(CurvatureOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         tangents = self.space.unflatten(V)
         out = torch.zeros_like(V)
-        with float32_precision(tf32=self.settings.tf32):
+        with product_kernels(tf32=self.settings.tf32):
             for x, y, weight in self.problem.weighted_batches():
                 out.add_(self._batch_product(x, y, tangents, len(V)), alpha=weight)
         out = self.problem.reduce(out)  # under torchrun: + the other ranks' shares
@@ -165,7 +173,7 @@ class SampleOperator(CurvatureOperator):
     def _locate_non_finite(self, V: Tensor) -> NonFiniteError:
         """Which batch (of this process's share) and which rows of V gave a non-finite product."""
         tangents, what = self.space.unflatten(V), f"the {self.name or 'operator'} product"
-        with float32_precision(tf32=self.settings.tf32):
+        with product_kernels(tf32=self.settings.tf32):
             for i, (x, y, _) in enumerate(self.problem.weighted_batches()):
                 bad = (~torch.isfinite(self._batch_product(x, y, tangents, len(V)))).any(dim=1)
                 if bool(bad.any()):
@@ -188,6 +196,12 @@ class SampleOperator(CurvatureOperator):
                         total.add_(part, alpha=share)
                 return total
             except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one, and so is the CPU allocator's
+                if no_derivative(exc):
+                    raise InputError(f"the {self.name or 'curvature'} product needs derivatives that a layer of the "
+                                     f"model does not have in torch ({first_line(exc)}); attention already runs with "
+                                     "the math SDPA backend here: use another operator (the GGN needs only "
+                                     "forward-mode derivatives, the Hessian second derivatives), or replace that "
+                                     "layer") from None
                 if not out_of_memory(exc):
                     raise
                 if piece == 1:

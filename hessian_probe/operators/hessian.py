@@ -50,4 +50,9 @@ class HessianOperator(SampleOperator):
             gradient = torch.autograd.grad(loss, leaves, create_graph=True)
             products = torch.autograd.grad(gradient, leaves, grad_outputs=[tangents[n][0] for n in params],
                                            allow_unused=True)
+        if all(h is None for h in products) and any(g.requires_grad for g in gradient):
+            # the gradient depends on the weights, but no second derivative reaches them: a layer's
+            # backward is not itself differentiable (an autograd.Function marked once_differentiable)
+            raise RuntimeError("the gradient's graph does not reach the weights (a backward marked "
+                               "once_differentiable): the Hessian product would read as zero")
         return {n: torch.zeros_like(p) if h is None else h for (n, p), h in zip(params.items(), products)}

@@ -37,6 +37,20 @@ class ProductSettings:
 
 
 @contextmanager
+def product_kernels(*, tf32: bool) -> Iterator[None]:
+    """The kernels every curvature product runs with: :func:`float32_precision` and the math
+    backend of scaled_dot_product_attention. torch's fused attention kernels (flash, memory
+    efficient, and the CPU's flash) have no double backward and no forward-mode derivative, so a
+    Hessian or GGN product through a transformer's SDPA attention fails with them ("derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"); the math
+    backend computes the same attention from differentiable operations."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with float32_precision(tf32=tf32), sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+@contextmanager
 def float32_precision(*, tf32: bool) -> Iterator[None]:
     """Run with TF32 allowed (or strictly forbidden) in CUDA matmuls and cuDNN convolutions,
     then restore torch's flags. cuDNN allows TF32 by default; strict is our default."""
