@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # optional integrations tested when installable; --no-deps, so that torch is never replaced
 OPTIONAL := lightning==2.6.6 lightning-utilities torchmetrics fsspec pyyaml
+# transformers depends on no torch: installed with its own dependencies
+HUGGINGFACE := transformers==5.24.0
 
 .PHONY: demo test lint test-all bench bench-wheels clean
 
@@ -13,6 +15,8 @@ $(BIN)/hessian-probe: pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps $(OPTIONAL) || echo "optional Lightning not installable: its test skips"
+	$(BIN)/pip install --quiet $(HUGGINGFACE) || echo "optional transformers not installable: its tests skip"
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 
 demo: $(BIN)/hessian-probe

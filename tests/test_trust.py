@@ -52,7 +52,29 @@ def test_a_malicious_pickle_is_refused_and_runs_no_code(tmp_path, checkpoint, wh
     assert not marker.exists(), "unpickling ran the file's code"
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error:") and "Python objects (exec)" in lines[0], result.output
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "exec)" in lines[0], result.output
+    assert "--safe-globals" not in lines[0]  # never suggested for a function that runs code
+
+
+def test_safe_globals_allow_one_class_without_trusting_the_file(tmp_path):
+    import argparse
+
+    torch.manual_seed(0)
+    weights = mlp().state_dict()
+    torch.save({"state_dict": weights, "args": argparse.Namespace(lr=0.1), "epoch": 3}, tmp_path / "timm.pth")
+    common = ["eigs", "--checkpoint", tmp_path / "timm.pth", "--model", "mlp", "--data", "digits", "--samples", "64"]
+    refused = invoke(*common, "--out", tmp_path / "a")
+    assert refused.exit_code == 1 and "--safe-globals argparse.Namespace" in refused.output
+    allowed = invoke(*common, "--safe-globals", "argparse.Namespace", "--out", tmp_path / "b")
+    assert allowed.exit_code == 0, allowed.output
+    # the allowance is for that class alone: a hostile object beside it is still refused and runs nothing
+    torch.save({"state_dict": weights, "args": argparse.Namespace(lr=0.1), "evil": WritesAFile(tmp_path / "pwned")},
+               tmp_path / "both.pth")
+    both = invoke("eigs", "--checkpoint", tmp_path / "both.pth", "--model", "mlp", "--data", "digits",
+                  "--safe-globals", "argparse.Namespace", "--out", tmp_path / "c")
+    assert both.exit_code == 1 and "builtins.exec" in both.output and not (tmp_path / "pwned").exists()
+    bad = invoke(*common, "--safe-globals", "argparse", "--out", tmp_path / "d")
+    assert bad.exit_code == 2 and "module.Name" in bad.output
 
 
 def test_a_tampered_resume_piece_runs_no_code_and_is_recomputed(tmp_path):

@@ -22,9 +22,16 @@ BATCH_SIZE_OPTION = click.option(
 
 
 CHECKPOINT_OPTION = click.option(
-    "--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
-    help="State dict (.pt/.pth/.bin/.ckpt, or a dict wrapping one) or .safetensors.")
+    "--checkpoint", required=True, type=click.Path(path_type=Path),
+    help="State dict (.pt/.pth/.bin/.ckpt, or a dict wrapping one), .safetensors, or a Hugging Face "
+         "save_pretrained folder (needs transformers; then --model is not needed).")
 CHECKPOINTS_ARGUMENT = click.argument("checkpoints", nargs=-1, required=True, metavar="CHECKPOINT...")
+
+
+def _comma_separated(ctx: Any, param: Any, value: str | tuple[str, ...]) -> tuple[str, ...]:
+    """'a.B, c.D' (or a config's list) -> ('a.B', 'c.D')."""
+    parts = value.split(",") if isinstance(value, str) else value
+    return tuple(p.strip() for p in parts if p.strip())
 
 
 def problem_options(command: Callable, one_batch: bool = True, many_checkpoints: bool = False) -> Callable:
@@ -34,23 +41,29 @@ def problem_options(command: Callable, one_batch: bool = True, many_checkpoints:
     options = [
         CHECKPOINTS_ARGUMENT if many_checkpoints else CHECKPOINT_OPTION,
         click.option("--model", default=None, metavar="SPEC",
-                     help="mlp | cnn (built-ins), a torchvision name, or package.module:factory / file.py:factory. "
-                          "Required unless the checkpoint is a trusted pickled model."),
+                     help="mlp | cnn (built-ins), a torchvision name, package.module:factory / file.py:factory, or "
+                          "a Hugging Face save_pretrained folder (its config). Required unless the checkpoint is a "
+                          "trusted pickled model or a save_pretrained folder."),
         click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
                      help="Keyword argument for the model factory (repeatable); values are Python literals."),
         click.option("--trust-checkpoint", is_flag=True,
                      help="Allow a fully pickled model (runs code from the file: only for files you trust)."),
+        click.option("--safe-globals", default="", metavar="NAMES", callback=_comma_separated,
+                     help="Comma-separated classes or functions a checkpoint may hold beside tensors (e.g. "
+                          "argparse.Namespace, saved by timm): allowed by torch's weights_only loader one by one, "
+                          "instead of --trust-checkpoint."),
         click.option("--data", required=True, metavar="SPEC",
-                     help="digits | digits:image | tensors:PATH (.pt/.npz) | torchvision:NAME:ROOT | "
-                          "package.module:factory."),
+                     help="digits | digits:image | tensors:PATH (.pt/.npz with x/y, inputs/targets, or "
+                          "input_ids/labels [+ attention_mask]) | torchvision:NAME:ROOT | package.module:factory."),
         click.option("--samples", type=click.IntRange(min=1), default=None,
                      help="Use a seeded random subset of this many examples."),
         BATCH_SIZE_OPTION,
         click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
                      help="Examples per forward pass (memory only: the operator does not depend on it)."),
         click.option("--loss", default="cross_entropy", show_default=True, metavar="NAME",
-                     help="cross_entropy | mse | bce_with_logits | bce | package.module:fn (mean loss of outputs "
-                          "and targets)."),
+                     help="cross_entropy (classes on dim 1 or the last; labels -100 left out) | causal_lm "
+                          "(next-token cross-entropy) | mse | bce_with_logits | bce | package.module:fn (mean loss of "
+                          "outputs and targets)."),
         click.option("--operator", type=click.Choice(list(OPERATOR_NAMES)), default="hessian", show_default=True,
                      help="Hessian, generalised Gauss-Newton matrix, Fisher of the loss's predictive distribution "
                           "(the GGN for cross_entropy, mse, bce_with_logits) or empirical Fisher (the examples' "
@@ -123,8 +136,8 @@ class FiniteRange(click.FloatRange):
         return super().convert(value, param, ctx)
 
 
-PROBLEM_KEYS = ("checkpoint", "model", "model_args", "trust_checkpoint", "data", "samples", "batch_size",
-                "chunk_size", "loss", "params", "device", "dtype", "seed")
+PROBLEM_KEYS = ("checkpoint", "model", "model_args", "trust_checkpoint", "safe_globals", "data", "samples",
+                "batch_size", "chunk_size", "loss", "params", "device", "dtype", "seed")
 
 
 

@@ -23,7 +23,13 @@ from ..runtime import torchrun as distributed
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file, to tie a result to the exact checkpoint it came from."""
+    """sha256 of a file, to tie a result to the exact checkpoint it came from; of a folder (a
+    save_pretrained model), the sha256 of its files' relative names and digests, in sorted order."""
+    path = Path(path)
+    if path.is_dir():
+        listing = sorted(p for p in path.rglob("*") if p.is_file())
+        return hashlib.sha256("".join(f"{p.relative_to(path).as_posix()}\0{file_digest(p)}\n"
+                                      for p in listing).encode()).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

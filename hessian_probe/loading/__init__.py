@@ -40,6 +40,7 @@ class ProblemSpec:
     model: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     trust_checkpoint: bool = False
+    safe_globals: tuple[str, ...] = ()  # "module.Name" objects torch's weights_only loader may build
     data: str = "digits"
     samples: int | None = None
     batch_size: int | None = None
@@ -90,12 +91,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_model(spec: ProblemSpec) -> tuple[nn.Module, Checkpoint]:
     """The model with the checkpoint's weights in it."""
-    checkpoint = load_checkpoint(spec.checkpoint, trust=spec.trust_checkpoint)
+    checkpoint = load_checkpoint(spec.checkpoint, trust=spec.trust_checkpoint, safe_globals=spec.safe_globals)
     if spec.model is None:
         if checkpoint.module is None:
             raise UsageError("--model is required: the checkpoint holds weights only, not the model's code")
         return checkpoint.module, checkpoint
-    model = build_model(spec.model, spec.model_args)
+    model = build_model(spec.model, spec.model_args, offered=checkpoint.hyper_parameters,
+                        checkpoint_path=str(spec.checkpoint))
     meta = [name for name, p in model.state_dict().items() if p.is_meta]
     if meta:
         raise InputError(f"the model {spec.model!r} is built on the meta device ({len(meta)} tensors without storage, "

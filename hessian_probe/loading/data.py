@@ -2,8 +2,9 @@
 
 Specs: ``digits`` (bundled, flat 64 features) and ``digits:image`` (1 x 8 x 8); ``tensors:PATH``
 (or just ``PATH``) for a ``.pt``/``.pth`` or ``.npz`` file holding inputs and targets under
-``x``/``y`` or ``inputs``/``targets``; ``torchvision:NAME:ROOT`` for a torchvision dataset already
-on disk (never downloaded); ``package.module:factory`` returning a Dataset or an (inputs, targets) pair.
+``x``/``y`` or ``inputs``/``targets``, or tokens under ``input_ids``/``labels`` (and
+``attention_mask``); ``torchvision:NAME:ROOT`` for a torchvision dataset already on disk (never
+downloaded); ``package.module:factory`` returning a Dataset or an (inputs, targets) pair.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def _tensor_file(path: Path) -> tuple[Tensor, Tensor]:
         raise InputError(f"cannot read data file {path}: {first_line(exc)}") from None
     if _is_pair(content):
         return tuple(content)
+    if isinstance(content, dict) and "input_ids" in content:
+        return _token_inputs(content, path)
     if isinstance(content, dict):
         for x_key, y_key in KEY_PAIRS:
             if x_key in content and y_key in content:
@@ -102,6 +105,23 @@ def _tensor_file(path: Path) -> tuple[Tensor, Tensor]:
     else:
         found = type(content).__name__
     raise InputError(f"data file {path} needs inputs and targets under keys x/y or inputs/targets; found {found}")
+
+
+def _token_inputs(content: dict, path: Path) -> tuple[Tensor, Tensor]:
+    """A tokenised file (a transformers model's inputs): x = input_ids (N, T), or input_ids and
+    attention_mask stacked as (N, 2, T) (loading/pretrained.py unstacks them); y = labels."""
+    if "labels" not in content:
+        raise InputError(f"data file {path} has input_ids but no labels: save labels too (for a causal language "
+                         "model labels = input_ids, with -100 where no loss is taken, e.g. padding)")
+    ids, labels = torch.as_tensor(content["input_ids"]), torch.as_tensor(content["labels"])
+    if ids.is_floating_point() or ids.ndim != 2:
+        raise InputError(f"input_ids in {path} must be integers of shape (N, T), got {ids.dtype} {tuple(ids.shape)}")
+    if "attention_mask" not in content:
+        return ids, labels
+    mask = torch.as_tensor(content["attention_mask"])
+    if mask.shape != ids.shape:
+        raise InputError(f"attention_mask in {path} has shape {tuple(mask.shape)}, input_ids {tuple(ids.shape)}")
+    return torch.stack([ids, mask.to(ids.dtype)], dim=1), labels
 
 
 def _torchvision(spec: str) -> Any:
