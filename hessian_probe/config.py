@@ -18,6 +18,8 @@ import click
 
 from .errors import InputError, UsageError
 
+SKIPPED_KEYS = ("debug", "help", "config", "print_config")  # options that are not a run's settings
+
 
 def read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
@@ -42,7 +44,7 @@ def command_line(path: Path, commands: Mapping[str, click.Command]) -> tuple[str
 
 def to_arguments(content: Mapping[str, Any], command: click.Command, path: Path | str = "config") -> list[str]:
     """Config keys to ``--option value`` arguments for ``command``; unknown keys are named."""
-    options = {p.name: p for p in command.params if isinstance(p, click.Option) and p.name not in ("debug", "help")}
+    options = {p.name: p for p in command.params if isinstance(p, click.Option) and p.name not in SKIPPED_KEYS}
     by_flag = {flag.lstrip("-").replace("-", "_"): p
                for p in options.values() for flag in p.opts if flag.startswith("--")}
     arguments = [p for p in command.params if isinstance(p, click.Argument)]
@@ -78,10 +80,96 @@ def _option_arguments(option: click.Option, value: Any, key: str, path: Path | s
     if option.is_flag:
         if not isinstance(value, bool):
             raise UsageError(f"{path}: {key} is a flag: set it to true or false, not {value!r}")
-        return [flag] if value else []
+        off = next((f for f in option.secondary_opts if f.startswith("--")), None)  # --nesterov/--no-nesterov
+        return [flag] if value else ([off] if off else [])
     if isinstance(value, (dict, list)) and not option.multiple:
         raise UsageError(f"{path}: {key} takes one value, not {value!r}")
     return [f"{flag}={v}" for v in (_as_list(value, key) if option.multiple else [value])]
+
+
+def expand(args: list[str], command: click.Command, ctx: click.Context | None = None
+           ) -> tuple[list[str], dict[str, Any] | None]:
+    """``--config FILE`` among a command's arguments: the file's options first, then the command
+    line's, which win (click takes the last value of an option given twice; repeatable options
+    add up; the config's positional arguments count only when the line gives none). Also the
+    config as read (path and content), for the provenance; (args, None) without --config."""
+    head, tail = (args[: args.index("--")], args[args.index("--"):]) if "--" in args else (args, [])
+    path, kept = None, []
+    i = 0
+    while i < len(head):
+        arg = head[i]
+        if arg == "--config":
+            if i + 1 >= len(head):
+                raise UsageError("--config needs a FILE.toml")
+            path, i = head[i + 1], i + 2
+            continue
+        if arg.startswith("--config="):
+            path = arg.removeprefix("--config=")
+        else:
+            kept.append(arg)
+        i += 1
+    if path is None:
+        return args, None
+    content = read_config(Path(path))
+    named = content.get("command")
+    if named is not None and named != command.name:
+        raise UsageError(f"{path} is a config for the {named} command, not for {command.name}")
+    from_file = to_arguments(content, command, path)
+    options, positional = ((from_file[: from_file.index("--")], from_file[from_file.index("--") + 1:])
+                           if "--" in from_file else (from_file, []))
+    line = options + kept + tail
+    given = _positional(command, kept + tail, ctx)
+    if positional and not given:
+        line += ([] if tail else ["--"]) + positional
+    return line, {"path": str(path), "content": content}
+
+
+def _positional(command: click.Command, args: list[str], ctx: click.Context | None) -> list[str]:
+    """The positional arguments among ``args``, as the command's own parser reads them."""
+    with click.Context(command, parent=ctx, resilient_parsing=True) as sub:
+        try:
+            _, positional, _ = command.make_parser(sub).parse_args(list(args))
+        except click.UsageError:
+            return []
+    return positional
+
+
+def to_toml(command: click.Command, params: Mapping[str, Any]) -> str:
+    """The options a command was resolved to, as a config that `run` (or --config) reads back."""
+    lines = [f"command = {_toml_value(command.name)}"]
+    for param in command.params:
+        if param.name in SKIPPED_KEYS or param.name not in params or params[param.name] is None:
+            continue
+        value = params[param.name]
+        if isinstance(param, click.Argument):
+            key = param.name
+        else:
+            key = next(f for f in param.opts if f.startswith("--")).lstrip("-").replace("-", "_")
+            if key == "model_arg":
+                key = "model_args"
+        if isinstance(value, tuple) and not getattr(param, "multiple", False) and \
+                not isinstance(param, click.Argument):  # a comma-separated option parsed to a tuple
+            if not value:
+                continue
+            value = ",".join(map(str, value))
+        if isinstance(value, tuple):
+            value = list(value)
+        if value == [] and (getattr(param, "multiple", False) or isinstance(param, click.Argument)):
+            continue
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
 
 
 def _as_list(value: Any, key: str) -> list[Any]:

@@ -335,6 +335,26 @@ def test_config_equals_command_line(tmp_path, checkpoint):
     assert from_config["provenance"]["config"]["content"]["model_args"] == {"hidden": 32, "activation": "tanh"}
 
 
+def test_every_command_takes_a_config_the_command_line_overrides_and_prints_it_back(tmp_path, checkpoint):
+    (tmp_path / "c.toml").write_text(
+        f'command = "eigs"\ncheckpoint = "{checkpoint}"\nmodel = "mlp"\ndata = "digits"\nsamples = 300\n'
+        'top_k = 3\nquiet = true\njson = true\n[model_args]\nhidden = 32\n')
+    overridden = ok(invoke("eigs", "--config", tmp_path / "c.toml", "--top-k", 2, "--out", tmp_path / "a"))
+    assert len(overridden["top_eigenvalues"]) == 2  # the command line wins over the file
+    assert overridden["provenance"]["config"]["path"] == str(tmp_path / "c.toml")
+    shell = ok(invoke("eigs", "--checkpoint", checkpoint, "--model", "mlp", "--model-arg", "hidden=32", "--data",
+                      "digits", "--samples", 300, "--top-k", 2, "--json", "--quiet", "--out", tmp_path / "b"))
+    assert overridden["top_eigenvalues"] == shell["top_eigenvalues"]
+    printed = invoke("eigs", "--config", tmp_path / "c.toml", "--top-k", 2, "--seed", 4, "--print-config")
+    assert printed.exit_code == 0 and "top_k = 2\n" in printed.output and "seed = 4\n" in printed.output
+    assert not (tmp_path / "hessian-probe-eigs").exists()  # printing runs nothing
+    (tmp_path / "printed.toml").write_text(printed.output.replace("seed = 4", "seed = 0"))
+    again = ok(invoke("run", tmp_path / "printed.toml", "--out", tmp_path / "c"))  # run takes overrides too
+    assert again["top_eigenvalues"] == shell["top_eigenvalues"]
+    wrong = invoke("trace", "--config", tmp_path / "c.toml")
+    assert wrong.exit_code == 2 and "a config for the eigs command, not for trace" in wrong.stderr
+
+
 def test_cuda_requested_without_cuda(tmp_path, checkpoint):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -51,6 +51,36 @@ class ProbeGroup(click.Group):
                     for number, handler in handlers.items():
                         signal.signal(number, handler)
 
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        """Every command but `run` takes --config FILE.toml and --print-config (config.expand)."""
+        if (name or cmd.name) != "run":
+            cmd.params += [
+                click.Option(["--config"], metavar="FILE.toml", expose_value=False,
+                             help="Read options from a TOML config (keys as in `run`); the command line wins."),
+                click.Option(["--print-config"], is_flag=True, expose_value=False,
+                             help="Print the options this command would run with, as a config, and exit."),
+            ]
+        super().add_command(cmd, name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is None or cmd.name == "run":
+            return name, cmd, rest
+        from ..config import expand, to_toml
+
+        try:
+            rest, config = expand(list(rest), cmd, ctx)
+        except InputError as exc:
+            raise CommandError(one_line(str(exc)), exc.exit_code) from None
+        if config is not None:
+            ctx.ensure_object(dict)["config"] = config
+        if "--print-config" in rest[: rest.index("--")] if "--" in rest else "--print-config" in rest:
+            rest.remove("--print-config")
+            with cmd.make_context(name, rest, parent=ctx) as sub:
+                click.echo(to_toml(cmd, sub.params), nl=False)
+            raise click.exceptions.Exit(0)
+        return name, cmd, rest
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

@@ -86,20 +86,26 @@ def _redraw(found: list, out_file: Path | None, labels: tuple[str, ...]) -> None
     click.echo(f"wrote {out_file}")
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @DEBUG_OPTION
 @click.pass_context
-def run(ctx: click.Context, config: Path) -> None:
-    """Run what a TOML config file says (keys are the command's option names).
+def run(ctx: click.Context, config: Path, overrides: tuple[str, ...]) -> None:
+    """Run what a TOML config file says (keys are the command's option names); options after it
+    override the file's (`COMMAND --config FILE` does the same).
 
     \b
     Example (configs/ holds a commented one for every command):
       hessian-probe run configs/spectrum.toml
+      hessian-probe run configs/spectrum.toml --seed 3 --out spectrum-seed3
     """
     from ..config import command_line
 
     name, argv, content = command_line(config, {n: c for n, c in main.commands.items() if n != "run"})
+    if overrides:
+        head, tail = (argv[: argv.index("--")], argv[argv.index("--"):]) if "--" in argv else (argv, [])
+        argv = head + list(overrides) + tail
     ctx.obj["config"] = {"path": str(config), "content": content}
     command = main.commands[name]
     try:
