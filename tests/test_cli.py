@@ -355,6 +355,18 @@ def test_every_command_takes_a_config_the_command_line_overrides_and_prints_it_b
     assert wrong.exit_code == 2 and "a config for the eigs command, not for trace" in wrong.stderr
 
 
+def test_quiet_silences_a_third_party_progress_bar_too(tmp_path, checkpoint, monkeypatch):
+    (tmp_path / "barred.py").write_text(
+        "from tqdm import tqdm\nfrom hessian_probe.loading.datasets import load_digits\n\n\n"
+        "def make():\n    for _ in tqdm(range(3), desc='third-party'):\n        pass\n    return load_digits(100)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = ["eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "barred:make", "--top-k", 1]
+    loud = invoke(*common, "--out", tmp_path / "a")
+    quiet = invoke(*common, "--quiet", "--out", tmp_path / "b")
+    assert loud.exit_code == quiet.exit_code == 0
+    assert "third-party" in loud.stderr and "third-party" not in quiet.stderr
+
+
 def test_cuda_requested_without_cuda(tmp_path, checkpoint):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

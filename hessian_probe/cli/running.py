@@ -54,11 +54,36 @@ def analysis_command(name: str, *, one_batch: bool = True, may_hold: frozenset[s
                              as_json=as_json, quiet=quiet, resume=resume, overwrite=overwrite, may_hold=may_hold,
                              outputs=outputs, check_determinism=check,
                              settings={"operator": operator, **options, "products": products})
-            return _run(ctx, run, spec_options, functools.partial(body, **options), products)
+            with third_party_bars_off(quiet):
+                return _run(ctx, run, spec_options, functools.partial(body, **options), products)
 
         return main.command(name)(command)
 
     return register
+
+
+@contextlib.contextmanager
+def third_party_bars_off(quiet: bool):
+    """Under --quiet, the tqdm bars of other libraries too (a user's data factory, a model's
+    loader): every tqdm made during the run is disabled (tqdm reads TQDM_DISABLE only when it is
+    imported, so the constructor is wrapped for the run and restored after)."""
+    if not quiet:
+        yield
+        return
+    import tqdm.std
+
+    original = tqdm.std.tqdm.__init__
+
+    @functools.wraps(original)
+    def disabled(self, *args, **kwargs):
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    tqdm.std.tqdm.__init__ = disabled
+    try:
+        yield
+    finally:
+        tqdm.std.tqdm.__init__ = original
 
 
 @dataclasses.dataclass(frozen=True)
