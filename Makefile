@@ -8,7 +8,7 @@ OPTIONAL := lightning==2.6.6 lightning-utilities torchmetrics fsspec pyyaml
 # transformers depends on no torch: installed with its own dependencies
 HUGGINGFACE := transformers==5.24.0
 
-.PHONY: demo test lint test-all bench bench-wheels clean
+.PHONY: demo test lint test-all docs bench bench-wheels clean
 
 $(BIN)/hessian-probe: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ test: $(BIN)/hessian-probe lint
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/hessian-probe
-	$(BIN)/ruff check hessian_probe tests benchmarks examples
+	$(BIN)/ruff check hessian_probe tests benchmarks examples docs
+
+# the API reference from the docstrings (pdoc, a test extra): docs/api/index.html
+docs: $(BIN)/hessian-probe
+	$(BIN)/python docs/build_api.py docs/api
 
 test-all: $(BIN)/hessian-probe
 	$(BIN)/python -m pytest -q -m ''

@@ -28,6 +28,19 @@ PSD_OPERATORS = ("ggn", "fisher", "empirical-fisher")
 DEGENERATE_BULK = 1e-3  # a central-99% window narrower than this x the whole range carries no shape
 
 
+def _axes(ax: Any, panels: int, figsize: tuple[float, float]) -> tuple[Figure, list[Any]]:
+    """The figure and ``panels`` axes to draw on: a new Figure (no pyplot: the user's backend
+    stays theirs), or the user's ``ax`` -- one Axes, or a sequence of ``panels`` of them."""
+    if ax is None:
+        fig = Figure(figsize=figsize, layout="constrained")
+        made = fig.subplots(1, panels)
+        return fig, list(np.atleast_1d(made))
+    given = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
+    if len(given) != panels:
+        raise ValueError(f"this figure has {panels} panel(s): pass ax= as {panels} Axes, got {len(given)}")
+    return given[0].figure, given
+
+
 def _record(result: Any) -> Mapping[str, Any]:
     """A record, or a typed result's (its ``to_dict()``): the plots take either."""
     return result.to_dict() if hasattr(result, "to_dict") else result
@@ -38,6 +51,7 @@ def plot_densities(
     paths: Sequence[Path] = (),
     title: str = "",
     labels: Sequence[str] | None = None,
+    ax: Any = None,
 ) -> Figure:
     """Two panels. Left: the bulk on a linear scale (the central 99% of the spectral mass, kernel
     width 2% of that window), where most eigenvalues live. Right: the whole spectrum as
@@ -47,7 +61,8 @@ def plot_densities(
     it); when the central 99% sits in a window narrower than 1e-3 of the whole range (almost all
     weight at one point, e.g. zero), the bulk panel would show only the kernel and is left out.
     ``results``: records or SpectrumResults; the figure is saved to each of ``paths`` and returned
-    (in a notebook it shows itself; no backend is chosen here)."""
+    (in a notebook it shows itself; no backend is chosen here). ``ax``: draw on your Axes instead
+    -- two for both panels, or one for the whole spectrum alone."""
     results = [_record(r) for r in results]
     labels = list(labels) if labels else [r["operator"] for r in results]
     measures = [pool_probes(r["slq"]["nodes"], r["slq"]["weights"]) for r in results]
@@ -61,12 +76,12 @@ def plot_densities(
     b_width = max(b_hi - b_lo, 0.01 * width)
     bulk = np.linspace(max(b_lo - 0.1 * b_width, 0.0) if psd else b_lo - 0.1 * b_width, b_hi + 0.1 * b_width, 2000)
     same_kind = len({r["operator"] for r in results}) < len(results)
+    if ax is not None and not isinstance(ax, (list, tuple, np.ndarray)):
+        show_bulk = False  # one Axes: the whole spectrum
     if show_bulk:
-        fig = Figure(figsize=(12, 4.5), layout="constrained")  # no pyplot: the user's backend stays theirs
-        linear, log = fig.subplots(1, 2)
+        fig, (linear, log) = _axes(ax, 2, (12, 4.5))
     else:
-        fig = Figure(figsize=(7, 4.5), layout="constrained")
-        log = fig.subplots(1, 1)
+        fig, (log,) = _axes(ax, 1, (7, 4.5))
         linear = None
     for i, (r, measure, label) in enumerate(zip(results, measures, labels)):
         colour = CYCLE[i % len(CYCLE)] if same_kind else COLOURS.get(r["operator"], CYCLE[i % len(CYCLE)])
@@ -123,20 +138,19 @@ LR_STYLES = {"sgd": ("SGD", "tab:blue"), "momentum": ("heavy ball", "tab:orange"
              "nesterov": ("Nesterov", "tab:green"), "adam": ("Adam", "tab:red")}
 
 
-def plot_learning_rates(record: Any, path: Path | None = None) -> Figure:
+def plot_learning_rates(record: Any, path: Path | None = None, ax: Any = None) -> Figure:
     """Left: per optimizer, the recommended rate (solid), the mean-square threshold under batch noise
     (dashed) and the fixed-Hessian one (dotted) against B (log-log), with validate-lr's measured
     thresholds (stars: blow-up, triangles: no progress) and a square-root reference slope.
     Right: lambda'(B) (mean and spread over batches) with the fit lambda_inf + kappa x^p, the batch
     sharpness, and the full-sample lambda_max. ``record``: lr.json's record or a LearningRateResult;
-    saved to ``path`` when given, and returned."""
+    saved to ``path`` when given, and returned; ``ax``: two Axes of yours to draw on."""
     record = _record(record)
     rows = record["rows"]
     n = record["n_samples"]
     b = np.array([r["batch_size"] for r in rows], dtype=float)
     fit = record["fit"]
-    fig = Figure(figsize=(13, 6.5), layout="constrained")
-    left, right = fig.subplots(1, 2)
+    fig, (left, right) = _axes(ax, 2, (13, 6.5))
 
     def series(key: str) -> np.ndarray:
         return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
@@ -196,13 +210,13 @@ def plot_learning_rates(record: Any, path: Path | None = None) -> Figure:
     return fig
 
 
-def plot_batch_spectra(record: Mapping[str, Any], path: Path) -> None:
-    """log10 densities of one batch operator per batch size, overlaid (the full sample in black)."""
+def plot_batch_spectra(record: Mapping[str, Any], path: Path | None = None, ax: Any = None) -> Figure:
+    """log10 densities of one batch operator per batch size, overlaid (the full sample in black);
+    saved to ``path`` when given, and returned; ``ax``: an Axes of yours to draw on."""
     curves = sorted(record["densities"], key=lambda d: d["batch_size"])
     measures = [pool_probes(d["slq"]["nodes"], d["slq"]["weights"]) for d in curves]
     grid, width = _common_grid(measures, 3000)
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
-    axis = fig.subplots()
+    fig, (axis,) = _axes(ax, 1, (8, 4.5))
     colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(curves)))
     for d, measure, colour in zip(curves, measures, colours):
         full = d["batch_size"] == record["n_samples"]
@@ -213,15 +227,18 @@ def plot_batch_spectra(record: Mapping[str, Any], path: Path) -> None:
     axis.set(xlabel="eigenvalue", ylabel="log10(density + 1e-7)",
              title=f"{record['operator']} spectrum of one batch per batch size")
     axis.legend(fontsize=8)
-    save_figure(fig, path, dpi=120)
+    if path is not None:
+        save_figure(fig, path, dpi=120)
+    return fig
 
 
-def plot_track(record: Any, path: Path | None = None) -> Figure:
+def plot_track(record: Any, path: Path | None = None, ax: Any = None) -> Figure:
     """Sharpness against training step: lambda_max (with the batch's lambda_max and batch sharpness
     when measured) and each checkpoint's stability lines 2/eta and 2(1 + rho)/eta (dashed); on a
     second panel, when any checkpoint is Adam's, the preconditioned sharpness against
     (2 + 2 beta1)/((1 - beta1) eta): the edge-of-stability picture. ``record``: track.json's record
-    or a TrackResult; saved to ``path`` when given, and returned."""
+    or a TrackResult; saved to ``path`` when given, and returned; ``ax``: your Axes (two when a
+    checkpoint is Adam's)."""
     record = _record(record)
     rows = record["rows"]
     by_step = record.get("order") == "step"
@@ -231,9 +248,8 @@ def plot_track(record: Any, path: Path | None = None) -> Figure:
         return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
 
     adam = np.isfinite(series("adam_sharpness")).any()
-    fig = Figure(figsize=(12 if adam else 7.5, 4.8), layout="constrained")
-    axes = fig.subplots(1, 2 if adam else 1)
-    left = axes[0] if adam else axes
+    fig, axes = _axes(ax, 2 if adam else 1, (12 if adam else 7.5, 4.8))
+    left = axes[0]
     operator = record["operator"]
     for key, style, colour, label in (("lambda_max", "o-", "tab:blue", f"λmax ({operator}, full sample)"),
                                       ("batch_lambda_max", "s-", "tab:cyan", "λmax of one batch"),

@@ -21,3 +21,27 @@ def test_curvature_over_training_example_trains_monitors_and_tracks(tmp_path):
     with (tmp_path / "sharpness.csv").open() as fh:
         assert [int(r["step"]) for r in csv.DictReader(fh)] == [0, 50, 100]
     assert (tmp_path / "monitor.png").stat().st_size > 10_000 and (tmp_path / "track" / "track.png").is_file()
+
+
+def test_the_notebook_example_runs_cell_by_cell_and_draws_on_its_own_axes(tmp_path):
+    done = subprocess.run([sys.executable, str(EXAMPLES / "notebook.py"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "converged True" in done.stdout and (tmp_path / "density.png").stat().st_size > 10_000
+
+
+def test_the_api_reference_builds_from_the_docstrings(tmp_path):
+    import pytest
+
+    pytest.importorskip("pdoc")
+    sys.path.insert(0, str(EXAMPLES.parent / "docs"))
+    try:
+        from build_api import build
+    finally:
+        sys.path.pop(0)
+    pages = {p.relative_to(tmp_path).as_posix() for p in build(tmp_path)}
+    assert {"hessian_probe.html", "hessian_probe/analysis.html", "hessian_probe/training.html",
+            "hessian_probe/plots.html", "hessian_probe/operators.html"} <= pages
+    training = (tmp_path / "hessian_probe" / "training.html").read_text()
+    assert "SharpnessMonitor" in training and "CurvatureLearner" in training
+    assert "learning_rates" in (tmp_path / "hessian_probe" / "analysis.html").read_text()

@@ -105,3 +105,23 @@ def test_every_result_type_has_one_writer_and_one_summary(adam_trained, tmp_path
     from hessian_probe.plots import plot_densities  # in a notebook: a typed result in, the figure out, no file
     figure = plot_densities([results[0]])
     assert isinstance(figure, Figure) and figure.axes and not list(tmp_path.glob("*.png"))
+    mine = Figure()
+    left, right = mine.subplots(1, 2)
+    assert plot_densities([results[0]], ax=[left, right]) is mine and left.lines and right.lines  # your axes
+    single = Figure().subplots()
+    assert plot_densities([results[0]], ax=single) is single.figure and len(single.figure.axes) == 1
+    with pytest.raises(ValueError, match="2 panel"):
+        from hessian_probe.plots import plot_learning_rates
+
+        plot_learning_rates({"rows": [], "n_samples": 1, "fit": None}, ax=single)
+
+
+def test_importing_the_plots_chooses_no_matplotlib_backend():
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; before = matplotlib.get_backend(); import hessian_probe.plots, hessian_probe; "
+            "assert matplotlib.get_backend() == before, (before, matplotlib.get_backend()); print(before)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**__import__("os").environ, "MPLBACKEND": "svg"})
+    assert done.returncode == 0 and done.stdout.strip() == "svg", done.stderr
