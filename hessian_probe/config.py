@@ -55,9 +55,12 @@ def to_arguments(content: Mapping[str, Any], command: click.Command, path: Path 
         if key == "command":
             continue
         name = key.replace("-", "_")
-        if name in ("model_args", "model_arg") and "model_args" in options:
+        table = {"model_args": "model_args", "model_arg": "model_args", "data_args": "data_args",
+                 "data_arg": "data_args"}.get(name)
+        if table in options:
             pairs = [f"{k}={v!r}" for k, v in value.items()] if isinstance(value, dict) else _as_list(value, key)
-            argv += [f"--model-arg={p}" for p in pairs]
+            flag = "--model-arg" if table == "model_args" else "--data-arg"
+            argv += [f"{flag}={p}" for p in pairs]
         elif name in by_flag:
             argv += _option_arguments(by_flag[name], value, key, path)
         elif any(a.name == name for a in arguments):
@@ -67,8 +70,9 @@ def to_arguments(content: Mapping[str, Any], command: click.Command, path: Path 
     if unknown:
         valid = {flag.lstrip("-").replace("-", "_")
                  for p in options.values() for flag in p.opts if flag.startswith("--")}
-        if "model_arg" in valid:
-            valid = valid - {"model_arg"} | {"model_args"}
+        for single in ("model_arg", "data_arg"):
+            if single in valid:
+                valid = valid - {single} | {single + "s"}
         valid = sorted(valid | {a.name for a in arguments})
         raise UsageError(f"{path}: unknown key(s) for {command.name}: {', '.join(unknown)} "
                           f"(valid: {', '.join(valid)})")
@@ -145,8 +149,8 @@ def to_toml(command: click.Command, params: Mapping[str, Any]) -> str:
             key = param.name
         else:
             key = next(f for f in param.opts if f.startswith("--")).lstrip("-").replace("-", "_")
-            if key == "model_arg":
-                key = "model_args"
+            if key in ("model_arg", "data_arg"):
+                key += "s"
         if isinstance(value, tuple) and not getattr(param, "multiple", False) and \
                 not isinstance(param, click.Argument):  # a comma-separated option parsed to a tuple
             if not value:

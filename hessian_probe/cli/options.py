@@ -55,6 +55,8 @@ def problem_options(command: Callable, one_batch: bool = True, many_checkpoints:
         click.option("--data", required=True, metavar="SPEC",
                      help="digits | digits:image | tensors:PATH (.pt/.npz with x/y, inputs/targets, or "
                           "input_ids/labels [+ attention_mask]) | torchvision:NAME:ROOT | package.module:factory."),
+        click.option("--data-arg", "data_args", multiple=True, metavar="KEY=VALUE",
+                     help="Keyword argument for a package.module:factory --data (repeatable; Python literals)."),
         click.option("--samples", type=click.IntRange(min=1), default=None,
                      help="Use a seeded random subset of this many examples."),
         BATCH_SIZE_OPTION,
@@ -136,7 +138,7 @@ class FiniteRange(click.FloatRange):
         return super().convert(value, param, ctx)
 
 
-PROBLEM_KEYS = ("checkpoint", "model", "model_args", "trust_checkpoint", "safe_globals", "data", "samples",
+PROBLEM_KEYS = ("checkpoint", "model", "model_args", "trust_checkpoint", "safe_globals", "data", "data_args", "samples",
                 "batch_size", "chunk_size", "loss", "params", "device", "dtype", "seed")
 
 

@@ -175,7 +175,8 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     env = environment()
     device = distributed.initialise(spec_options["device"])  # under torchrun: join the group, cuda:LOCAL_RANK
     spec = ProblemSpec(**{**spec_options, "checkpoint": str(spec_options["checkpoint"]), "device": device,
-                          "model_args": parse_model_args(spec_options["model_args"])})
+                          "model_args": parse_model_args(spec_options["model_args"]),
+                          "data_args": parse_model_args(spec_options.get("data_args") or (), "--data-arg")})
     out_dir = run.out_dir
     # before any work: a run must not be lost to an unwritable folder, nor overwrite one (rank 0 writes)
     distributed.on_main(lambda: _prepare_output(out_dir, run, lock))
@@ -204,7 +205,7 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     timings = {"load_s": loaded_at - started, "analysis_s": finished - loaded_at, "total_s": finished - started}
     made = provenance(env, run.name, (ctx.obj or {}).get("config"), spec, loaded, timings, digests)
     record = run_record(result, op, made, resumed=journal.resumed, rejected=journal.rejected,
-                        evaluation_mode=evaluation_note(loaded.model))
+                        evaluation_mode=evaluation_note(loaded.model), data_notes=loaded.data_notes)
     if not distributed.is_main():  # every rank holds the same record; rank 0 writes and reports it
         return record
     written = format_of(result).write(record, out_dir, result) + extra_files

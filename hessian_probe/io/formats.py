@@ -7,7 +7,7 @@ settings shown as --flags, and the CLI hands record and result to the writer."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ def record_of(result: Any) -> dict[str, Any]:
 
 
 def run_record(result: Any, op: Any, provenance: dict[str, Any], *, resumed: int = 0, rejected: int = 0,
-               evaluation_mode: str | None = None) -> dict[str, Any]:
+               evaluation_mode: str | None = None, data_notes: Sequence[str] = ()) -> dict[str, Any]:
     """A command's record: the result's JSON, its ``provenance`` (records.provenance, plus the
     operator's product settings, the pieces read back or computed again, how the model was
     evaluated), the GGN-family split of the model, and its messages with --flags for `settings`."""
@@ -58,6 +58,8 @@ def run_record(result: Any, op: Any, provenance: dict[str, Any], *, resumed: int
     record["provenance"] = {**provenance, "products": dataclasses.asdict(op.settings), "resumed_pieces": resumed,
                             "rejected_pieces": rejected,  # damaged or another run's: computed again
                             "evaluation_mode": evaluation_mode}
+    if data_notes:  # how the user's DataLoader was read
+        record["warnings"] = [*record.get("warnings", []), *data_notes]
     if op.name != "hessian":  # J^T S J, split at the model's outputs
         record["ggn_split"], split_warning = split_description(op.problem, op.name)
         if split_warning:

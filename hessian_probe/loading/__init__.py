@@ -42,6 +42,7 @@ class ProblemSpec:
     trust_checkpoint: bool = False
     safe_globals: tuple[str, ...] = ()  # "module.Name" objects torch's weights_only loader may build
     data: str = "digits"
+    data_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of a data factory
     samples: int | None = None
     batch_size: int | None = None
     chunk_size: int | None = 1024
@@ -58,6 +59,7 @@ class LoadedProblem:
     checkpoint: Checkpoint
     model: nn.Module
     spec: ProblemSpec | None = None  # what it was loaded from
+    data_notes: tuple[str, ...] = ()  # how the data was read (a shuffling DataLoader, ...)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,7 +127,8 @@ def _load_problem(spec: ProblemSpec) -> LoadedProblem:
     model, checkpoint = load_model(spec)
     if spec.params is not None:
         _usage(select_names, [n for n, _ in model.named_parameters()], spec.params)
-    inputs, targets = load_data(spec.data, spec.samples, spec.seed)
+    notes: list[str] = []
+    inputs, targets = load_data(spec.data, spec.samples, spec.seed, spec.data_args, notes)
     if spec.batch_size is not None:
         if spec.batch_size > len(inputs):
             raise UsageError(f"--batch-size {spec.batch_size} is larger than the sample ({len(inputs)} examples); "
@@ -143,7 +146,7 @@ def _load_problem(spec: ProblemSpec) -> LoadedProblem:
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
-    return LoadedProblem(build(), checkpoint, model, spec)
+    return LoadedProblem(build(), checkpoint, model, spec, tuple(notes))
 
 
 def _usage(check, *args):

@@ -28,9 +28,15 @@ KEY_PAIRS = (("x", "y"), ("inputs", "targets"))
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz")
 
 
-def load_data(spec: str, samples: int | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
+def load_data(spec: str, samples: int | None = None, seed: int = 0, args: dict[str, Any] | None = None,
+              notes: list[str] | None = None) -> tuple[Tensor, Tensor]:
     """The examples the spec names as stacked tensors (inputs, targets); with ``samples``, a seeded
-    random subset of that many (drawn before a Dataset's items are read)."""
+    random subset of that many (drawn before a Dataset's items are read). ``args``: keyword
+    arguments of a ``package.module:factory`` (--data-arg); ``notes`` gets what the user should
+    know about how a DataLoader was read."""
+    args = dict(args or {})
+    if args and not is_import_spec(spec):
+        raise UsageError(f"--data-arg applies to a package.module:factory, not to --data {spec!r}")
     if spec in ("digits", "digits:image"):
         pair = load_digits(image=spec.endswith(":image"))
     elif spec.startswith("tensors:") or spec.endswith(TENSOR_SUFFIXES):
@@ -39,8 +45,10 @@ def load_data(spec: str, samples: int | None = None, seed: int = 0) -> tuple[Ten
         pair = _stack_dataset(_torchvision(spec), spec, samples, seed)
         samples = None
     elif is_import_spec(spec):
-        pair = _call_factory(spec)
-        if not _is_pair(pair):
+        pair = _call_factory(spec, args)
+        if isinstance(pair, torch.utils.data.DataLoader):
+            pair = _read_loader(pair, spec, notes if notes is not None else [])
+        elif not _is_pair(pair):
             pair, samples = _stack_dataset(pair, spec, samples, seed), None
     else:
         raise UsageError(
@@ -107,11 +115,11 @@ def _tensor_file(path: Path) -> tuple[Tensor, Tensor]:
     raise InputError(f"data file {path} needs inputs and targets under keys x/y or inputs/targets; found {found}")
 
 
-def _token_inputs(content: dict, path: Path) -> tuple[Tensor, Tensor]:
+def _token_inputs(content: dict, path: Path | str) -> tuple[Tensor, Tensor]:
     """A tokenised file (a transformers model's inputs): x = input_ids (N, T), or input_ids and
     attention_mask stacked as (N, 2, T) (loading/pretrained.py unstacks them); y = labels."""
     if "labels" not in content:
-        raise InputError(f"data file {path} has input_ids but no labels: save labels too (for a causal language "
+        raise InputError(f"data {path} has input_ids but no labels: save labels too (for a causal language "
                          "model labels = input_ids, with -100 where no loss is taken, e.g. padding)")
     ids, labels = torch.as_tensor(content["input_ids"]), torch.as_tensor(content["labels"])
     if ids.is_floating_point() or ids.ndim != 2:
@@ -148,14 +156,68 @@ def _torchvision(spec: str) -> Any:
     return dataset
 
 
-def _call_factory(spec: str) -> Any:
+def _call_factory(spec: str, args: dict[str, Any]) -> Any:
     factory = import_object(spec, "data")
-    if not callable(factory):
+    if not callable(factory) or isinstance(factory, torch.utils.data.DataLoader):
+        if args:
+            raise UsageError(f"--data {spec!r} is not a factory: it takes no --data-arg")
         return factory
     try:
-        return factory()
+        inspect.signature(factory).bind(**args)
+    except TypeError as exc:
+        raise UsageError(f"data factory {spec!r} does not accept the arguments {args}: {first_line(exc)}") from None
+    except ValueError:
+        pass
+    try:
+        return factory(**args)
     except Exception as exc:
         raise InputError(f"data factory {spec!r} failed: {first_line(exc)}") from exc
+
+
+LABEL_KEYS = ("labels", "label", "y", "targets", "target")
+INPUT_KEYS = ("x", "inputs", "input", "pixel_values", "image", "images")
+
+
+def _read_loader(loader: Any, spec: str, notes: list[str]) -> tuple[Tensor, Tensor]:
+    """Every batch of the user's DataLoader (its dataset, transforms and collate), once, in its
+    order, concatenated: (x, y) pairs, or dicts (input_ids/attention_mask/labels, or an input key
+    and a label key). Nothing may be dropped (drop_last is refused); a shuffling loader is noted:
+    its order does not change the operator, but random transforms are drawn once, here."""
+    if loader.drop_last and len(loader.dataset) % (loader.batch_size or 1):
+        raise InputError(f"the DataLoader of {spec!r} drops its last incomplete batch (drop_last=True): the "
+                         "curvature would leave those examples out; return a loader with drop_last=False")
+    if isinstance(loader.sampler, torch.utils.data.RandomSampler):
+        notes.append(f"the DataLoader of {spec!r} shuffles: every example is used once, so the order changes "
+                     "nothing, but random transforms were drawn once, when its batches were read")
+    inputs, targets = [], []
+    for i, batch in enumerate(loader):
+        x, y = _pair_of(batch, spec, i)
+        inputs.append(torch.as_tensor(x))
+        targets.append(torch.as_tensor(y))
+    if not inputs:
+        raise InputError(f"the DataLoader of {spec!r} gave no batches")
+    try:
+        return torch.cat(inputs), torch.cat(targets)
+    except RuntimeError as exc:
+        raise InputError(f"the batches of {spec!r} differ in shape beyond the batch dimension (pad them to one "
+                         f"length): {first_line(exc)}") from None
+
+
+def _pair_of(batch: Any, spec: str, i: int) -> tuple[Any, Any]:
+    """(inputs, targets) of one batch: a pair, or a dict of tensors."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    if isinstance(batch, dict):
+        if "input_ids" in batch:
+            ids, labels = _token_inputs(batch, Path(f"{spec} (batch {i})"))
+            return ids, labels
+        x = next((batch[k] for k in INPUT_KEYS if k in batch), None)
+        y = next((batch[k] for k in LABEL_KEYS if k in batch), None)
+        if x is not None and y is not None:
+            return x, y
+        raise InputError(f"batch {i} of {spec!r} is a dict with keys {', '.join(map(str, batch))}: need input_ids "
+                         f"and labels, or one of {', '.join(INPUT_KEYS)} and one of {', '.join(LABEL_KEYS)}")
+    raise InputError(f"batch {i} of {spec!r} is a {type(batch).__name__}: need (inputs, targets) or a dict")
 
 
 def _stack_dataset(dataset: Any, spec: str, samples: int | None, seed: int) -> tuple[Tensor, Tensor]:

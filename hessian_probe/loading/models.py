@@ -17,14 +17,14 @@ from .pretrained import build_from_config, is_pretrained_folder
 BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": small_cnn}
 
 
-def parse_model_args(pairs: Iterable[str]) -> dict[str, Any]:
+def parse_model_args(pairs: Iterable[str], option: str = "--model-arg") -> dict[str, Any]:
     """``key=value`` strings to keyword arguments; values are Python literals when they parse as one
     (``hidden=64``, ``widths=(128, 64)``, ``bias=False``), else strings (``activation=relu``)."""
     args: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip().isidentifier():
-            raise UsageError(f"--model-arg expects key=value, got {pair!r}")
+            raise UsageError(f"{option} expects key=value, got {pair!r}")
         try:
             args[key.strip()] = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
