@@ -82,3 +82,35 @@ def test_a_loader_that_drops_examples_or_an_argument_it_does_not_take_is_one_lin
                                    'out = "from-config"\n[data_args]\nscale = 0.5\n')
     from_config = CliRunner().invoke(main, ["run", str(folder / "c.toml")])
     assert from_config.exit_code == 0, from_config.output
+
+
+def test_an_image_folder_of_pngs_is_resized_and_normalised_as_torchvision_would(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from hessian_probe.loading.data import load_data
+    from hessian_probe.loading.datasets import load_digits
+
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (12, 10), dtype=np.uint8)).save(tmp_path / "imgs" / name / f"{i}.png")
+    x, y = load_data(f"imagefolder:{tmp_path / 'imgs'}", args={"size": 8, "mean": 0.5, "std": 0.25, "mode": "L"})
+    assert x.shape == (8, 1, 8, 8) and y.tolist() == [0] * 4 + [1] * 4  # classes: sorted folder names
+    with Image.open(tmp_path / "imgs" / "dog" / "2.png") as img:  # Resize, ToTensor, Normalize by hand
+        expected = (np.asarray(img.convert("L").resize((8, 8), Image.BILINEAR), dtype=np.float32) / 255 - 0.5) / 0.25
+    assert torch.allclose(x[6, 0], torch.from_numpy(expected))
+    torch.manual_seed(0)
+    from hessian_probe.loading.builtin_models import small_cnn
+
+    torch.save(small_cnn().state_dict(), tmp_path / "cnn.pt")
+    assert load_digits(image=True)[0].shape[1:] == x.shape[1:]
+    result = CliRunner().invoke(main, ["eigs", "--checkpoint", str(tmp_path / "cnn.pt"), "--model", "cnn", "--data",
+                                       f"imagefolder:{tmp_path / 'imgs'}", "--data-arg", "size=8", "--data-arg",
+                                       "mode='L'", "--data-arg", "mean=0.5", "--data-arg", "std=0.25",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(main, ["eigs", "--checkpoint", str(tmp_path / "cnn.pt"), "--model", "cnn", "--data",
+                                    f"imagefolder:{tmp_path / 'imgs'}", "--data-arg", "crop=3"])
+    assert bad.exit_code == 2 and "unknown --data-arg crop" in bad.stderr

@@ -54,7 +54,8 @@ def problem_options(command: Callable, one_batch: bool = True, many_checkpoints:
                           "instead of --trust-checkpoint."),
         click.option("--data", required=True, metavar="SPEC",
                      help="digits | digits:image | tensors:PATH (.pt/.npz with x/y, inputs/targets, or "
-                          "input_ids/labels [+ attention_mask]) | torchvision:NAME:ROOT | package.module:factory."),
+                          "input_ids/labels [+ attention_mask]) | imagefolder:ROOT (--data-arg size=32 mean=... "
+                          "std=...) | torchvision:NAME:ROOT | package.module:factory (a Dataset or DataLoader)."),
         click.option("--data-arg", "data_args", multiple=True, metavar="KEY=VALUE",
                      help="Keyword argument for a package.module:factory --data (repeatable; Python literals)."),
         click.option("--samples", type=click.IntRange(min=1), default=None,

@@ -3,8 +3,9 @@
 Specs: ``digits`` (bundled, flat 64 features) and ``digits:image`` (1 x 8 x 8); ``tensors:PATH``
 (or just ``PATH``) for a ``.pt``/``.pth`` or ``.npz`` file holding inputs and targets under
 ``x``/``y`` or ``inputs``/``targets``, or tokens under ``input_ids``/``labels`` (and
-``attention_mask``); ``torchvision:NAME:ROOT`` for a torchvision dataset already on disk (never
-downloaded); ``package.module:factory`` returning a Dataset or an (inputs, targets) pair.
+``attention_mask``); ``imagefolder:ROOT`` (ROOT/CLASS/image.png, resized and normalised by
+--data-arg size/mean/std); ``torchvision:NAME:ROOT`` for a torchvision dataset already on disk
+(never downloaded); ``package.module:factory`` returning a Dataset or an (inputs, targets) pair.
 """
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ def load_data(spec: str, samples: int | None = None, seed: int = 0, args: dict[s
     arguments of a ``package.module:factory`` (--data-arg); ``notes`` gets what the user should
     know about how a DataLoader was read."""
     args = dict(args or {})
-    if args and not is_import_spec(spec):
-        raise UsageError(f"--data-arg applies to a package.module:factory, not to --data {spec!r}")
+    if args and not (is_import_spec(spec) or spec.startswith("imagefolder:")):
+        raise UsageError(f"--data-arg applies to a package.module:factory or imagefolder:ROOT, not to "
+                         f"--data {spec!r}")
     if spec in ("digits", "digits:image"):
         pair = load_digits(image=spec.endswith(":image"))
     elif spec.startswith("tensors:") or spec.endswith(TENSOR_SUFFIXES):
         pair = _tensor_file(Path(spec.removeprefix("tensors:")))
+    elif spec.startswith("imagefolder:"):
+        pair = image_folder(Path(spec.removeprefix("imagefolder:")), **_image_options(args, spec))
     elif spec.startswith("torchvision:"):
         pair = _stack_dataset(_torchvision(spec), spec, samples, seed)
         samples = None
@@ -130,6 +134,71 @@ def _token_inputs(content: dict, path: Path | str) -> tuple[Tensor, Tensor]:
     if mask.shape != ids.shape:
         raise InputError(f"attention_mask in {path} has shape {tuple(mask.shape)}, input_ids {tuple(ids.shape)}")
     return torch.stack([ids, mask.to(ids.dtype)], dim=1), labels
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_OPTIONS = ("size", "mean", "std", "mode")
+
+
+def _image_options(args: dict[str, Any], spec: str) -> dict[str, Any]:
+    unknown = sorted(set(args) - set(IMAGE_OPTIONS))
+    if unknown:
+        raise UsageError(f"--data {spec}: unknown --data-arg {', '.join(unknown)} (imagefolder takes "
+                         f"{', '.join(IMAGE_OPTIONS)})")
+    return args
+
+
+def image_folder(root: Path, size: int | tuple[int, int] | None = None, mean: Any = None, std: Any = None,
+                 mode: str = "RGB") -> tuple[Tensor, Tensor]:
+    """torchvision's ImageFolder layout without torchvision: ROOT/CLASS/image.png, classes in sorted
+    order (label = index), images in sorted order, read with Pillow in ``mode`` ('RGB' or 'L'),
+    resized to ``size`` (an int: square; (height, width)) with bilinear filtering, scaled to [0, 1]
+    and normalised as (x - mean) / std per channel -- the transform a model trained with
+    torchvision's Resize, ToTensor and Normalize saw."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - matplotlib depends on Pillow
+        raise InputError("imagefolder:ROOT needs Pillow (pip install pillow)") from None
+    if not root.is_dir():
+        raise InputError(f"image folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    files = [(f, label) for label, c in enumerate(classes) for f in sorted((root / c).iterdir())
+             if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise InputError(f"{root} holds no images in class folders (ROOT/CLASS/image.png, as torchvision's "
+                         "ImageFolder)")
+    if mode not in ("RGB", "L"):
+        raise UsageError(f"imagefolder mode must be RGB or L, got {mode!r}")
+    if size is not None:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+    images = []
+    for path, _ in files:
+        try:
+            with Image.open(path) as img:
+                img = img.convert(mode)
+                if size is not None:
+                    img = img.resize((size[1], size[0]), Image.BILINEAR)
+                array = np.asarray(img, dtype=np.float32) / 255.0
+        except OSError as exc:
+            raise InputError(f"cannot read image {path}: {first_line(exc)}") from None
+        images.append(torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1))
+    try:
+        x = torch.stack(images)
+    except RuntimeError:
+        raise InputError(f"the images under {root} differ in size: pass --data-arg size=N (or size=(H, W))"
+                         ) from None
+    channels = x.shape[1]
+    for name, value in (("mean", mean), ("std", std)):
+        if value is not None and len(np.atleast_1d(value)) not in (1, channels):
+            raise UsageError(f"imagefolder {name} needs 1 or {channels} values, got {value!r}")
+    if mean is not None:
+        x = x - torch.as_tensor(np.atleast_1d(mean), dtype=x.dtype).reshape(1, -1, 1, 1)
+    if std is not None:
+        scale = torch.as_tensor(np.atleast_1d(std), dtype=x.dtype).reshape(1, -1, 1, 1)
+        if not bool((scale > 0).all()):
+            raise UsageError(f"imagefolder std must be positive, got {std!r}")
+        x = x / scale
+    return x, torch.tensor([label for _, label in files])
 
 
 def _torchvision(spec: str) -> Any:
