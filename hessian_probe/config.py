@@ -86,6 +86,8 @@ def _option_arguments(option: click.Option, value: Any, key: str, path: Path | s
             raise UsageError(f"{path}: {key} is a flag: set it to true or false, not {value!r}")
         off = next((f for f in option.secondary_opts if f.startswith("--")), None)  # --nesterov/--no-nesterov
         return [flag] if value else ([off] if off else [])
+    if isinstance(value, list) and option.name == "safe_globals":  # a list of names, or one comma-separated string
+        value = ",".join(map(str, value))
     if isinstance(value, (dict, list)) and not option.multiple:
         raise UsageError(f"{path}: {key} takes one value, not {value!r}")
     return [f"{flag}={v}" for v in (_as_list(value, key) if option.multiple else [value])]

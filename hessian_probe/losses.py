@@ -95,9 +95,10 @@ class CrossEntropy(NaturalParameterLoss):
     or probabilities; labels equal to -100 (torch's ignore_index) are left out of the mean."""
 
     name = "cross_entropy"
+    classes_last: bool | None = None  # None: read from the shapes (_classes_last); True: always the last dim
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(_classes_first(outputs, targets), targets, ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(_classes_first(outputs, targets, self.classes_last), targets, ignore_index=IGNORE_INDEX)
 
     def terms_per_example(self, outputs: Tensor, targets: Tensor | None = None) -> float:
         """One categorical per position that counts (the mean over the batch, with labels -100)."""
@@ -114,7 +115,7 @@ class CrossEntropy(NaturalParameterLoss):
         return None if targets.is_floating_point() else int((targets != IGNORE_INDEX).sum())
 
     def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
-        last = _classes_last(outputs, targets)
+        last = _classes_last(outputs, targets, self.classes_last)
         dim = -1 if last else 2  # the class dimension of U (k, N, C, ...)
         p = torch.softmax(outputs, dim=-1 if last else 1)
         pu = p * U
@@ -128,7 +129,7 @@ class CrossEntropy(NaturalParameterLoss):
     def validate(self, outputs: Tensor, targets: Tensor) -> None:
         if outputs.ndim < 2:
             raise ValueError(f"cross_entropy needs outputs of shape (N, C, ...), got {tuple(outputs.shape)}")
-        last = _classes_last(outputs, targets)
+        last = _classes_last(outputs, targets, self.classes_last)
         n_classes = outputs.shape[-1 if last else 1]
         if targets.is_floating_point():
             if targets.shape != outputs.shape:
@@ -161,16 +162,19 @@ class CrossEntropy(NaturalParameterLoss):
             )
 
 
-def _classes_last(outputs: Tensor, targets: Tensor) -> bool:
-    """Integer labels of shape outputs.shape[:-1] that do not also fit classes on dim 1."""
+def _classes_last(outputs: Tensor, targets: Tensor, forced: bool | None = None) -> bool:
+    """Integer labels of shape outputs.shape[:-1] that do not also fit classes on dim 1 (``forced``:
+    the loss knows its layout, e.g. causal_lm, whose T - 1 could equal the vocabulary size)."""
     if targets.is_floating_point() or outputs.ndim < 3:
         return False
+    if forced is not None:
+        return forced
     first = (outputs.shape[0],) + tuple(outputs.shape[2:])
     return tuple(targets.shape) == tuple(outputs.shape[:-1]) and tuple(targets.shape) != first
 
 
-def _classes_first(outputs: Tensor, targets: Tensor) -> Tensor:
-    return outputs.movedim(-1, 1) if _classes_last(outputs, targets) else outputs
+def _classes_first(outputs: Tensor, targets: Tensor, forced: bool | None = None) -> Tensor:
+    return outputs.movedim(-1, 1) if _classes_last(outputs, targets, forced) else outputs
 
 
 class CausalLanguageModel(CrossEntropy):
@@ -179,6 +183,7 @@ class CausalLanguageModel(CrossEntropy):
     the tokens that count. The last position predicts nothing (its output Hessian is zero)."""
 
     name = "causal_lm"
+    classes_last = True  # the vocabulary: (N, T - 1, V) would read as classes on dim 1 when T - 1 == V
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs[:, :-1].movedim(-1, 1), targets[:, 1:], ignore_index=IGNORE_INDEX)

@@ -351,6 +351,8 @@ def test_every_command_takes_a_config_the_command_line_overrides_and_prints_it_b
     (tmp_path / "printed.toml").write_text(printed.output.replace("seed = 4", "seed = 0"))
     again = ok(invoke("run", tmp_path / "printed.toml", "--out", tmp_path / "c"))  # run takes overrides too
     assert again["top_eigenvalues"] == shell["top_eigenvalues"]
+    through_run = invoke("run", tmp_path / "c.toml", "--top-k", 4, "--print-config")
+    assert through_run.exit_code == 0 and "top_k = 4\n" in through_run.output and not (tmp_path / "d").exists()
     wrong = invoke("trace", "--config", tmp_path / "c.toml")
     assert wrong.exit_code == 2 and "a config for the eigs command, not for trace" in wrong.stderr
 

@@ -80,8 +80,11 @@ def test_a_loader_that_drops_examples_or_an_argument_it_does_not_take_is_one_lin
     assert builtin.exit_code == 2 and "factory" in builtin.stderr
     (folder / "c.toml").write_text('command = "eigs"\ncheckpoint = "m.pt"\nmodel = "mlp"\ndata = "pipe:loader"\n'
                                    'out = "from-config"\n[data_args]\nscale = 0.5\n')
-    from_config = CliRunner().invoke(main, ["run", str(folder / "c.toml")])
+    from_config = CliRunner().invoke(main, ["run", str(folder / "c.toml"), "--top-k", "2"])
     assert from_config.exit_code == 0, from_config.output
+    _, scaled = eigs(folder, "--data", "pipe:loader", "--data-arg", "scale=0.5")
+    assert json.loads((folder / "from-config" / "result.json").read_text())["top_eigenvalues"] == \
+        scaled["top_eigenvalues"]  # the table's argument arrived
 
 
 def test_an_image_folder_of_pngs_is_resized_and_normalised_as_torchvision_would(tmp_path):
@@ -96,7 +99,9 @@ def test_an_image_folder_of_pngs_is_resized_and_normalised_as_torchvision_would(
         (tmp_path / "imgs" / name).mkdir(parents=True)
         for i in range(4):
             Image.fromarray(rng.integers(0, 256, (12, 10), dtype=np.uint8)).save(tmp_path / "imgs" / name / f"{i}.png")
-    x, y = load_data(f"imagefolder:{tmp_path / 'imgs'}", args={"size": 8, "mean": 0.5, "std": 0.25, "mode": "L"})
+    x, y = load_data(f"imagefolder:{tmp_path / 'imgs'}", args={"size": (8, 8), "mean": 0.5, "std": 0.25, "mode": "L"})
+    shorter, _ = load_data(f"imagefolder:{tmp_path / 'imgs'}", args={"size": 8, "mode": "L"})
+    assert shorter.shape == (8, 1, 9, 8)  # an int sizes the shorter side, as Resize(8): 12 x 10 -> 9 x 8
     assert x.shape == (8, 1, 8, 8) and y.tolist() == [0] * 4 + [1] * 4  # classes: sorted folder names
     with Image.open(tmp_path / "imgs" / "dog" / "2.png") as img:  # Resize, ToTensor, Normalize by hand
         expected = (np.asarray(img.convert("L").resize((8, 8), Image.BILINEAR), dtype=np.float32) / 255 - 0.5) / 0.25
@@ -107,7 +112,7 @@ def test_an_image_folder_of_pngs_is_resized_and_normalised_as_torchvision_would(
     torch.save(small_cnn().state_dict(), tmp_path / "cnn.pt")
     assert load_digits(image=True)[0].shape[1:] == x.shape[1:]
     result = CliRunner().invoke(main, ["eigs", "--checkpoint", str(tmp_path / "cnn.pt"), "--model", "cnn", "--data",
-                                       f"imagefolder:{tmp_path / 'imgs'}", "--data-arg", "size=8", "--data-arg",
+                                       f"imagefolder:{tmp_path / 'imgs'}", "--data-arg", "size=(8, 8)", "--data-arg",
                                        "mode='L'", "--data-arg", "mean=0.5", "--data-arg", "std=0.25",
                                        "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output

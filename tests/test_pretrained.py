@@ -69,6 +69,15 @@ def test_a_save_pretrained_gpt2_runs_eigs_and_spectrum_with_no_glue(tmp_path):
     first, again = (json.loads((tmp_path / d / "result.json").read_text())["top_eigenvalues"]
                     for d in ("hessian", "again"))
     assert again == pytest.approx(first, rel=1e-10)
+    from safetensors.torch import save_file
+
+    untied = load_file(tmp_path / "gpt2" / "model.safetensors")  # an untied model's file: two different tensors
+    untied["lm_head.weight"] = untied["transformer.wte.weight"] + 1.0
+    save_file(untied, tmp_path / "untied.safetensors")
+    refused = CliRunner().invoke(main, ["eigs", "--model", str(tmp_path / "gpt2"), "--checkpoint",
+                                        str(tmp_path / "untied.safetensors"), "--data", str(tmp_path / "tokens.pt"),
+                                        "--loss", "causal_lm"])
+    assert refused.exit_code == 1 and "which the model ties" in refused.stderr
 
 
 def test_a_tiny_bert_classifier_with_an_attention_mask_runs_from_its_folder(tmp_path):
@@ -138,6 +147,12 @@ def test_token_cross_entropy_takes_classes_on_the_last_dim_and_leaves_out_minus_
     assert torch.allclose(causal.output_hessian_matmat(logits, labels, U),
                           (U.reshape(2, 105) @ dense).reshape(U.shape), atol=1e-12)
     assert loss.term_count(labels) == 13 and causal.term_count(labels) == 10
+    square = torch.randn(3, 8, 7, dtype=torch.float64)  # T - 1 == V: the shifted labels also fit dim 1
+    ids = torch.randint(0, 7, (3, 8))
+    V = torch.randn(2, 3, 8, 7, dtype=torch.float64)
+    dense = torch.func.hessian(lambda o: causal(o, ids))(square).reshape(168, 168)
+    assert torch.allclose(causal.output_hessian_matmat(square, ids, V), (V.reshape(2, 168) @ dense).reshape(V.shape),
+                          atol=1e-12)
     with pytest.raises(ValueError, match="ignore_index"):
         loss.validate(logits, torch.full((3, 5), -100))
 

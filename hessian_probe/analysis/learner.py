@@ -132,17 +132,19 @@ def _largest_ritz_vector(run) -> Tensor:
     return vector / vector.norm()
 
 
-def with_batch_noise(suggestion: LearnerSuggestion, curvatures: Sequence[float], batch_size: int) -> LearnerSuggestion:
+def with_batch_noise(suggestion: LearnerSuggestion, curvatures: Sequence[float], batch_size: int,
+                     momentum: float | None = None) -> LearnerSuggestion:
     """The rates capped by the mean-square thresholds of batches of ``batch_size`` (module
     docstring): ``curvatures`` are a_j = v^T H_{B_j} v over at least two batches, v the top Ritz
-    vector. A batch mean a <= 0 leaves the rates as they were (no threshold along v)."""
+    vector; ``momentum``: the heavy ball's as applied (default: the rule's). A batch mean a <= 0
+    leaves the rates as they were (no threshold along v)."""
     a = np.asarray(curvatures, dtype=np.float64)
     if len(a) < 2 or not np.isfinite(a).all():
         raise ValueError(f"the batch-noise correction needs at least two finite batch curvatures, got {a.tolist()}")
     mean, var = float(a.mean()), float(a.var(ddof=1))
     sgd = mean_square_threshold("sgd", np.array([[mean]]), np.array([[var]]))
     heavy = mean_square_threshold("momentum", np.array([[mean]]), np.array([[var]]),
-                                  momentum=suggestion.heavy_ball_momentum)
+                                  momentum=suggestion.heavy_ball_momentum if momentum is None else momentum)
     safety = suggestion.safety
     noise_sgd, noise_heavy = (safety * sgd if sgd else None), (safety * heavy if heavy else None)
     sgd_lr, heavy_lr = suggestion.sgd_lr, suggestion.heavy_ball_lr

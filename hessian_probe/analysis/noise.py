@@ -88,10 +88,23 @@ class GradientMoments:
         return float((self.mean_square - self.mean * self.mean).clamp_min(0).sum())
 
 
+def _check_equal_terms(problem) -> None:
+    """The moments weigh examples equally: refused where examples count different numbers of terms
+    (labels -100 on some positions), where each example's own mean would be wrong weights."""
+    counts = {problem.loss.term_count(y[i : i + 1]) for _, y in problem.batches for i in range(len(y))}
+    if len(counts) > 1:
+        from ..errors import UsageError
+
+        raise UsageError("per-example gradient moments (Adam's preconditioner estimated at the checkpoint) need "
+                         "examples that count the same number of labels: some have labels -100 (padding); give "
+                         "the checkpoint's Adam state, or data without left-out labels")
+
+
 def gradient_moments(problem) -> GradientMoments:
     """Per-example gradients (torch.func.vmap of grad over the examples of each batch, in slices that
     keep slice x P values near 2^25) reduced to their mean and mean square."""
     space = problem.space
+    _check_equal_terms(problem)
 
     def example_loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return problem.batch_loss(params, x[None], y[None])

@@ -103,9 +103,18 @@ def run(ctx: click.Context, config: Path, overrides: tuple[str, ...]) -> None:
     from ..config import command_line
 
     name, argv, content = command_line(config, {n: c for n, c in main.commands.items() if n != "run"})
+    if "--config" in overrides or any(o.startswith("--config=") for o in overrides):
+        raise CommandError(f"run {config} takes its options from that file: drop --config (or use "
+                           f"`{name} --config FILE`)", exit_code=2)
     if overrides:
         head, tail = (argv[: argv.index("--")], argv[argv.index("--"):]) if "--" in argv else (argv, [])
-        argv = head + list(overrides) + tail
+        argv = head + [o for o in overrides if o != "--print-config"] + tail
+    if "--print-config" in overrides:
+        from ..config import to_toml
+
+        with main.commands[name].make_context(name, argv, parent=ctx) as printed:
+            click.echo(to_toml(main.commands[name], printed.params), nl=False)
+        return
     ctx.obj["config"] = {"path": str(config), "content": content}
     command = main.commands[name]
     try:

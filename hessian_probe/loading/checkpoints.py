@@ -238,6 +238,12 @@ def fit_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
         parts += [f"{len(unexpected)} unexpected ({_sample(unexpected)})"] if unexpected else []
         raise InputError(f"the checkpoint does not fit the model: keys {'; '.join(parts)}; "
                          "check --model and --model-arg")
+    for name, others in tied.items():
+        for other in others:
+            if name in state_dict and other in state_dict and not torch.equal(state_dict[name], state_dict[other]):
+                raise InputError(f"the checkpoint holds different values for {name!r} and {other!r}, which the model "
+                                 "ties (one tensor): it comes from an untied model; build the model untied (e.g. "
+                                 "tie_word_embeddings=False in its config)")
     for name, value in state_dict.items():
         if value.shape != expected[name].shape:
             raise InputError(

@@ -152,7 +152,8 @@ def image_folder(root: Path, size: int | tuple[int, int] | None = None, mean: An
                  mode: str = "RGB") -> tuple[Tensor, Tensor]:
     """torchvision's ImageFolder layout without torchvision: ROOT/CLASS/image.png, classes in sorted
     order (label = index), images in sorted order, read with Pillow in ``mode`` ('RGB' or 'L'),
-    resized to ``size`` (an int: square; (height, width)) with bilinear filtering, scaled to [0, 1]
+    resized to ``size`` with bilinear filtering (an int: the shorter side, keeping the aspect, as
+    torchvision's Resize(int); (height, width): exactly), scaled to [0, 1]
     and normalised as (x - mean) / std per channel -- the transform a model trained with
     torchvision's Resize, ToTensor and Normalize saw."""
     try:
@@ -169,14 +170,19 @@ def image_folder(root: Path, size: int | tuple[int, int] | None = None, mean: An
                          "ImageFolder)")
     if mode not in ("RGB", "L"):
         raise UsageError(f"imagefolder mode must be RGB or L, got {mode!r}")
-    if size is not None:
-        size = (size, size) if isinstance(size, int) else tuple(size)
+    if size is not None and not isinstance(size, int):
+        size = tuple(size)
     images = []
     for path, _ in files:
         try:
             with Image.open(path) as img:
                 img = img.convert(mode)
-                if size is not None:
+                if isinstance(size, int):  # the shorter side to size, as Resize(int) (its rounding down)
+                    w, h = img.size
+                    short, long = (w, h) if w <= h else (h, w)
+                    other = int(size * long / short)
+                    img = img.resize((size, other) if w <= h else (other, size), Image.BILINEAR)
+                elif size is not None:
                     img = img.resize((size[1], size[0]), Image.BILINEAR)
                 array = np.asarray(img, dtype=np.float32) / 255.0
         except OSError as exc:

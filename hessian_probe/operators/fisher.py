@@ -30,6 +30,17 @@ from .ggn import GGNOperator
 from .settings import ProductSettings
 
 
+def takes_targets(method) -> bool:
+    """Does a Loss method take ``targets=`` (added with labels -100; a user's older Loss may not)?"""
+    import inspect
+
+    try:
+        parameters = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return "targets" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
 class FisherOperator(GGNOperator):
     """F = sum_b (|b|/N) J_b^T E_y[g g^T] J_b: the Fisher of the loss's predictive distribution."""
 
@@ -43,7 +54,10 @@ class FisherOperator(GGNOperator):
         super().__init__(problem, settings)
 
     def output_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
-        return self.problem.loss.output_fisher_matmat(outputs, U, targets)
+        loss = self.problem.loss
+        if takes_targets(loss.output_fisher_matmat):
+            return loss.output_fisher_matmat(outputs, U, targets=targets)
+        return loss.output_fisher_matmat(outputs, U)  # a user's Loss written before targets were passed
 
 
 class EmpiricalFisherOperator(GGNOperator):
@@ -56,5 +70,7 @@ class EmpiricalFisherOperator(GGNOperator):
         with torch.enable_grad():
             per_example = grad(lambda o: self.problem.loss(o, targets))(outputs) * n  # g_n = |b| grad_{f_n} L_b
         overlaps = (U * per_example).flatten(2).sum(2)  # <g_n, U_n>: (k, |b|)
-        terms = self.problem.loss.terms_per_example(outputs, targets)
+        loss = self.problem.loss
+        terms = (loss.terms_per_example(outputs, targets=targets) if takes_targets(loss.terms_per_example)
+                 else loss.terms_per_example(outputs))
         return per_example * overlaps.reshape(*overlaps.shape, *[1] * (outputs.ndim - 1)) * (terms / n)

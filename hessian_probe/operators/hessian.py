@@ -48,6 +48,9 @@ class HessianOperator(SampleOperator):
         with torch.enable_grad():
             loss = self.problem.batch_loss(params, x, y)
             gradient = torch.autograd.grad(loss, leaves, create_graph=True)
+            if not any(g.requires_grad for g in gradient):
+                raise RuntimeError("the gradient has no graph to differentiate (a backward marked once_differentiable, "
+                                   "or a loss linear in the weights): the Hessian product cannot be taken")
             products = torch.autograd.grad(gradient, leaves, grad_outputs=[tangents[n][0] for n in params],
                                            allow_unused=True)
         if all(h is None for h in products) and any(g.requires_grad for g in gradient):

@@ -84,7 +84,8 @@ class CurvatureLearner:
             batch = problem.with_batches(split_batches(x[idx], y[idx], self.chunk_size))
             op = curvature_operator(batch, "hessian")
             curvatures.append(float(torch.dot(v.double(), op.matvec(v.to(op.dtype)).double())))
-        noisy = with_batch_noise(suggestion, curvatures, self.batch_size)
+        noisy = with_batch_noise(suggestion, curvatures, self.batch_size,
+                                 momentum=min(suggestion.heavy_ball_momentum, MAX_MOMENTUM))
         return dataclasses.replace(noisy, n_products=noisy.n_products + self.noise_batches)
 
     @property
