@@ -286,3 +286,22 @@ def test_reported_products_count_every_product_and_a_start_vector_warm_starts():
     near_top[0, -1] = 1
     warm, cold = extremal_eigs(op, 1, 0, tol=1e-4, start=near_top), extremal_eigs(op, 1, 0, tol=1e-4)
     assert warm.n_steps <= 3 < cold.n_steps and warm.top_eigenvalues[0] == pytest.approx(3.0, rel=1e-5)
+
+
+def test_a_lanczos_basis_that_cannot_fit_in_memory_is_a_clear_error_not_an_oom_kill(monkeypatch):
+    import importlib
+
+    lanczos_module = importlib.import_module("hessian_probe.linalg.lanczos")
+    from hessian_probe.errors import InputError
+    from hessian_probe.linalg import extremal_eigs as eigs
+    from hessian_probe.operators import DenseOperator
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(60, 60, generator=g, dtype=torch.float64)
+    op = DenseOperator(a + a.T)
+    free = eigs(op, 2, 0, tol=1e-10, max_steps=40)
+    monkeypatch.setattr(lanczos_module, "host_rows_that_fit", lambda row_bytes: 45)  # room for 45 steps
+    assert np.allclose(eigs(op, 2, 0, tol=1e-10, max_steps=40).top_eigenvalues, free.top_eigenvalues, rtol=1e-12)
+    monkeypatch.setattr(lanczos_module, "host_rows_that_fit", lambda row_bytes: 5)  # 5 vectors, then no more
+    with pytest.raises(InputError, match="the Lanczos basis needs another .* holds 5 step"):
+        eigs(op, 2, 0, tol=1e-10, max_steps=40)

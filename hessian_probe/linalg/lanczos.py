@@ -44,6 +44,16 @@ def default_breakdown_tol(dtype: torch.dtype) -> float:
 
 
 DEVICE_BASIS_FRACTION = 0.5  # the largest share of free device memory a basis may take
+HOST_BASIS_FRACTION = 0.8  # the largest share of the available host memory a basis (or its growth) may take
+
+
+def host_rows_that_fit(row_bytes: int) -> int | None:
+    """Basis rows (k vectors of P each) that HOST_BASIS_FRACTION of the available memory holds now
+    (None where the system does not say)."""
+    from ..operators.memory import available_memory
+
+    available = available_memory()
+    return None if available is None else int(HOST_BASIS_FRACTION * available // max(row_bytes, 1))
 BASIS_PLACES = ("auto", "device", "host")
 
 
@@ -126,7 +136,14 @@ class LanczosProcess:
         self.basis: Tensor | None = None
         if reorth == "full":
             self.place = basis
-            self.basis = allocate_basis((max(capacity, 2), self.k, op.size), op.dtype, op.device, basis, op.group)
+            capacity = max(capacity, 2)
+            if self._on_host():  # a basis that cannot fit is a clear error, never the kernel's OOM killer
+                fit = host_rows_that_fit(self._row_bytes())
+                if fit is not None:
+                    if fit < 2:
+                        raise self._too_big(0, fit)
+                    capacity = min(capacity, fit)
+            self.basis = allocate_basis((capacity, self.k, op.size), op.dtype, op.device, basis, op.group)
             self.basis[0] = self.current
 
     @property
@@ -204,9 +221,31 @@ class LanczosProcess:
         norm = v.norm()
         return v / norm if norm > 1e-3 else None
 
+    def _on_host(self) -> bool:
+        return self.op.device.type == "cpu" or self.place == "host"
+
+    def _row_bytes(self) -> int:
+        return self.k * self.op.size * self.op.dtype.itemsize
+
+    def _too_big(self, held: int, fit: int) -> Exception:
+        from ..errors import InputError
+
+        row = self._row_bytes()
+        return InputError(f"the Lanczos basis needs another {row / 2**30:.2f} GiB per step ({self.k} vector(s) of "
+                          f"{self.op.size:,} parameters) and holds {held} step(s); the memory left holds {max(fit, 0)} "
+                          "more: ask for fewer steps (`max_steps`) or fewer eigenvalues, use float32, or the power "
+                          "method (`method` power), which keeps no basis")
+
     def _store(self, j: int, index: slice | Tensor, vectors: Tensor) -> None:
         if j >= self.basis.shape[0]:
-            grown = allocate_basis((2 * self.basis.shape[0], *self.basis.shape[1:]), self.basis.dtype, self.op.device,
+            rows = 2 * self.basis.shape[0]
+            if self._on_host():  # the new basis is allocated while the old one still exists
+                fit = host_rows_that_fit(self._row_bytes())
+                if fit is not None:
+                    rows = min(rows, fit)
+                    if rows <= self.basis.shape[0]:
+                        raise self._too_big(self.basis.shape[0], rows - self.basis.shape[0])
+            grown = allocate_basis((rows, *self.basis.shape[1:]), self.basis.dtype, self.op.device,
                                    self.place, self.op.group)
             grown[: self.basis.shape[0]] = self.basis.to(grown.device)
             self.basis = grown
