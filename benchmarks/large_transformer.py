@@ -4,12 +4,12 @@ Hessian eigenvalues by Lanczos with their residuals, and the peak resident memor
 formula.
 
 Memory model (float32, b = 4 bytes, P parameters, m Lanczos steps, k wanted):
-    RSS ~ R0 + c P b + (m + 1) P b + A
-R0 the process before the model (torch, transformers), c P b the model's own tensors and the
-product's working vectors (measured once after the first product: c is reported, not assumed),
-(m + 1) P b the Lanczos basis (full reorthogonalisation; host memory on a CPU), and A the
-double-backward activations of one product (in the measured base too). The prediction uses the
-R0 + base measured after one product plus the basis term; the peak is ru_maxrss.
+    peak RSS ~ B1 + c k P b + 2 k P b + 2 k P 8,   c = min(max_steps + 1, 64) basis rows
+B1 the peak after one product (torch, the model, one product's double-backward activations,
+measured), c k P b the Lanczos basis as allocated up front (full reorthogonalisation; on a CPU
+capped to 80% of the available memory, linalg.lanczos.host_rows_that_fit),
+2 k P b the current and previous Lanczos vectors, and 2 k P 8 the float64 copies of the float32
+residual check (linalg.eigs._measured_residuals: A y and y in float64). The peak is ru_maxrss.
 
 Run: python benchmarks/large_transformer.py [--tokens 64 --sequences 2 --top-k 3 --max-steps 40]
 (about 5 s per Hessian product on 2 CPU cores; needs transformers).
@@ -77,8 +77,9 @@ def main() -> None:
     eigs = extremal_eigs(op, args.top_k, 0, tol=args.tol, max_steps=args.max_steps, seed=0, method=args.method)
     seconds = time.perf_counter() - t0
     peak = rss_bytes()
-    basis = (eigs.n_steps + 1) * p * b if args.method == "lanczos" else 0
-    predicted = base + basis
+    k = args.top_k
+    basis = min(args.max_steps + 1, 64) * k * p * b if args.method == "lanczos" else 0  # the allocated capacity
+    predicted = base + basis + 2 * k * p * b + 2 * k * p * 8
     report = {
         "method": args.method, "torch": torch.__version__, "transformers": transformers.__version__, "n_params": p,
         "tokens": args.sequences * args.tokens, "dtype": "float32", "tol": args.tol,
