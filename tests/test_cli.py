@@ -9,6 +9,7 @@ import csv
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -514,3 +515,10 @@ def test_progress_on_a_non_terminal_is_plain_lines(capsys):
     assert err.splitlines() == [line for line in err.splitlines() if line]
     assert "\r" not in err and err.strip().splitlines() == [err.strip().splitlines()[0]]
     assert err.startswith("hessian SLQ: 40/40 products") and err.rstrip().endswith("(done)")
+
+
+def test_validate_lr_names_its_training_options_apart_from_the_lanczos_ones():
+    command = main.commands["validate-lr"]
+    options = {p.name: p.opts for p in command.params if isinstance(p, click.Option)}
+    assert {"--steps", "--train-steps"} <= set(options["steps"])  # the old name stays: a public contract
+    assert {"--batch-sizes", "--train-batch-sizes"} <= set(options["batch_sizes"])

@@ -86,8 +86,9 @@ def _scan_settings(op: Any) -> Any:
 
 
 @analysis_command("validate-lr", one_batch=False, may_hold=LR_FILES, outputs=VALIDATION_FILES)
-@click.option("--batch-sizes", default=None, metavar="B1,B2,...",
-              help="Batch sizes to train at [default: every other batch size of the lr scan below N, at most 4].")
+@click.option("--batch-sizes", "--train-batch-sizes", "batch_sizes", default=None, metavar="B1,B2,...",
+              help="Batch sizes to train at, a subset of lr's scanned ones (--train-batch-sizes is the same option) "
+                   "[default: every other batch size of the lr scan below N, at most 4].")
 @click.option("--optimizers", default="sgd,momentum,adam", show_default=True,
               help="Comma-separated: sgd, momentum, nesterov, adam.")
 @click.option("--criteria", default="blowup,no_progress", show_default=True,

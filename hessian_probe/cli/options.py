@@ -168,8 +168,9 @@ HYPERPARAMETER_OPTIONS = [
 def training_options(prefix: str = "") -> list[Callable]:
     """How measuring runs train: steps, seeds, the blow-up factor and the bisection's precision."""
     return [
-        click.option(f"--{prefix}steps", type=click.IntRange(min=1), default=200, show_default=True,
-                     help="Training steps per run."),
+        click.option(f"--{prefix}steps", *([] if prefix else ["--train-steps"]), type=click.IntRange(min=1),
+                     default=200, show_default=True,
+                     help="Training steps per run (not Lanczos steps: --train-steps is the same option)."),
         click.option(f"--{prefix}seeds", type=click.IntRange(min=1), default=3, show_default=True,
                      help="Seeded runs per learning rate; a rate fails when most of them fail."),
         click.option(f"--{prefix}blowup", type=FiniteRange(min=1, min_open=True), default=10.0, show_default=True,
