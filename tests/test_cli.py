@@ -522,3 +522,27 @@ def test_validate_lr_names_its_training_options_apart_from_the_lanczos_ones():
     options = {p.name: p.opts for p in command.params if isinstance(p, click.Option)}
     assert {"--steps", "--train-steps"} <= set(options["steps"])  # the old name stays: a public contract
     assert {"--batch-sizes", "--train-batch-sizes"} <= set(options["batch_sizes"])
+
+
+def test_a_long_float64_run_notes_the_measured_float32_speedup(tmp_path, checkpoint, monkeypatch):
+    import hessian_probe.operators.precision as precision
+
+    monkeypatch.setattr(precision, "LONG_RUN_S", 0.0)  # every run is "long"
+    monkeypatch.setattr(precision, "float32_speedup", lambda op: 4.2)
+    record = ok(invoke("eigs", "--checkpoint", checkpoint, *GOOD, "--top-k", 1, "--json", "--out", tmp_path / "a"))
+    assert record["notes"] == [n for n in record["notes"] if "4.2x faster" in n] and len(record["notes"]) == 1
+    quick = ok(invoke("eigs", "--checkpoint", checkpoint, *GOOD, "--top-k", 1, "--dtype", "float32", "--json",
+                      "--out", tmp_path / "b"))
+    assert "notes" not in quick  # float32 already
+
+
+def test_the_float32_speedup_is_measured_on_the_operators_own_model():
+    from hessian_probe.operators.precision import float32_speedup
+
+    x, y = load_digits(64, image=True)
+    from hessian_probe.loading.builtin_models import small_cnn
+
+    op = curvature_operator(make_problem(small_cnn(), (x, y), "cross_entropy", dtype=torch.float64), "hessian")
+    ratio = float32_speedup(op)
+    assert ratio is not None and ratio > 0
+    assert float32_speedup(curvature_operator(make_problem(small_cnn(), (x, y), "cross_entropy"), "hessian")) is None

@@ -204,8 +204,12 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     finished = time.perf_counter()
     timings = {"load_s": loaded_at - started, "analysis_s": finished - loaded_at, "total_s": finished - started}
     made = provenance(env, run.name, (ctx.obj or {}).get("config"), spec, loaded, timings, digests)
+    from ..operators.precision import precision_note
+
+    speed = None if distributed.active() else precision_note(op, timings["analysis_s"])
     record = run_record(result, op, made, resumed=journal.resumed, rejected=journal.rejected,
-                        evaluation_mode=evaluation_note(loaded.model), data_notes=loaded.data_notes)
+                        evaluation_mode=evaluation_note(loaded.model), data_notes=loaded.data_notes,
+                        notes=[speed] if speed else [])
     if not distributed.is_main():  # every rank holds the same record; rank 0 writes and reports it
         return record
     written = format_of(result).write(record, out_dir, result) + extra_files

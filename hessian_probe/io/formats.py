@@ -50,7 +50,8 @@ def record_of(result: Any) -> dict[str, Any]:
 
 
 def run_record(result: Any, op: Any, provenance: dict[str, Any], *, resumed: int = 0, rejected: int = 0,
-               evaluation_mode: str | None = None, data_notes: Sequence[str] = ()) -> dict[str, Any]:
+               evaluation_mode: str | None = None, data_notes: Sequence[str] = (),
+               notes: Sequence[str] = ()) -> dict[str, Any]:
     """A command's record: the result's JSON, its ``provenance`` (records.provenance, plus the
     operator's product settings, the pieces read back or computed again, how the model was
     evaluated), the GGN-family split of the model, and its messages with --flags for `settings`."""
@@ -58,6 +59,8 @@ def run_record(result: Any, op: Any, provenance: dict[str, Any], *, resumed: int
     record["provenance"] = {**provenance, "products": dataclasses.asdict(op.settings), "resumed_pieces": resumed,
                             "rejected_pieces": rejected,  # damaged or another run's: computed again
                             "evaluation_mode": evaluation_mode}
+    if notes:  # what the user may want to know (operators/precision.py: float32's measured speed-up)
+        record["notes"] = list(notes)
     if data_notes:  # how the user's DataLoader was read
         record["warnings"] = [*record.get("warnings", []), *data_notes]
     if op.name != "hessian":  # J^T S J, split at the model's outputs

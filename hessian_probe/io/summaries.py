@@ -17,7 +17,7 @@ def _tail(record: Record) -> list[str]:
     """Warnings, then how the model was evaluated."""
     lines = [f"  warning: {w}" for w in record.get("warnings", [])]
     mode = (record.get("provenance") or {}).get("evaluation_mode")
-    return lines + ([f"  note: {mode}"] if mode else [])
+    return lines + ([f"  note: {mode}"] if mode else []) + [f"  note: {n}" for n in record.get("notes", [])]
 
 
 def _framed(body: Callable[[Record], list[str]]) -> Callable[[Record], str]:
