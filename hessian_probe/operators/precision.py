@@ -46,4 +46,4 @@ def precision_note(op: CurvatureOperator, analysis_s: float) -> str | None:
     if ratio is None or ratio < 1.5:
         return None
     return (f"the products ran in float64 (the CPU default): one float32 product measured {ratio:.1f}x faster "
-            "here; --dtype float32 trades about 1e-6 relative accuracy for that")
+            "here; `dtype` float32 trades about 1e-6 relative accuracy for that")
