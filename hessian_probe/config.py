@@ -93,13 +93,25 @@ def _option_arguments(option: click.Option, value: Any, key: str, path: Path | s
     return [f"{flag}={v}" for v in (_as_list(value, key) if option.multiple else [value])]
 
 
+def split_options(args: list[str]) -> tuple[list[str], list[str]]:
+    """(the arguments before ``--``, the rest from ``--`` on): options live only in the first part."""
+    return (args[: args.index("--")], args[args.index("--"):]) if "--" in args else (list(args), [])
+
+
+def resolved_config(command: click.Command, name: str, args: list[str], parent: click.Context) -> str:
+    """The config (TOML) ``command`` would run with, given ``args``: parsed and checked by the
+    command itself, nothing run (--print-config)."""
+    with command.make_context(name, list(args), parent=parent) as resolved:
+        return to_toml(command, resolved.params)
+
+
 def expand(args: list[str], command: click.Command, ctx: click.Context | None = None
            ) -> tuple[list[str], dict[str, Any] | None]:
     """``--config FILE`` among a command's arguments: the file's options first, then the command
     line's, which win (click takes the last value of an option given twice; repeatable options
     add up; the config's positional arguments count only when the line gives none). Also the
     config as read (path and content), for the provenance; (args, None) without --config."""
-    head, tail = (args[: args.index("--")], args[args.index("--"):]) if "--" in args else (args, [])
+    head, tail = split_options(args)
     path, kept = None, []
     i = 0
     while i < len(head):
@@ -120,9 +132,8 @@ def expand(args: list[str], command: click.Command, ctx: click.Context | None = 
     named = content.get("command")
     if named is not None and named != command.name:
         raise UsageError(f"{path} is a config for the {named} command, not for {command.name}")
-    from_file = to_arguments(content, command, path)
-    options, positional = ((from_file[: from_file.index("--")], from_file[from_file.index("--") + 1:])
-                           if "--" in from_file else (from_file, []))
+    options, positional = split_options(to_arguments(content, command, path))
+    positional = positional[1:]  # after the "--"
     line = options + kept + tail
     given = _positional(command, kept + tail, ctx)
     if positional and not given:

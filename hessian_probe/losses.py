@@ -104,7 +104,7 @@ class CrossEntropy(NaturalParameterLoss):
         """One categorical per position that counts (the mean over the batch, with labels -100)."""
         if targets is None or targets.is_floating_point():
             return outputs[0, 0].numel()
-        return float((targets != IGNORE_INDEX).sum()) / len(targets)
+        return self.term_count(targets) / len(targets)
 
     def output_fisher_matmat(self, outputs: Tensor, U: Tensor, targets: Tensor | None = None) -> Tensor:
         if targets is None or targets.is_floating_point():
@@ -192,9 +192,7 @@ class CausalLanguageModel(CrossEntropy):
         return int((targets[:, 1:] != IGNORE_INDEX).sum())  # the tokens predicted, whatever the padding
 
     def terms_per_example(self, outputs: Tensor, targets: Tensor | None = None) -> float:
-        if targets is None:
-            return outputs.shape[1] - 1
-        return float((targets[:, 1:] != IGNORE_INDEX).sum()) / len(targets)
+        return outputs.shape[1] - 1 if targets is None else super().terms_per_example(outputs, targets)
 
     def output_hessian_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
         shifted = super().output_hessian_matmat(outputs[:, :-1], targets[:, 1:], U[:, :, :-1])

@@ -31,10 +31,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from ..linalg import gauss_quadrature, lanczos
+from ..linalg.quadrature import tridiagonal_eigenpairs
 from ..operators import CurvatureOperator
 from ..results import not_serialised, saveable
 from .stability import mean_square_threshold
@@ -121,13 +121,9 @@ def suggest(op: CurvatureOperator, *, lanczos_steps: int = 20, mu_rule: str = "h
 
 def _largest_ritz_vector(run) -> Tensor:
     """Q_m u for the eigenvector u of T_m whose eigenvalue has the largest magnitude (unit norm)."""
-    alphas, betas = run.alphas[0], run.betas[0]
-    if len(alphas) == 1:
-        theta, U = alphas.copy(), np.ones((1, 1))
-    else:
-        theta, U = eigh_tridiagonal(alphas, betas[: len(alphas) - 1])
+    theta, U = tridiagonal_eigenpairs(run.alphas[0], run.betas[0])
     u = U[:, int(np.argmax(np.abs(theta)))]
-    basis = run.basis[: len(alphas), 0]
+    basis = run.basis[: len(theta), 0]
     vector = torch.as_tensor(u, dtype=basis.dtype, device=basis.device) @ basis
     return vector / vector.norm()
 

@@ -66,7 +66,7 @@ class ProbeGroup(click.Group):
         name, cmd, rest = super().resolve_command(ctx, args)
         if cmd is None or cmd.name == "run":
             return name, cmd, rest
-        from ..config import expand, to_toml
+        from ..config import expand, resolved_config, split_options
 
         try:
             rest, config = expand(list(rest), cmd, ctx)
@@ -74,10 +74,9 @@ class ProbeGroup(click.Group):
             raise CommandError(one_line(str(exc)), exc.exit_code) from None
         if config is not None:
             ctx.ensure_object(dict)["config"] = config
-        if "--print-config" in rest[: rest.index("--")] if "--" in rest else "--print-config" in rest:
+        if "--print-config" in split_options(rest)[0]:
             rest.remove("--print-config")
-            with cmd.make_context(name, rest, parent=ctx) as sub:
-                click.echo(to_toml(cmd, sub.params), nl=False)
+            click.echo(resolved_config(cmd, name, rest, ctx), nl=False)
             raise click.exceptions.Exit(0)
         return name, cmd, rest
 

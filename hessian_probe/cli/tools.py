@@ -100,20 +100,17 @@ def run(ctx: click.Context, config: Path, overrides: tuple[str, ...]) -> None:
       hessian-probe run configs/spectrum.toml
       hessian-probe run configs/spectrum.toml --seed 3 --out spectrum-seed3
     """
-    from ..config import command_line
+    from ..config import command_line, resolved_config, split_options
 
     name, argv, content = command_line(config, {n: c for n, c in main.commands.items() if n != "run"})
     if "--config" in overrides or any(o.startswith("--config=") for o in overrides):
         raise CommandError(f"run {config} takes its options from that file: drop --config (or use "
                            f"`{name} --config FILE`)", exit_code=2)
     if overrides:
-        head, tail = (argv[: argv.index("--")], argv[argv.index("--"):]) if "--" in argv else (argv, [])
+        head, tail = split_options(argv)
         argv = head + [o for o in overrides if o != "--print-config"] + tail
     if "--print-config" in overrides:
-        from ..config import to_toml
-
-        with main.commands[name].make_context(name, argv, parent=ctx) as printed:
-            click.echo(to_toml(main.commands[name], printed.params), nl=False)
+        click.echo(resolved_config(main.commands[name], name, argv, ctx), nl=False)
         return
     ctx.obj["config"] = {"path": str(config), "content": content}
     command = main.commands[name]

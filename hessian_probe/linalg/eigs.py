@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
 
 from ..operators.base import CurvatureOperator, ShiftedOperator
@@ -35,6 +34,7 @@ from ..results import KernelResult, not_serialised, saveable
 from ..seeds import derive
 from .lanczos import LanczosProcess
 from .probes import random_probes
+from .quadrature import tridiagonal_eigenpairs
 
 
 @saveable
@@ -120,11 +120,7 @@ def _measured_residuals(op: CurvatureOperator, process: LanczosProcess, theta: n
 
 def _ritz(process: LanczosProcess, start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ritz values (ascending), residuals and eigenvectors of T (from step ``start``) for probe 0."""
-    alphas, off = process.tridiagonal(0, start)
-    if len(alphas) == 1:
-        theta, U = alphas.copy(), np.ones((1, 1))
-    else:
-        theta, U = eigh_tridiagonal(alphas, off)
+    theta, U = tridiagonal_eigenpairs(*process.tridiagonal(0, start))
     return theta, np.abs(process.residual_norm(0) * U[-1]), U
 
 

@@ -27,13 +27,18 @@ from .lanczos import LanczosResult, lanczos
 from .probes import random_probes
 
 
-def gauss_quadrature(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes (ascending) and weights of the Gauss rule of the tridiagonal (alphas, betas[:m-1])."""
+def tridiagonal_eigenpairs(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors (columns) of the tridiagonal (alphas, betas[:m-1])."""
     alphas = np.asarray(alphas, dtype=np.float64)
     off = np.asarray(betas, dtype=np.float64)[: len(alphas) - 1]
     if len(alphas) == 1:
-        return alphas.copy(), np.ones(1)
-    nodes, vectors = eigh_tridiagonal(alphas, off)
+        return alphas.copy(), np.ones((1, 1))
+    return eigh_tridiagonal(alphas, off)
+
+
+def gauss_quadrature(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes (ascending) and weights of the Gauss rule of the tridiagonal (alphas, betas[:m-1])."""
+    nodes, vectors = tridiagonal_eigenpairs(alphas, betas)
     return nodes, vectors[0] ** 2
 
 

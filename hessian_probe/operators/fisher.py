@@ -20,6 +20,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import Tensor
 from torch.func import grad
@@ -32,8 +35,6 @@ from .settings import ProductSettings
 
 def takes_targets(method) -> bool:
     """Does a Loss method take ``targets=`` (added with labels -100; a user's older Loss may not)?"""
-    import inspect
-
     try:
         parameters = inspect.signature(method).parameters
     except (TypeError, ValueError):
@@ -55,9 +56,13 @@ class FisherOperator(GGNOperator):
 
     def output_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
         loss = self.problem.loss
-        if takes_targets(loss.output_fisher_matmat):
+        if self._passes_targets:
             return loss.output_fisher_matmat(outputs, U, targets=targets)
         return loss.output_fisher_matmat(outputs, U)  # a user's Loss written before targets were passed
+
+    @functools.cached_property
+    def _passes_targets(self) -> bool:  # read once, not per product
+        return takes_targets(self.problem.loss.output_fisher_matmat)
 
 
 class EmpiricalFisherOperator(GGNOperator):
@@ -65,12 +70,16 @@ class EmpiricalFisherOperator(GGNOperator):
 
     name = "empirical-fisher"
 
+    @functools.cached_property
+    def _passes_targets(self) -> bool:  # read once, not per product
+        return takes_targets(self.problem.loss.terms_per_example)
+
     def output_matmat(self, outputs: Tensor, targets: Tensor, U: Tensor) -> Tensor:
         n = len(outputs)
         with torch.enable_grad():
             per_example = grad(lambda o: self.problem.loss(o, targets))(outputs) * n  # g_n = |b| grad_{f_n} L_b
         overlaps = (U * per_example).flatten(2).sum(2)  # <g_n, U_n>: (k, |b|)
         loss = self.problem.loss
-        terms = (loss.terms_per_example(outputs, targets=targets) if takes_targets(loss.terms_per_example)
+        terms = (loss.terms_per_example(outputs, targets=targets) if self._passes_targets
                  else loss.terms_per_example(outputs))
         return per_example * overlaps.reshape(*overlaps.shape, *[1] * (outputs.ndim - 1)) * (terms / n)

@@ -53,7 +53,7 @@ class HessianOperator(SampleOperator):
                                    "or a loss linear in the weights): the Hessian product cannot be taken")
             products = torch.autograd.grad(gradient, leaves, grad_outputs=[tangents[n][0] for n in params],
                                            allow_unused=True)
-        if all(h is None for h in products) and any(g.requires_grad for g in gradient):
+        if all(h is None for h in products):
             # the gradient depends on the weights, but no second derivative reaches them: a layer's
             # backward is not itself differentiable (an autograd.Function marked once_differentiable)
             raise RuntimeError("the gradient's graph does not reach the weights (a backward marked "
