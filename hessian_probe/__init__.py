@@ -15,6 +15,7 @@ from .analysis import (
     validate_learning_rates,
 )
 from .linalg import extremal_eigs, hutchinson, hutchpp, lanczos, slq, trace
+from .loading.data import streamed
 from .losses import get_loss
 from .operators import (
     CurvatureOperator,
@@ -59,5 +60,6 @@ __all__ = [
     "lanczos",
     "make_problem",
     "slq",
+    "streamed",
     "trace",
 ]

@@ -27,19 +27,21 @@ from .parameters import ParameterSpace, select_names
 from .placement import placed, prepare_batches
 from .protocols import SOLO, Group
 from .runtime.torchrun import GROUP, Shard
+from .streams import HeldExamples, StreamedBatches, batch_lengths, batch_targets
 
 
 @dataclass(frozen=True)
 class Problem:
     """Model, parameters (``params`` are the differentiated ones), buffers, loss and batches
-    (this rank's share of them when ``shard`` is set, the sums completed over ``group``)."""
+    (this rank's share of them when ``shard`` is set, the sums completed over ``group``): held
+    tensors, or a streams.StreamedBatches read from its dataset at every pass."""
 
     module: nn.Module
     loss: Loss
     params: dict[str, Tensor]
     frozen: dict[str, Tensor]
     buffers: dict[str, Tensor]
-    batches: tuple[Batch, ...]
+    batches: Sequence[Batch]
     shard: Shard | None = None
     group: Group = SOLO
 
@@ -58,7 +60,7 @@ class Problem:
 
     @property
     def n_local_samples(self) -> int:
-        return sum(len(x) for x, _ in self.batches)
+        return sum(batch_lengths(self.batches))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -78,13 +80,24 @@ class Problem:
 
     def examples(self) -> tuple[Tensor, Tensor]:
         """All inputs and all targets, the batches concatenated in order (a sharded problem
-        gathers the shards from every rank, a collective call, and returns them in host memory)."""
+        gathers the shards from every rank, a collective call, and returns them in host memory;
+        a streamed one reads the whole sample into memory: prefer indexed_examples)."""
+        if isinstance(self.batches, StreamedBatches):
+            return joined(list(self.batches.gathered()))
         inputs, targets = joined(self.batches)
         if self.shard is None:
             return inputs, targets
         self._check_group()
         parts = self.group.all_gather_objects((inputs.cpu(), targets.cpu()))
         return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])  # host memory: may not fit a GPU
+
+    def indexed_examples(self) -> HeldExamples | StreamedBatches:
+        """The whole sample by position (``examples_at(positions)``, ``n_examples``), for random
+        batches: a held sample's tensors (gathered from every rank, a collective call, when
+        sharded), or a streamed sample that reads the examples asked for, and only those."""
+        if isinstance(self.batches, StreamedBatches):
+            return self.batches
+        return HeldExamples(*self.examples())
 
     def reduce(self, partial: Tensor) -> Tensor:
         """A sum over this rank's batches completed to the sum over the whole sample (in place)."""
@@ -112,10 +125,11 @@ class Problem:
     def batch_weights(self) -> tuple[float, ...]:
         """|b| / N per batch, or M_b / M where the loss counts its terms (Loss.term_count; under
         torchrun M is all-reduced, once, at the first product or loss)."""
-        counts = [self.loss.term_count(y) for _, y in self.batches]
+        lengths = batch_lengths(self.batches)
+        counts = [self.loss.term_count(y) for y in batch_targets(self.batches)]
         if any(c is None for c in counts):
             n = self.n_samples
-            return tuple(len(x) / n for x, _ in self.batches)
+            return tuple(size / n for size in lengths)
         total = float(sum(counts))
         if self.shard is not None:
             self._check_group()
@@ -167,6 +181,8 @@ class Problem:
         rank does on its own, such as training runs."""
         if self.shard is None:
             return self
+        if isinstance(self.batches, StreamedBatches):
+            return replace(self, batches=self.batches.gathered(), shard=None, group=SOLO)
         return self.with_batches(split_batches(*self.examples(), self.chunk_size))
 
     def sharded(self, rank: int | None = None, world_size: int | None = None) -> Problem:
@@ -175,9 +191,12 @@ class Problem:
         world_size = GROUP.world_size if world_size is None else world_size
         if self.shard is not None:
             raise ValueError("the problem is sharded already")
-        batches, shard = shard_batches(self.batches, rank, world_size)
-        return replace(self, batches=prepare_batches(batches, self.device, self.dtype), shard=shard,
-                       group=GROUP if shard is not None else SOLO)
+        if isinstance(self.batches, StreamedBatches):
+            batches, shard = self.batches.sharded(rank, world_size)
+        else:
+            batches, shard = shard_batches(self.batches, rank, world_size)
+            batches = prepare_batches(batches, self.device, self.dtype)
+        return replace(self, batches=batches, shard=shard, group=GROUP if shard is not None else SOLO)
 
     def cast(self, dtype: torch.dtype) -> Problem:
         """The same problem in another floating dtype (parameters, buffers and floating data), e.g.
@@ -190,14 +209,17 @@ class Problem:
         def to(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
             return {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
 
-        batches = tuple((x.to(dtype) if x.is_floating_point() else x, y.to(dtype) if y.is_floating_point() else y)
-                        for x, y in self.batches)
+        if isinstance(self.batches, StreamedBatches):
+            batches = self.batches.on(self.device, dtype)
+        else:
+            batches = tuple((x.to(dtype) if x.is_floating_point() else x,
+                             y.to(dtype) if y.is_floating_point() else y) for x, y in self.batches)
         return replace(self, params=to(self.params), frozen=to(self.frozen), buffers=to(self.buffers), batches=batches)
 
     @property
     def chunk_size(self) -> int:
         """The largest batch: the chunk size the sample was split with."""
-        return max(len(x) for x, _ in self.batches)
+        return max(batch_lengths(self.batches))
 
     def restricted(self, patterns: str | Sequence[str]) -> Problem:
         """The same problem differentiated only in the parameters matching ``patterns``."""
@@ -226,7 +248,7 @@ def evaluation_mode(module: nn.Module) -> Iterator[None]:
 
 def make_problem(
     model: nn.Module,
-    data: tuple[Tensor, Tensor] | Sequence[Batch],
+    data: tuple[Tensor, Tensor] | Sequence[Batch] | StreamedBatches,
     loss: str | Loss | Callable[[Tensor, Tensor], Tensor],
     *,
     params: str | Sequence[str] | None = None,
@@ -241,8 +263,9 @@ def make_problem(
 
     ``data`` is either ``(inputs, targets)`` (split into chunks of ``chunk_size``, which only
     bounds memory: the operator is the same; ``batch_size`` is an older name for it) or an
-    explicit sequence of batches. ``shard=(rank, world_size)`` keeps only that rank's share of
-    the examples (torchrun data parallelism; see :mod:`hessian_probe.runtime.torchrun`), its sums
+    explicit sequence of batches, or a streams.StreamedBatches (read from its dataset at every
+    pass, in its own chunks). ``shard=(rank, world_size)`` keeps only that rank's share of the
+    examples (torchrun data parallelism; see :mod:`hessian_probe.runtime.torchrun`), its sums
     completed over ``group`` (default: torchrun's process group, runtime.torchrun.GROUP).
     ``params`` selects parameters by name pattern for blockwise curvature. Parameters, buffers
     and floating-point data are copied to ``device`` and ``dtype`` (default: the model's, with
@@ -266,14 +289,19 @@ def make_problem(
     chosen = select_names(every, params)
     buffers = {n: placed(b.detach(), device, dtype) for n, b in model.named_buffers()}
 
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
-        batches = split_batches(*data, chunk_size or batch_size)
-    else:
-        batches = list(data)
     sharding = None
-    if shard is not None:
-        batches, sharding = shard_batches(batches, *shard)
-    batches = prepare_batches(batches, device, dtype)
+    if isinstance(data, StreamedBatches):
+        batches = data.on(device, dtype)
+        if shard is not None:
+            batches, sharding = batches.sharded(*shard)
+    else:
+        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+            batches = split_batches(*data, chunk_size or batch_size)
+        else:
+            batches = list(data)
+        if shard is not None:
+            batches, sharding = shard_batches(batches, *shard)
+        batches = prepare_batches(batches, device, dtype)
 
     problem = Problem(
         module=model,

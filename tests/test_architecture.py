@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).parent.parent / "hessian_probe"
 
 LAYERS = [  # lowest first; a module may import its own layer and the ones below
     ("leaves", ["protocols", "runtime", "losses", "parameters", "results", "files", "errors", "imports", "dtypes",
-                "config", "batches", "placement", "seeds", "__version__"]),
+                "config", "batches", "streams", "placement", "seeds", "__version__"]),
     ("problem", ["problem"]),
     ("operators", ["operators"]),
     ("linalg", ["linalg"]),

@@ -37,6 +37,7 @@ from ..problem import Problem, split_batches
 from ..protocols import COMPUTE_NOW, Pieces
 from ..results import saveable
 from ..seeds import derive
+from ..streams import Examples
 from .noise import effective_noise
 
 __all__ = ["AdamSubspace", "BatchMeasurement", "BatchScanResult", "BatchSizeSummary", "batch_indices", "batch_scan",
@@ -58,11 +59,12 @@ def batch_indices(n_samples: int, batch_size: int, seed: int, index: int) -> Ten
     return torch.randperm(n_samples, generator=torch.Generator().manual_seed(state))[:batch_size]
 
 
-def random_batch(problem: Problem, inputs: Tensor, targets: Tensor, batch_size: int, seed: int, index: int,
+def random_batch(problem: Problem, examples: Examples, batch_size: int, seed: int, index: int,
                  chunk_size: int | None) -> Problem:
-    """The problem of the ``index``-th random batch of B of the examples (batch_indices), in chunks."""
-    idx = batch_indices(len(inputs), batch_size, seed, index)
-    return problem.with_batches(split_batches(inputs[idx], targets[idx], chunk_size))
+    """The problem of the ``index``-th random batch of B of the examples (batch_indices), in
+    chunks; ``examples`` is problem.indexed_examples() (a streamed sample reads only these B)."""
+    idx = batch_indices(examples.n_examples, batch_size, seed, index)
+    return problem.with_batches(split_batches(*examples.examples_at(idx), chunk_size))
 
 
 @saveable
@@ -290,8 +292,8 @@ def batch_scan(
     sample, each Adam reference and each batch are ``pieces`` (protocols.Pieces: a resumable run
     saves each as it finishes); under torchrun the batches are dealt out over ``problem.group``."""
     t0 = time.perf_counter()
-    inputs, targets = problem.examples()
-    n = len(inputs)
+    examples = problem.indexed_examples()
+    n = examples.n_examples
     sizes = sorted(set(batch_sizes or default_batch_sizes(n)))
     if sizes[0] < 1 or sizes[-1] > n:
         raise ValueError(f"batch sizes must lie in 1..{n} (the sample), got {sizes[0]}..{sizes[-1]}")
@@ -321,7 +323,7 @@ def batch_scan(
 
     def measure(task: tuple[int, int]) -> BatchMeasurement:
         b, j = task
-        batch_problem = random_batch(problem, inputs, targets, b, seed, j, chunk_size)
+        batch_problem = random_batch(problem, examples, b, seed, j, chunk_size)
         measured = measure_batch(
             batch_problem, kind, batch_size=b, index=j, seed=derive(seed, "batch-measurement", j), tol=tol,
             subspace=basis,

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..results import saveable
+from ..streams import batch_targets
 
 
 def effective_noise(batch_size: int, n_samples: int) -> float:
@@ -91,7 +92,7 @@ class GradientMoments:
 def _check_equal_terms(problem) -> None:
     """The moments weigh examples equally: refused where examples count different numbers of terms
     (labels -100 on some positions), where each example's own mean would be wrong weights."""
-    counts = {problem.loss.term_count(y[i : i + 1]) for _, y in problem.batches for i in range(len(y))}
+    counts = {problem.loss.term_count(y[i : i + 1]) for y in batch_targets(problem.batches) for i in range(len(y))}
     if len(counts) > 1:
         from ..errors import UsageError
 

@@ -247,7 +247,7 @@ def _measure(point: TrackPoint, operator: str, batch_size: int | None, tol: floa
         products += tr.n_products
     n = problem.n_samples
     if batch_size is not None and batch_size < n:
-        batch = random_batch(problem, *problem.examples(), batch_size, seed, 0, problem.chunk_size)
+        batch = random_batch(problem, problem.indexed_examples(), batch_size, seed, 0, problem.chunk_size)
         m = measure_batch(batch, operator, batch_size=batch_size, index=0, tol=tol,
                           seed=derive(seed, "batch-measurement", 0), settings=settings)
         values.update(batch_size=batch_size, batch_lambda_max=m.lambda_max, batch_lambda_min=m.lambda_min,

@@ -104,7 +104,7 @@ def train(problem: Problem, optimizer: str, lr: float, batch_size: int, recipe: 
     if problem.shard is not None:
         raise ValueError("training runs need the whole sample in one process: pass problem.gathered()")
     problem = problem.cast(getattr(torch, recipe.dtype))
-    inputs, targets = problem.examples()
+    examples = problem.indexed_examples()
     params = {n: p.detach().clone().requires_grad_(True) for n, p in problem.params.items()}
     opt = _optimizer(optimizer, params, lr, recipe, adam_state, problem.space)
     start = _full_loss(problem, params)
@@ -112,9 +112,9 @@ def train(problem: Problem, optimizer: str, lr: float, batch_size: int, recipe: 
     generator = torch.Generator().manual_seed(seed)
     current = start
     for step in range(1, recipe.steps + 1):
-        idx = torch.randperm(len(inputs), generator=generator)[:batch_size].to(inputs.device)
+        x, y = examples.examples_at(torch.randperm(examples.n_examples, generator=generator)[:batch_size])
         opt.zero_grad()
-        loss = problem.batch_loss(params, inputs[idx].to(problem.device), targets[idx].to(problem.device))
+        loss = problem.batch_loss(params, x.to(problem.device), y.to(problem.device))
         if not torch.isfinite(loss):
             return RunOutcome(True, start, None)
         loss.backward()

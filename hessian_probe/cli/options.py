@@ -63,6 +63,11 @@ def problem_options(command: Callable, one_batch: bool = True, many_checkpoints:
         BATCH_SIZE_OPTION,
         click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
                      help="Examples per forward pass (memory only: the operator does not depend on it)."),
+        click.option("--stream-data", type=click.Choice(["auto", "always", "never"]), default="auto",
+                     show_default=True,
+                     help="A dataset's examples (a Dataset, DataLoader, image folder) read chunk by chunk at every "
+                          "product, memory bounded by --chunk-size (always), read once and held (never), or "
+                          "streamed when holding them would take over a quarter of the free memory (auto)."),
         click.option("--loss", default="cross_entropy", show_default=True, metavar="NAME",
                      help="cross_entropy (classes on dim 1 or the last; labels -100 left out) | causal_lm "
                           "(next-token cross-entropy) | mse | bce_with_logits | bce | package.module:fn (mean loss of "
@@ -140,7 +145,7 @@ class FiniteRange(click.FloatRange):
 
 
 PROBLEM_KEYS = ("checkpoint", "model", "model_args", "trust_checkpoint", "safe_globals", "data", "data_args", "samples",
-                "batch_size", "chunk_size", "loss", "params", "device", "dtype", "seed")
+                "batch_size", "chunk_size", "stream_data", "loss", "params", "device", "dtype", "seed")
 
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import InputError, UsageError
 from ..losses import get_loss
@@ -19,10 +19,11 @@ from ..parameters import select_names
 from ..problem import Problem, make_problem
 from ..runtime import torchrun as distributed
 from ..seeds import derive
+from ..streams import StreamedBatches
 from .checkpoints import Checkpoint, fit_state_dict, load_checkpoint
-from .data import load_data
-from .datasets import subset_indices
+from .data import open_data, sample_size, stream_of, subset
 from .models import build_model, parse_model_args
+from .sources import IndexedSample, checked_pair
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -33,7 +34,10 @@ class ProblemSpec:
 
     ``batch_size`` B analyses the curvature of one seeded random batch of B examples (the
     batch Hessian) instead of the full sample; ``chunk_size`` only bounds memory (the operator
-    of the mean loss is the same for any chunking).
+    of the mean loss is the same for any chunking). ``stream_data``: whether a dataset's examples
+    (a Dataset, DataLoader, image folder) are read chunk by chunk at every pass, memory bounded
+    by a chunk ("always"), read once and held ("never"), or streamed only when holding them would
+    take more than STREAM_MEMORY_FRACTION of the free memory ("auto").
     """
 
     checkpoint: str
@@ -46,6 +50,7 @@ class ProblemSpec:
     samples: int | None = None
     batch_size: int | None = None
     chunk_size: int | None = 1024
+    stream_data: str = "auto"  # a dataset's examples read at every pass (always), held (never), or by size
     loss: str = "cross_entropy"
     params: str | None = None
     device: str = "auto"
@@ -128,18 +133,19 @@ def _load_problem(spec: ProblemSpec) -> LoadedProblem:
     if spec.params is not None:
         _usage(select_names, [n for n, _ in model.named_parameters()], spec.params)
     notes: list[str] = []
-    inputs, targets = load_data(spec.data, spec.samples, spec.seed, spec.data_args, notes)
+    sample = subset(open_data(spec.data, spec.data_args, notes), spec.samples, spec.seed)
     if spec.batch_size is not None:
-        if spec.batch_size > len(inputs):
-            raise UsageError(f"--batch-size {spec.batch_size} is larger than the sample ({len(inputs)} examples); "
-                              f"use at most {len(inputs)}, or omit it for the full sample")
-        idx = subset_indices(len(inputs), spec.batch_size, derive(spec.seed, "batch-subset"))
-        inputs, targets = inputs[idx], targets[idx]
+        n = sample_size(sample)
+        if spec.batch_size > n:
+            raise UsageError(f"--batch-size {spec.batch_size} is larger than the sample ({n} examples); use at "
+                             f"most {n}, or omit it for the full sample")
+        sample = subset(sample, spec.batch_size, derive(spec.seed, "batch-subset"))
+    data = _held_or_streamed(sample, spec, dtype, notes)
     shard = (distributed.rank(), distributed.world_size()) if distributed.active() else None
 
     def build() -> Problem:
         try:
-            return make_problem(model, (inputs, targets), loss, params=spec.params,
+            return make_problem(model, data, loss, params=spec.params,
                                 chunk_size=spec.chunk_size, dtype=dtype, device=device, shard=shard)
         except InputError:
             raise
@@ -147,6 +153,46 @@ def _load_problem(spec: ProblemSpec) -> LoadedProblem:
             raise InputError(str(exc)) from None
 
     return LoadedProblem(build(), checkpoint, model, spec, tuple(notes))
+
+
+STREAM_MEMORY_FRACTION = 0.25  # auto streams a dataset that would take more of the free host memory
+STREAM_CHOICES = ("auto", "always", "never")
+
+
+def _held_or_streamed(sample: tuple[Tensor, Tensor] | IndexedSample, spec: ProblemSpec, dtype: torch.dtype,
+                      notes: list[str]) -> tuple[Tensor, Tensor] | StreamedBatches:
+    """Tensors stay tensors; a dataset is read once and held, or streamed (--stream-data)."""
+    if spec.stream_data not in STREAM_CHOICES:
+        raise UsageError(f"--stream-data {spec.stream_data!r}: use {', '.join(STREAM_CHOICES)}")
+    if not isinstance(sample, IndexedSample):
+        return sample
+    stream = spec.stream_data == "always"
+    if spec.stream_data == "auto":
+        need, free = sample.stacked_bytes(dtype), free_host_memory()
+        stream = need > STREAM_MEMORY_FRACTION * free
+        if stream:
+            notes.append(f"the data ({need / 2**30:.1f} GiB held) is read from its dataset at every product, chunk "
+                         f"by chunk (--stream-data auto: over {STREAM_MEMORY_FRACTION:.0%} of the "
+                         f"{free / 2**30:.1f} GiB free); --stream-data never holds it")
+    if stream:
+        return stream_of(sample, spec.chunk_size, repr(spec.data), "; use deterministic transforms, or "
+                         "--stream-data never to draw them once and hold them in memory")
+    if sample.changes_between_reads():
+        notes.append(f"the examples of {spec.data!r} change from one read to the next (random transforms?): they "
+                     "were drawn once, when the data was read, and held")
+    return checked_pair(sample.stacked(), spec.data)
+
+
+def free_host_memory() -> int:
+    """Bytes of host memory available now (Linux MemAvailable; 8 GiB where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
 
 
 def _usage(check, *args):
@@ -159,5 +205,5 @@ def _usage(check, *args):
         raise UsageError(str(exc)) from None
 
 
-__all__ = ["DTYPES", "LoadedProblem", "ProblemSpec", "load_model", "load_problem", "parse_model_args",
+__all__ = ["DTYPES", "STREAM_CHOICES", "LoadedProblem", "ProblemSpec", "load_model", "load_problem", "parse_model_args",
            "resolve_device", "resolve_dtype"]

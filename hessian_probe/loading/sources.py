@@ -1,0 +1,160 @@
+"""A user's map-style dataset as examples by index (streams.ExampleSource), and its batches as
+(inputs, targets): a pair, or a dict (input_ids/attention_mask/labels, or an input key and a
+label key, as Hugging Face and torchvision-style datasets give them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, default_collate
+
+from ..errors import InputError, first_line
+
+Batch = tuple[Tensor, Tensor]
+LABEL_KEYS = ("labels", "label", "y", "targets", "target")
+INPUT_KEYS = ("x", "inputs", "input", "pixel_values", "image", "images")
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetSource:
+    """``dataset[i]`` for the indices asked, batched by ``collate`` (a DataLoader's collate_fn, or
+    torch's default_collate) into (inputs, targets); ``num_workers`` > 0 reads a pass's chunks with
+    that many DataLoader workers. ``mismatch``: what to say when items cannot be batched together."""
+
+    dataset: Any
+    spec: str
+    collate: Callable[[list], Any] = default_collate
+    num_workers: int = 0
+    mismatch: str = "pad them to one length"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def read(self, indices: Sequence[int]) -> Batch:
+        items = []
+        for i in indices:
+            try:
+                items.append(self.dataset[i])
+            except Exception as exc:
+                raise InputError(f"reading item {i} of the dataset {self.spec!r} failed: {first_line(exc)}") from None
+        where = f"item {indices[0]}" if len(indices) == 1 else f"items {indices[0]}..{indices[-1]}"
+        return self._pair(self._collated(items), where)
+
+    def read_chunks(self, chunks: Sequence[Sequence[int]]) -> Iterator[Batch]:
+        if self.num_workers == 0:
+            for chunk in chunks:
+                yield self.read(chunk)
+            return
+        loader = DataLoader(self.dataset, batch_sampler=[list(c) for c in chunks], collate_fn=self._collated,
+                            num_workers=self.num_workers)
+        try:
+            for i, batch in enumerate(loader):
+                yield self._pair(batch, f"chunk {i}")
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"reading the dataset {self.spec!r} failed: {first_line(exc)}") from None
+
+    def _collated(self, items: list) -> Any:
+        try:
+            return self.collate(items)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"the examples of {self.spec!r} cannot be batched together ({self.mismatch}): "
+                             f"{first_line(exc)}") from None
+
+    def _pair(self, batch: Any, where: str) -> Batch:
+        return checked_pair(pair_of(batch, self.spec, where), self.spec)
+
+
+def pair_of(batch: Any, spec: str, where: str) -> tuple[Any, Any]:
+    """(inputs, targets) of one batch: a pair, or a dict of tensors."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    if isinstance(batch, dict):
+        if "input_ids" in batch:
+            return token_inputs(batch, f"{spec} ({where})")
+        x = next((batch[k] for k in INPUT_KEYS if k in batch), None)
+        y = next((batch[k] for k in LABEL_KEYS if k in batch), None)
+        if x is not None and y is not None:
+            return x, y
+        raise InputError(f"{where} of {spec!r} is a dict with keys {', '.join(map(str, batch))}: need input_ids "
+                         f"and labels, or one of {', '.join(INPUT_KEYS)} and one of {', '.join(LABEL_KEYS)}")
+    raise InputError(f"{where} of {spec!r} gave a {type(batch).__name__}, not (input, target) pairs or a dict "
+                     "of tensors")
+
+
+def token_inputs(content: dict, path: Path | str) -> Batch:
+    """A tokenised file (a transformers model's inputs): x = input_ids (N, T), or input_ids and
+    attention_mask stacked as (N, 2, T) (loading/pretrained.py unstacks them); y = labels."""
+    if "labels" not in content:
+        raise InputError(f"data {path} has input_ids but no labels: save labels too (for a causal language "
+                         "model labels = input_ids, with -100 where no loss is taken, e.g. padding)")
+    ids, labels = torch.as_tensor(content["input_ids"]), torch.as_tensor(content["labels"])
+    if ids.is_floating_point() or ids.ndim != 2:
+        raise InputError(f"input_ids in {path} must be integers of shape (N, T), got {ids.dtype} {tuple(ids.shape)}")
+    if "attention_mask" not in content:
+        return ids, labels
+    mask = torch.as_tensor(content["attention_mask"])
+    if mask.shape != ids.shape:
+        raise InputError(f"attention_mask in {path} has shape {tuple(mask.shape)}, input_ids {tuple(ids.shape)}")
+    return torch.stack([ids, mask.to(ids.dtype)], dim=1), labels
+
+
+def checked_pair(pair: Sequence[Any], spec: str) -> Batch:
+    """Inputs and targets as tensors, as many of each, every float finite."""
+    try:
+        inputs, targets = (torch.as_tensor(t) for t in pair)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"the examples of {spec!r} are not (input, target) pairs of tensors, arrays or numbers: "
+                         f"{first_line(exc)}") from None
+    if len(inputs) == 0:
+        raise InputError(f"the dataset {spec!r} is empty")
+    if len(inputs) != len(targets):
+        raise InputError(f"the dataset {spec!r} has {len(inputs)} inputs but {len(targets)} targets")
+    if inputs.is_floating_point() and not torch.isfinite(inputs).all():
+        raise InputError(f"the dataset {spec!r} has non-finite inputs (NaN or inf)")
+    if targets.is_floating_point() and not torch.isfinite(targets).all():
+        count = int((~torch.isfinite(targets)).sum())
+        raise InputError(f"the dataset {spec!r} has {count} non-finite target(s) (NaN or inf)")
+    return inputs, targets
+
+
+@dataclass(frozen=True, eq=False)
+class IndexedSample:
+    """The examples ``order`` of a dataset (its DataLoader's sampler drawn once, or every index),
+    not yet read: stacked into memory once, or streamed (streams.StreamedBatches) at every pass."""
+
+    source: DatasetSource
+    order: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def subset(self, positions: Tensor) -> IndexedSample:
+        return IndexedSample(self.source, tuple(self.order[int(p)] for p in positions))
+
+    def stacked(self, chunk_size: int = 1024) -> Batch:
+        """Every example read once, concatenated in order."""
+        chunks = [self.order[i : i + chunk_size] for i in range(0, len(self.order), chunk_size)]
+        inputs, targets = zip(*self.source.read_chunks(chunks))
+        try:
+            return torch.cat(inputs), torch.cat(targets)
+        except RuntimeError as exc:
+            raise InputError(f"the batches of {self.source.spec!r} differ in shape beyond the batch dimension "
+                             f"({self.source.mismatch}): {first_line(exc)}") from None
+
+    def stacked_bytes(self, dtype: torch.dtype) -> int:
+        """About how much memory the stacked sample takes in ``dtype`` (from its first example)."""
+        x, y = self.source.read(self.order[:1])
+        per_example = sum(t.numel() * (dtype.itemsize if t.is_floating_point() else 8) for t in (x, y))
+        return per_example * len(self.order)
+
+    def changes_between_reads(self) -> bool:
+        """Whether the first example differs when read twice (random transforms)."""
+        first, again = self.source.read(self.order[:1]), self.source.read(self.order[:1])
+        return not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, again))
