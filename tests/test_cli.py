@@ -546,3 +546,15 @@ def test_the_float32_speedup_is_measured_on_the_operators_own_model():
     ratio = float32_speedup(op)
     assert ratio is not None and ratio > 0
     assert float32_speedup(curvature_operator(make_problem(small_cnn(), (x, y), "cross_entropy"), "hessian")) is None
+
+
+def test_finite_difference_hessian_products_match_the_exact_ones_and_say_they_are_not(checkpoint, tmp_path):
+    common = ["eigs", "--checkpoint", checkpoint, "--model", "mlp", "--data", "digits", "--samples", "200",
+              "--top-k", "2", "--json", "--quiet"]
+    exact = ok(invoke(*common, "--out", tmp_path / "exact"))
+    approx = ok(invoke(*common, "--hvp", "finite-difference", "--out", tmp_path / "fd"))
+    assert approx["top_eigenvalues"] == pytest.approx(exact["top_eigenvalues"], rel=1e-8)
+    assert approx["top_eigenvalues"] != exact["top_eigenvalues"]  # differences of gradients, not exact
+    assert any("not exact" in n for n in approx["notes"]) and not any("not exact" in n for n in exact.get("notes", []))
+    refused = invoke(*common, "--operator", "ggn", "--hvp", "finite-difference", "--out", tmp_path / "ggn")
+    assert refused.exit_code == 2 and "--hvp finite-difference takes Hessian products" in refused.stderr

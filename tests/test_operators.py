@@ -375,6 +375,15 @@ def test_a_layer_without_a_second_derivative_is_one_clear_error_and_attention_ju
         hv = torch.autograd.grad(gradient, params, [t[0] for t in attention.space.unflatten(v.reshape(1, -1)).values()])
     expected = torch.cat([h.flatten() for h in hv])
     assert torch.allclose(curvature_operator(attention, "hessian").matvec(v), expected, atol=1e-6)
-    problem = make_problem(Net(attention=False), (x, y), "mse")
-    with pytest.raises(InputError, match="derivatives that a layer of the model does not have"):
+    first_order = Net(attention=False)
+    problem = make_problem(first_order, (x, y), "mse", dtype=F64)
+    with pytest.raises(InputError, match="derivatives that a layer of the model does not have.*finite-difference"):
         curvature_operator(problem, "hessian").matvec(torch.randn(problem.n_params))
+    # central differences of gradients need first derivatives only: the exact Hessian of the same net
+    # with torch's tanh (twice differentiable) to the eps^(2/3) bound
+    twin = make_problem(torch.nn.Sequential(first_order.proj, torch.nn.Tanh()), (x, y), "mse", dtype=F64)
+    V = torch.randn(3, problem.n_params, dtype=F64)
+    exact = curvature_operator(twin, "hessian").matmat(V)
+    approx = curvature_operator(problem, "hessian", hessian_mode="finite-difference").matmat(V)
+    relative = float((approx - exact).norm() / exact.norm())
+    assert 1e-14 < relative < 20 * torch.finfo(F64).eps ** (2 / 3)  # not exact, within its bound

@@ -49,6 +49,11 @@ def analysis_command(name: str, *, one_batch: bool = True, may_hold: frozenset[s
                 options["checkpoints"] = expand_checkpoints(options["checkpoints"])
                 spec_options["checkpoint"] = options["checkpoints"][0]
             products = {"compile": options.pop("compile_products"), "tf32": options.pop("tf32")}
+            if options.pop("hvp") == "finite-difference":
+                if operator != "hessian":
+                    raise click.UsageError(f"--hvp finite-difference takes Hessian products; --operator {operator} "
+                                           "has its own")
+                products["hessian_mode"] = "finite-difference"
             check = not options.pop("allow_nondeterministic")
             run = RunOptions(name=name, operator=operator, out_dir=out_dir or Path(f"hessian-probe-{name}"),
                              as_json=as_json, quiet=quiet, resume=resume, overwrite=overwrite, may_hold=may_hold,
@@ -204,12 +209,13 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     finished = time.perf_counter()
     timings = {"load_s": loaded_at - started, "analysis_s": finished - loaded_at, "total_s": finished - started}
     made = provenance(env, run.name, (ctx.obj or {}).get("config"), spec, loaded, timings, digests)
+    from ..operators.hessian import finite_difference_note
     from ..operators.precision import precision_note
 
     speed = None if distributed.active() else precision_note(op, timings["analysis_s"])
     record = run_record(result, op, made, resumed=journal.resumed, rejected=journal.rejected,
                         evaluation_mode=evaluation_note(loaded.model), data_notes=loaded.data_notes,
-                        notes=[speed] if speed else [])
+                        notes=[n for n in (speed, finite_difference_note(op)) if n])
     if not distributed.is_main():  # every rank holds the same record; rank 0 writes and reports it
         return record
     written = format_of(result).write(record, out_dir, result) + extra_files

@@ -200,8 +200,9 @@ class SampleOperator(CurvatureOperator):
                     raise InputError(f"the {self.name or 'curvature'} product needs derivatives that a layer of the "
                                      f"model does not have in torch ({first_line(exc)}); attention already runs with "
                                      "the math SDPA backend here: use another operator (the GGN needs only "
-                                     "forward-mode derivatives, the Hessian second derivatives), or replace that "
-                                     "layer") from None
+                                     "forward-mode derivatives, the Hessian second derivatives), finite-difference "
+                                     "Hessian products (--hvp finite-difference; hessian_mode='finite-difference'), "
+                                     "or replace that layer") from None
                 if not out_of_memory(exc):
                     raise
                 if piece == 1:

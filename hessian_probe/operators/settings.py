@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-HESSIAN_MODES = ("reverse", "forward")
+HESSIAN_MODES = ("reverse", "forward", "finite-difference")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class ProductSettings:
     ``tf32``: allow TF32 tensor cores in float32 products on CUDA. ``max_rows``: at most this many
     k x examples per pass (None: a whole batch per pass, split automatically if out of memory).
     ``hessian_mode``: 'reverse' (reverse-over-reverse) or 'forward' (forward-over-reverse)
-    Hessian products; both exact (see operators/hessian.py)."""
+    Hessian products, both exact, or 'finite-difference' (central differences of gradients, for
+    layers without second derivatives; relative error about eps^(2/3)): see operators/hessian.py."""
 
     compile: bool = False
     tf32: bool = False
