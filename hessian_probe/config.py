@@ -108,8 +108,9 @@ def resolved_config(command: click.Command, name: str, args: list[str], parent: 
 def expand(args: list[str], command: click.Command, ctx: click.Context | None = None
            ) -> tuple[list[str], dict[str, Any] | None]:
     """``--config FILE`` among a command's arguments: the file's options first, then the command
-    line's, which win (click takes the last value of an option given twice; repeatable options
-    add up; the config's positional arguments count only when the line gives none). Also the
+    line's, which win (click takes the last value of an option given twice; a repeatable option
+    the line gives replaces the config's list, except --model-arg and --data-arg, merged by key;
+    the config's positional arguments count only when the line gives none). Also the
     config as read (path and content), for the provenance; (args, None) without --config."""
     head, tail = split_options(args)
     path, kept = None, []
@@ -134,11 +135,26 @@ def expand(args: list[str], command: click.Command, ctx: click.Context | None = 
         raise UsageError(f"{path} is a config for the {named} command, not for {command.name}")
     options, positional = split_options(to_arguments(content, command, path))
     positional = positional[1:]  # after the "--"
+    options = _without_replaced(options, kept, command)
     line = options + kept + tail
     given = _positional(command, kept + tail, ctx)
     if positional and not given:
         line += ([] if tail else ["--"]) + positional
     return line, {"path": str(path), "content": content}
+
+
+MERGED_BY_KEY = ("model_args", "data_args")  # KEY=VALUE options: the line's keys win, the config's others stay
+
+
+def _without_replaced(options: list[str], line: list[str], command: click.Command) -> list[str]:
+    """The config's arguments less the repeatable options the command line gives again (its list
+    replaces the config's; --model-arg and --data-arg merge by key instead, the line's winning)."""
+    def given(flags: list[str], args: list[str]) -> bool:
+        return any(a == f or a.startswith(f + "=") for a in args for f in flags)
+
+    replaced = [p.opts for p in command.params if isinstance(p, click.Option) and p.multiple
+                and p.name not in MERGED_BY_KEY and given(p.opts, line)]
+    return [a for a in options if not any(given(flags, [a]) for flags in replaced)]
 
 
 def _positional(command: click.Command, args: list[str], ctx: click.Context | None) -> list[str]:

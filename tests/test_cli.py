@@ -356,6 +356,17 @@ def test_every_command_takes_a_config_the_command_line_overrides_and_prints_it_b
     assert through_run.exit_code == 0 and "top_k = 4\n" in through_run.output and not (tmp_path / "d").exists()
     wrong = invoke("trace", "--config", tmp_path / "c.toml")
     assert wrong.exit_code == 2 and "a config for the eigs command, not for trace" in wrong.stderr
+    from hessian_probe.cli.tools import plot
+    from hessian_probe.config import expand
+
+    (tmp_path / "p.toml").write_text('command = "plot"\nlabel = ["a", "b"]\n')
+    line, _ = expand(["--config", str(tmp_path / "p.toml"), "--label", "c"], plot)
+    assert [a for a in line if "label" in a or a == "c"] == ["--label", "c"]  # the line's list replaces the file's
+    (tmp_path / "m.toml").write_text('command = "eigs"\n[model_args]\nhidden = 32\nwidth = 3\n')
+    line, _ = expand(["--config", str(tmp_path / "m.toml"), "--model-arg", "hidden=16"], main.commands["eigs"])
+    assert line == ["--model-arg=hidden=32", "--model-arg=width=3", "--model-arg", "hidden=16"]  # merged by key
+    loud = invoke("eigs", "--config", tmp_path / "c.toml", "--no-json", "--out", tmp_path / "e")  # a flag turned off
+    assert loud.exit_code == 0 and "top    eigenvalues" in loud.stdout and not loud.stdout.lstrip().startswith("{")
 
 
 def test_quiet_silences_a_third_party_progress_bar_too(tmp_path, checkpoint, monkeypatch):

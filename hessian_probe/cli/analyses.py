@@ -50,7 +50,7 @@ def spectrum(op, *, seed, progress, out_dir, loaded, journal, steps, probes, top
 @with_options(eigenvalue_options(bottom_k=0, tol_help="Relative Ritz residual |A v - theta v| <= tol |theta|.",
                                  max_steps_help="Lanczos steps (or power iterations per eigenvalue) before giving up."))
 @click.option("--method", type=click.Choice(["lanczos", "power"]), default="lanczos", show_default=True)
-@click.option("--eigenvectors", "save_vectors", is_flag=True,
+@click.option("--eigenvectors/--no-eigenvectors", "save_vectors", is_flag=True,
               help="Also save the eigenvectors (rows, per-parameter layout in the file) to eigenvectors.pt.")
 @BASIS_OPTION
 def eigs(op, *, seed, progress, out_dir, loaded, journal, top_k, bottom_k, tol, max_steps, method, save_vectors, basis):

@@ -46,7 +46,7 @@ def problem_options(command: Callable, one_batch: bool = True, many_checkpoints:
                           "trusted pickled model or a save_pretrained folder."),
         click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
                      help="Keyword argument for the model factory (repeatable); values are Python literals."),
-        click.option("--trust-checkpoint", is_flag=True,
+        click.option("--trust-checkpoint/--no-trust-checkpoint", is_flag=True,
                      help="Allow a fully pickled model (runs code from the file: only for files you trust)."),
         click.option("--safe-globals", default="", metavar="NAMES", callback=_comma_separated,
                      help="Comma-separated classes or functions a checkpoint may hold beside tensors (e.g. "
@@ -88,26 +88,26 @@ def problem_options(command: Callable, one_batch: bool = True, many_checkpoints:
                      help="Precision of the products (auto: float64 on CPU, float32 on GPU)."),
         click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
                      help="Seed for probes, subsets and batches."),
-        click.option("--compile", "compile_products", is_flag=True,
+        click.option("--compile/--no-compile", "compile_products", is_flag=True,
                      help="torch.compile the batch product (pays off on GPUs for long runs; not used by lr's scan)."),
-        click.option("--tf32", is_flag=True,
+        click.option("--tf32/--no-tf32", is_flag=True,
                      help="Allow TF32 tensor cores in float32 products on CUDA (faster, ~1e-3 relative rounding)."),
         click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Output folder [default: hessian-probe-<command>]."),
-        click.option("--resume", is_flag=True,
+        click.option("--resume/--no-resume", is_flag=True,
                      help="Continue an interrupted run in --out: finished pieces (SLQ probe blocks, batches, "
                           "thresholds) are read back, not recomputed; the numbers are those of an uninterrupted "
                           "run. An "
                           "empty or missing --out starts afresh."),
-        click.option("--overwrite", is_flag=True,
+        click.option("--overwrite/--no-overwrite", is_flag=True,
                      help="Write into a non-empty --out: this run's files replace their namesakes that hessian-probe "
                           "wrote (a namesake it did not write is refused; other files stay) and an interrupted run's "
                           "saved pieces there are dropped."),
-        click.option("--allow-nondeterministic", is_flag=True,
+        click.option("--allow-nondeterministic/--no-allow-nondeterministic", is_flag=True,
                      help="Skip the check (two products with one vector) that the operator is a fixed matrix, and "
                           "allow BatchNorm with batch statistics: the numbers may then be wrong."),
-        click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout instead of the summary."),
-        click.option("--quiet", is_flag=True, help="No progress bars."),
+        click.option("--json/--no-json", "as_json", is_flag=True, help="Print the result JSON on stdout instead of the summary."),
+        click.option("--quiet/--no-quiet", is_flag=True, help="No progress bars."),
         DEBUG_OPTION,
     ]
     if not one_batch:
