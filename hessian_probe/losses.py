@@ -152,9 +152,7 @@ class CrossEntropy(NaturalParameterLoss):
             if tuple(targets.shape) != expected:
                 also = (f" (or {tuple(outputs.shape[:-1])}, classes on the last dim)" if outputs.ndim >= 3 else "")
                 raise ValueError(f"class-index targets must have shape {expected}{also}, got {tuple(targets.shape)}")
-        counted = targets[targets != IGNORE_INDEX]
-        if targets.numel() and not counted.numel():
-            raise ValueError(f"every label is {IGNORE_INDEX} (ignore_index): there is no loss to take the curvature of")
+        counted = targets[targets != IGNORE_INDEX]  # none in this batch: it weighs 0 in the sample (problem.py)
         if counted.numel() and (counted.min() < 0 or counted.max() >= n_classes):
             raise ValueError(
                 f"labels must lie in [0, {n_classes - 1}] (or be {IGNORE_INDEX}, left out) for a model with "

@@ -22,7 +22,7 @@ from torch.func import functional_call
 from .batches import Batch, joined, shard_batches, split_batches
 from .dtypes import SUPPORTED_DTYPES
 from .errors import NonFiniteError, first_line
-from .losses import Loss, get_loss
+from .losses import IGNORE_INDEX, Loss, get_loss
 from .parameters import ParameterSpace, select_names
 from .placement import placed, prepare_batches
 from .protocols import SOLO, Group
@@ -116,10 +116,12 @@ class Problem:
         """(x, y, |b|/N) for every batch, on the parameters' device: sum_b weight * batch mean =
         mean over the sample. A sample kept in host memory is copied over batch by batch. A loss
         that averages over the labels that count (cross-entropy with labels -100, causal_lm) is
-        weighted by those instead: M_b / M, so that the sum is still the mean over the sample."""
+        weighted by those instead: M_b / M, so that the sum is still the mean over the sample (a
+        batch with no label that counts weighs 0 and is left out: its own mean is 0 / 0)."""
         device = self.device
         for (x, y), weight in zip(self.batches, self.batch_weights):
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), weight
+            if weight > 0:
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), weight
 
     @functools.cached_property
     def batch_weights(self) -> tuple[float, ...]:
@@ -320,7 +322,8 @@ def make_problem(
 @torch.no_grad()
 def _validate_data(problem: Problem) -> None:
     """One forward pass: the model returns a tensor, targets fit it, labels are in range, and the
-    loss is a finite scalar."""
+    loss is a finite scalar; some label counts (a batch with none, all ignore_index, weighs 0)."""
+    counted: int | None = 0
     for i, (x, y) in enumerate(problem.batches):  # not weighted_batches: no collective here (batch_weights)
         x, y = x.to(problem.device), y.to(problem.device)
         try:
@@ -340,10 +343,14 @@ def _validate_data(problem: Problem) -> None:
             raise ValueError(f"the loss must return the mean over the batch, a scalar; it returned {shape}")
         if not value.is_floating_point():
             raise ValueError(f"the loss must return a real floating-point scalar; it returned a {value.dtype} tensor")
-        if not torch.isfinite(value):
+        terms = problem.loss.term_count(y)
+        counted = None if terms is None or counted is None else counted + terms
+        if not torch.isfinite(value) and terms != 0:  # no label counts: left out, weight 0
             raise ValueError(f"the loss is not finite on batch {i}")
         if i == 0:
             _check_mean_reduction(problem, x[:8], y[:8])
+    if counted == 0 and problem.shard is None:  # under torchrun another shard may hold them (batch_weights)
+        raise ValueError(f"every label is {IGNORE_INDEX} (ignore_index): there is no loss to take the curvature of")
 
 
 def _check_mean_reduction(problem: Problem, x: Tensor, y: Tensor) -> None:

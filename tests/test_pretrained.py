@@ -153,8 +153,26 @@ def test_token_cross_entropy_takes_classes_on_the_last_dim_and_leaves_out_minus_
     dense = torch.func.hessian(lambda o: causal(o, ids))(square).reshape(168, 168)
     assert torch.allclose(causal.output_hessian_matmat(square, ids, V), (V.reshape(2, 168) @ dense).reshape(V.shape),
                           atol=1e-12)
-    with pytest.raises(ValueError, match="ignore_index"):
-        loss.validate(logits, torch.full((3, 5), -100))
+    loss.validate(logits, torch.full((3, 5), -100))  # a batch may count no label: it weighs 0 in its sample
+
+
+def test_a_chunk_of_padding_only_weighs_nothing_and_a_sample_of_it_is_refused():
+    from hessian_probe import curvature_operator, make_problem
+    from hessian_probe.loading.builtin_models import mlp
+    from hessian_probe.loading.datasets import load_digits
+
+    torch.manual_seed(0)
+    model, (x, y) = mlp(), load_digits(120)
+    padded = y.clone()
+    padded[:40] = -100  # the first chunk counts no label
+    problem = make_problem(model, (x, padded), "cross_entropy", chunk_size=40, dtype=torch.float64)
+    rest = make_problem(model, (x[40:], y[40:]), "cross_entropy", dtype=torch.float64)
+    assert problem.batch_weights == (0.0, 0.5, 0.5)
+    v = torch.randn(problem.n_params, dtype=torch.float64)
+    assert torch.allclose(curvature_operator(problem).matvec(v), curvature_operator(rest).matvec(v), rtol=1e-12)
+    assert problem.loss_value() == pytest.approx(rest.loss_value(), rel=1e-12)
+    with pytest.raises(ValueError, match="every label is -100"):
+        make_problem(model, (x, torch.full_like(y, -100)), "cross_entropy", chunk_size=40)
 
 
 def test_a_sample_of_padded_sequences_is_the_mean_over_its_tokens_whatever_the_chunks(tmp_path):

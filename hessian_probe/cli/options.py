@@ -106,7 +106,8 @@ def problem_options(command: Callable, one_batch: bool = True, many_checkpoints:
         click.option("--allow-nondeterministic/--no-allow-nondeterministic", is_flag=True,
                      help="Skip the check (two products with one vector) that the operator is a fixed matrix, and "
                           "allow BatchNorm with batch statistics: the numbers may then be wrong."),
-        click.option("--json/--no-json", "as_json", is_flag=True, help="Print the result JSON on stdout instead of the summary."),
+        click.option("--json/--no-json", "as_json", is_flag=True,
+                     help="Print the result JSON on stdout instead of the summary."),
         click.option("--quiet/--no-quiet", is_flag=True, help="No progress bars."),
         DEBUG_OPTION,
     ]

@@ -126,7 +126,8 @@ def run(ctx: click.Context, config: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("hessian-probe-demo"),
               show_default=True, help="Folder for the checkpoint, results and plots.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json/--no-json", "as_json", is_flag=True, help="Print the result JSON of both operators instead of the summary.")
+@click.option("--json/--no-json", "as_json", is_flag=True,
+              help="Print the result JSON of both operators instead of the summary.")
 @click.option("--quiet/--no-quiet", is_flag=True, help="No progress bars.")
 @DEBUG_OPTION
 @click.pass_context
