@@ -184,3 +184,16 @@ def test_a_sample_of_padded_sequences_is_the_mean_over_its_tokens_whatever_the_c
     whole, chunked = (json.loads((tmp_path / c / "result.json").read_text())["top_eigenvalues"]
                       for c in ("1024", "4"))
     assert chunked == pytest.approx(whole, rel=1e-9)
+
+
+def test_the_logits_wrapper_has_the_models_tables_and_state_dict():
+    from hessian_probe.loading.pretrained import PretrainedLogits
+
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=20,
+                                                                 n_positions=8)).eval()
+    model.register_buffer("scratch", torch.zeros(3), persistent=False)  # a top-level non-persistent buffer
+    wrapper = PretrainedLogits(model)
+    assert list(wrapper.state_dict()) == list(model.state_dict()) and "scratch" not in wrapper.state_dict()
+    assert dict(wrapper.named_parameters()).keys() == dict(model.named_parameters()).keys()
+    ids = torch.randint(0, 20, (2, 5))
+    assert torch.equal(wrapper(ids), model(input_ids=ids).logits)

@@ -174,3 +174,18 @@ def test_streamed_memory_is_bounded_by_the_chunk_not_the_dataset(tmp_path):
         growth[mode] = int(out.stdout.split()[-1])
     sample = 3000 * 3 * 48 * 48 * 8
     assert growth["never"] > sample and growth["always"] < sample / 3, growth
+
+
+def test_a_loaders_own_sampler_is_drawn_once_and_said(model):
+    from hessian_probe.loading.data import _loader_sample
+
+    data = CountingDigits()
+    notes = []
+    weights = torch.zeros(150)
+    weights[:10] = 1.0  # only the first ten examples can be drawn
+    sampler = torch.utils.data.WeightedRandomSampler(weights, 40, generator=torch.Generator().manual_seed(0))
+    sample = _loader_sample(DataLoader(data, batch_size=8, sampler=sampler), "weighted", notes)
+    assert len(sample) == 40 and set(sample.order) <= set(range(10))
+    assert "WeightedRandomSampler: one draw was taken (40 indices" in notes[0]
+    problem = make_problem(model, streamed(DataLoader(data, batch_size=8, sampler=sampler)), "cross_entropy")
+    assert problem.n_samples == 40

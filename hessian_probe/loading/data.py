@@ -195,11 +195,16 @@ def _loader_sample(loader: torch.utils.data.DataLoader, spec: str, notes: list[s
         return _read_loader(loader, spec)
     drawn = ([i for batch in loader.batch_sampler for i in batch] if loader.batch_sampler is not None
              else list(loader.sampler))
-    if isinstance(loader.sampler, torch.utils.data.RandomSampler):
+    sampler = loader.sampler
+    if isinstance(sampler, torch.utils.data.RandomSampler) and not sampler.replacement \
+            and len(drawn) == len(loader.dataset):
         notes.append(f"the DataLoader of {spec!r} shuffles: its dataset is read in index order instead (every "
                      "example is used once, so the order changes nothing)")
-        if not loader.sampler.replacement:
-            drawn.sort()
+        drawn.sort()
+    elif not isinstance(sampler, torch.utils.data.SequentialSampler):
+        notes.append(f"the DataLoader of {spec!r} draws its examples with a {type(sampler).__name__}: one draw was "
+                     f"taken ({len(drawn)} indices, {len(set(drawn))} distinct) and the curvature is that of those "
+                     "examples, each counted as often as drawn")
     collate = loader.collate_fn if loader.batch_size is not None else default_collate
     return _dataset_sample(loader.dataset, spec, order=drawn, collate=collate, num_workers=loader.num_workers)
 

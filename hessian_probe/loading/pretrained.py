@@ -46,6 +46,7 @@ class PretrainedLogits(nn.Module):
         object.__setattr__(self, "pretrained", pretrained)  # not a child: no "pretrained." prefix
         self._parameters, self._buffers, self._modules = (pretrained._parameters, pretrained._buffers,
                                                           pretrained._modules)
+        self._non_persistent_buffers_set = pretrained._non_persistent_buffers_set  # state_dict leaves them out too
         self.output = output
         self.config = getattr(pretrained, "config", None)
 
