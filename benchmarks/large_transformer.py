@@ -11,7 +11,12 @@ capped to 80% of the available memory, linalg.lanczos.host_rows_that_fit),
 2 k P b the current and previous Lanczos vectors, and 2 k P 8 the float64 copies of the float32
 residual check (linalg.eigs._measured_residuals: A y and y in float64). The peak is ru_maxrss.
 
+With ``--spectrum M`` it runs SLQ instead (``spectrum --reorth none``: M Lanczos steps per probe,
+``--probes`` probes in one block, no basis kept): peak RSS ~ B1 + 3 k P b + k P 8, the three
+current Lanczos vectors of the k probes and one float64 accumulator.
+
 Run: python benchmarks/large_transformer.py [--tokens 64 --sequences 2 --top-k 3 --max-steps 40]
+     python benchmarks/large_transformer.py --spectrum 12 --probes 2
 (about 5 s per Hessian product on 2 CPU cores; needs transformers).
 """
 
@@ -43,6 +48,9 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--max-steps", type=int, default=40)
     parser.add_argument("--method", choices=["lanczos", "power"], default="lanczos")
+    parser.add_argument("--spectrum", type=int, default=0, metavar="M",
+                        help="SLQ with M steps and no reorthogonalisation instead of eigs")
+    parser.add_argument("--probes", type=int, default=2)
     parser.add_argument("--trace-memory", action="store_true", help="print the RSS every 5 s to stderr")
     args = parser.parse_args()
     if args.trace_memory:
@@ -58,7 +66,7 @@ def main() -> None:
 
     import transformers
 
-    from hessian_probe import curvature_operator, extremal_eigs, make_problem
+    from hessian_probe import curvature_operator, extremal_eigs, make_problem, slq
     from hessian_probe.loading.pretrained import PretrainedLogits
 
     r0 = current_rss()
@@ -73,6 +81,21 @@ def main() -> None:
     op.matvec(torch.randn(p))
     first_product_s = time.perf_counter() - t0
     base = rss_bytes()  # model, one product's activations and working vectors
+    if args.spectrum:
+        t0 = time.perf_counter()
+        density = slq(op, args.spectrum, args.probes, seed=0, reorth="none")
+        seconds, peak, k = time.perf_counter() - t0, rss_bytes(), args.probes
+        predicted = base + 3 * k * p * b + k * p * 8
+        print(json.dumps({
+            "method": "slq, reorth none", "torch": torch.__version__, "transformers": transformers.__version__,
+            "n_params": p, "tokens": args.sequences * args.tokens, "dtype": "float32", "steps": args.spectrum,
+            "probes": k, "trace_estimate": density.trace_estimate, "trace_stderr": density.trace_stderr,
+            "largest_node": float(max(n.max() for n in density.nodes)), "n_products": args.spectrum * k,
+            "slq_s": seconds,
+            "first_product_s": first_product_s, "rss_after_one_product_GiB": base / 2**30,
+            "peak_rss_GiB": peak / 2**30, "predicted_peak_GiB": predicted / 2**30,
+            "peak_over_predicted": peak / predicted}, indent=1))
+        return
     t0 = time.perf_counter()
     eigs = extremal_eigs(op, args.top_k, 0, tol=args.tol, max_steps=args.max_steps, seed=0, method=args.method)
     seconds = time.perf_counter() - t0

@@ -15,9 +15,12 @@ def setting(name: str) -> str:
     return f"`{name}`"
 
 
+FLAG_NAMES = {"hessian_mode": "hvp"}  # settings whose flag is not their name with dashes
+
+
 def as_flags(text: str) -> str:
     """A library message as the command line says it: every `setting` becomes its --flag."""
-    return SETTING.sub(lambda m: "--" + m.group(1).replace("_", "-"), text)
+    return SETTING.sub(lambda m: "--" + FLAG_NAMES.get(m.group(1), m.group(1)).replace("_", "-"), text)
 
 
 def flags_in_notes(value: Any, key: str = "") -> Any:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..errors import InputError, NonFiniteError, first_line
+from ..errors import InputError, NonFiniteError, first_line, setting
 from ..problem import Problem
 from ..protocols import SOLO, Group
 from .settings import ProductSettings, product_kernels
@@ -201,8 +201,8 @@ class SampleOperator(CurvatureOperator):
                                      f"model does not have in torch ({first_line(exc)}); attention already runs with "
                                      "the math SDPA backend here: use another operator (the GGN needs only "
                                      "forward-mode derivatives, the Hessian second derivatives), finite-difference "
-                                     "Hessian products (--hvp finite-difference; hessian_mode='finite-difference'), "
-                                     "or replace that layer") from None
+                                     f"Hessian products ({setting('hessian_mode')} finite-difference), or replace "
+                                     "that layer") from None
                 if not out_of_memory(exc):
                     raise
                 if piece == 1:

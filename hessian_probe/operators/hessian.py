@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
+from ..errors import setting
 from .base import SampleOperator
 
 
@@ -39,7 +40,8 @@ def finite_difference_note(op: object) -> str | None:
     if getattr(settings, "hessian_mode", None) != "finite-difference":
         return None
     eps = torch.finfo(op.dtype).eps
-    return (f"Hessian products by central differences of gradients (--hvp finite-difference): not exact, relative "
+    return (f"Hessian products by central differences of gradients ({setting('hessian_mode')} finite-difference): "
+            "not exact, relative "
             f"error about eps^(2/3) = {eps ** (2 / 3):.0e} in {str(op.dtype).removeprefix('torch.')}")
 
 
