@@ -176,8 +176,8 @@ MEMORY_SCRIPT = textwrap.dedent('''
 def test_streamed_memory_is_bounded_by_the_chunk_not_the_dataset(tmp_path):
     """Peak memory of the whole run above what the process held before it: streamed, it stays below
     a third of the 166 MB sample; held, the sample alone takes it (resident size sampled every 2 ms,
-    in separate processes;
-    glibc's malloc told to return large blocks, else its heap keeps freed chunks and blurs the figure)."""
+    in separate processes; glibc's malloc told to return large blocks, else its heap keeps freed
+    chunks and blurs the figure)."""
     (tmp_path / "bigdata.py").write_text(MEMORY_SCRIPT)
     growth = {}
     for mode in ("always", "never"):
