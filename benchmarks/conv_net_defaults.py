@@ -21,6 +21,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from resident import resident_bytes
+
 MODEL = textwrap.dedent('''
     import torch
     from torch import nn
@@ -64,11 +66,6 @@ def prepare(folder: Path) -> None:
     print(f"parameters: {sum(p.numel() for p in model.parameters()):,}", file=sys.stderr)
 
 
-def resident(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def run(command: str, folder: Path, limit: float) -> dict:
     out = folder / f"out-{command}"
     argv = [sys.executable, "-m", "hessian_probe", command, "--checkpoint", str(folder / "model.pt"), "--model",
@@ -79,7 +76,7 @@ def run(command: str, folder: Path, limit: float) -> dict:
     peak, finished = 0, True
     while child.poll() is None:
         try:
-            peak = max(peak, resident(child.pid))
+            peak = max(peak, resident_bytes(child.pid))
         except OSError:
             break
         if time.perf_counter() - started > limit:

@@ -28,16 +28,12 @@ import resource
 import time
 
 import torch
+from resident import resident_bytes
 
 
 def rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def current_rss() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize()
 
 
 def main() -> None:
@@ -59,7 +55,7 @@ def main() -> None:
 
         def trace() -> None:
             while True:
-                print(f"rss {current_rss() / 2**30:.2f} GiB", file=sys.stderr, flush=True)
+                print(f"rss {resident_bytes() / 2**30:.2f} GiB", file=sys.stderr, flush=True)
                 time.sleep(5)
 
         threading.Thread(target=trace, daemon=True).start()
@@ -69,7 +65,7 @@ def main() -> None:
     from hessian_probe import curvature_operator, extremal_eigs, make_problem, slq
     from hessian_probe.loading.pretrained import PretrainedLogits
 
-    r0 = current_rss()
+    r0 = resident_bytes()
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
     ids = torch.randint(0, model.config.vocab_size, (args.sequences, args.tokens),

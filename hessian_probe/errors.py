@@ -59,9 +59,31 @@ class NonFiniteError(InputError):
 
 
 def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` — enough to recognise a foreign exception in one line."""
+    """``Type: first line of the message`` — enough to recognise a foreign exception in one line
+    (a DataLoader worker's: the original error, not torch's 'Caught ... in DataLoader worker')."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if lines and _from_worker(lines):
+        return _unqualified(lines[-1])
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def worker_error(message: str) -> str:
+    """The message a DataLoader worker raised, from torch's re-raised text ('Caught X in
+    DataLoader worker process n. Original Traceback ... X: message'); other text as it is."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines or not _from_worker(lines):
+        return message
+    return _unqualified(lines[-1]).partition(": ")[2] or lines[-1]
+
+
+def _from_worker(lines: list[str]) -> bool:
+    return lines[0].startswith("Caught ") and "DataLoader worker" in lines[0] and len(lines) > 1
+
+
+def _unqualified(line: str) -> str:
+    """'package.module.Type: message' as 'Type: message'."""
+    kind, sep, message = line.partition(": ")
+    return f"{kind.rpartition('.')[2]}{sep}{message}"
 
 
 def one_line(message: str) -> str:

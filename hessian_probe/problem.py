@@ -118,10 +118,16 @@ class Problem:
         that averages over the labels that count (cross-entropy with labels -100, causal_lm) is
         weighted by those instead: M_b / M, so that the sum is still the mean over the sample (a
         batch with no label that counts weighs 0 and is left out: its own mean is 0 / 0)."""
+        for _, x, y, weight in self.numbered_batches():
+            yield x, y, weight
+
+    def numbered_batches(self) -> Iterator[tuple[int, Tensor, Tensor, float]]:
+        """(i, x, y, weight) for the batches of weighted_batches, i their position in ``batches``
+        (zero-weight batches left out, but counted), for messages that name a batch."""
         device = self.device
-        for (x, y), weight in zip(self.batches, self.batch_weights):
+        for i, ((x, y), weight) in enumerate(zip(self.batches, self.batch_weights)):
             if weight > 0:
-                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), weight
+                yield i, x.to(device, non_blocking=True), y.to(device, non_blocking=True), weight
 
     @functools.cached_property
     def batch_weights(self) -> tuple[float, ...]:
@@ -153,11 +159,14 @@ class Problem:
         """sum_b (|b|/N) per_batch(b) over the whole sample (all-reduced under torchrun), refused
         with the first offending batch when it is not finite (every rank learns of it, and stops)."""
         total, bad = None, None
-        for i, (x, y, w) in enumerate(self.weighted_batches()):
+        for i, x, y, w in self.numbered_batches():
             value = per_batch(x, y)
             if bad is None and not bool(torch.isfinite(value).all()):
                 bad = (i, len(x))
             total = w * value if total is None else total.add_(value, alpha=w)
+        if total is None:  # every local batch weighs 0 (no label counts in this shard): its share is zero
+            x, y = (t.to(self.device) for t in self.batches[0])
+            total = torch.zeros_like(per_batch(x, y))
         total = self.reduce(total)
         if not bool(torch.isfinite(total).all()):
             raise NonFiniteError(what, self.where(bad))
@@ -266,8 +275,9 @@ def make_problem(
     ``data`` is either ``(inputs, targets)`` (split into chunks of ``chunk_size``, which only
     bounds memory: the operator is the same; ``batch_size`` is an older name for it) or an
     explicit sequence of batches, or a streams.StreamedBatches (read from its dataset at every
-    pass, in its own chunks). ``shard=(rank, world_size)`` keeps only that rank's share of the
-    examples (torchrun data parallelism; see :mod:`hessian_probe.runtime.torchrun`), its sums
+    pass, in its own chunks unless ``chunk_size`` is given). ``shard=(rank, world_size)`` keeps
+    only that rank's share of the examples (torchrun data parallelism; see
+    :mod:`hessian_probe.runtime.torchrun`), its sums
     completed over ``group`` (default: torchrun's process group, runtime.torchrun.GROUP).
     ``params`` selects parameters by name pattern for blockwise curvature. Parameters, buffers
     and floating-point data are copied to ``device`` and ``dtype`` (default: the model's, with
@@ -293,7 +303,7 @@ def make_problem(
 
     sharding = None
     if isinstance(data, StreamedBatches):
-        batches = data.on(device, dtype)
+        batches = data.on(device, dtype).rechunked(chunk_size or batch_size)
         if shard is not None:
             batches, sharding = batches.sharded(*shard)
     else:

@@ -33,16 +33,15 @@ class _Lines:
             self.last = now
             self._line(now)
 
-    def close(self) -> None:
+    def close(self, stopped: bool = False) -> None:
         now = time.monotonic()
         if now - self.started >= self.delay:
-            self._line(now, done=True)
+            self._line(now, " (stopped)" if stopped else " (done)")
 
-    def _line(self, now: float, done: bool = False) -> None:
+    def _line(self, now: float, end: str = "") -> None:
         of = f"/{self.total}" if self.total else ""
         elapsed = now - self.started
-        print(f"{self.desc}: {self.n}{of} {self.unit}s, {elapsed:.0f} s" + (" (done)" if done else ""),
-              file=self.file, flush=True)
+        print(f"{self.desc}: {self.n}{of} {self.unit}s, {elapsed:.0f} s{end}", file=self.file, flush=True)
 
 
 class ProductProgress:
@@ -71,13 +70,17 @@ class ProductProgress:
         if self.bar is not None:
             self.bar.update(k)
 
-    def close(self) -> None:
+    def close(self, stopped: bool = False) -> None:
+        """End the current bar; ``stopped``: the stage was interrupted (said so, not 'done')."""
         if self.bar is not None:
-            self.bar.close()
+            if isinstance(self.bar, _Lines):
+                self.bar.close(stopped)
+            else:
+                self.bar.close()
             self.bar = None
 
     def __enter__(self) -> ProductProgress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(stopped=kind is not None)

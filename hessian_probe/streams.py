@@ -99,7 +99,16 @@ class StreamedBatches(Sequence[Batch]):
 
     def on(self, device: torch.device | str, dtype: torch.dtype) -> StreamedBatches:
         """The same examples placed on another device or in another dtype."""
-        return StreamedBatches(self.source, self.indices, self.chunk_size, device, dtype, self.whole)
+        moved = StreamedBatches(self.source, self.indices, self.chunk_size, device, dtype, self.whole)
+        if self._targets is not None:
+            moved._targets = tuple(placed(y, moved.device, dtype) for y in self._targets)
+        return moved
+
+    def rechunked(self, chunk_size: int | None) -> StreamedBatches:
+        """The same examples in chunks of ``chunk_size`` (the operator is the same)."""
+        if chunk_size is None or min(chunk_size, len(self.indices)) == self.chunk_size:
+            return self
+        return self._with(self.indices, chunk_size, self.whole, 0)
 
     def sharded(self, rank: int, world_size: int) -> tuple[StreamedBatches, Shard | None]:
         """Rank's contiguous share of the indices, in chunks of the same size (None: one process)."""
@@ -108,13 +117,25 @@ class StreamedBatches(Sequence[Batch]):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
         start, stop = shard_bounds(len(self.indices), rank, world_size)
-        share = StreamedBatches(self.source, self.indices[start:stop], self.chunk_size, self.device, self.dtype,
-                                self.indices)
-        return share, Shard(rank, world_size, len(self.indices))
+        return self._with(self.indices[start:stop], self.chunk_size, self.indices, start), \
+            Shard(rank, world_size, len(self.indices))
 
     def gathered(self) -> StreamedBatches:
         """The whole sample (every rank can read every example of the source itself)."""
+        if self.whole == self.indices:
+            return self._with(self.whole, self.chunk_size, self.whole, 0)
         return StreamedBatches(self.source, self.whole, self.chunk_size, self.device, self.dtype)
+
+    def _with(self, indices: Sequence[int], chunk_size: int | None, whole: Sequence[int],
+              start: int) -> StreamedBatches:
+        """The examples ``indices`` (those at ``start``.. of self.indices), keeping the targets
+        already read when the chunks' targets can be cut anew (same shape beyond the batch)."""
+        other = StreamedBatches(self.source, indices, chunk_size, self.device, self.dtype, whole)
+        cached = self._targets
+        if cached is not None and len({tuple(y.shape[1:]) for y in cached}) == 1:
+            every = torch.cat(cached)[start : start + len(other.indices)]
+            other._targets = tuple(every.split(other.lengths))
+        return other
 
     def __repr__(self) -> str:
         return f"StreamedBatches({len(self.indices)} examples in {len(self)} chunks of {self.chunk_size})"

@@ -53,18 +53,28 @@ def default_batch_sizes(n_samples: int, smallest: int = 16) -> list[int]:
     return sizes + [n_samples]
 
 
-def batch_indices(n_samples: int, batch_size: int, seed: int, index: int) -> Tensor:
-    """The ``index``-th random batch of size B: its own seed from (seed, B, index)."""
-    state = int(np.random.SeedSequence([seed, batch_size, index]).generate_state(1)[0])
+def batch_indices(n_samples: int, batch_size: int, seed: int, index: int, redraw: int = 0) -> Tensor:
+    """The ``index``-th random batch of size B: its own seed from (seed, B, index) (and
+    ``redraw``, the draws before it that had no label to count)."""
+    entropy = [seed, batch_size, index] + ([redraw] if redraw else [])
+    state = int(np.random.SeedSequence(entropy).generate_state(1)[0])
     return torch.randperm(n_samples, generator=torch.Generator().manual_seed(state))[:batch_size]
+
+
+MAX_REDRAWS = 100  # draws of one random batch before all its labels being ignore_index is an error
 
 
 def random_batch(problem: Problem, examples: Examples, batch_size: int, seed: int, index: int,
                  chunk_size: int | None) -> Problem:
     """The problem of the ``index``-th random batch of B of the examples (batch_indices), in
-    chunks; ``examples`` is problem.indexed_examples() (a streamed sample reads only these B)."""
-    idx = batch_indices(examples.n_examples, batch_size, seed, index)
-    return problem.with_batches(split_batches(*examples.examples_at(idx), chunk_size))
+    chunks; ``examples`` is problem.indexed_examples() (a streamed sample reads only these B).
+    A batch with no label that counts (all -100: it has no loss) is drawn again."""
+    for redraw in range(MAX_REDRAWS):
+        x, y = examples.examples_at(batch_indices(examples.n_examples, batch_size, seed, index, redraw))
+        if problem.loss.term_count(y) != 0:
+            return problem.with_batches(split_batches(x, y, chunk_size))
+    raise ValueError(f"{MAX_REDRAWS} random batches of {batch_size} examples had no label that counts (all are "
+                     "ignore_index -100): use larger batches")
 
 
 @saveable

@@ -168,11 +168,13 @@ def _held_or_streamed(sample: tuple[Tensor, Tensor] | IndexedSample, spec: Probl
         return sample
     stream = spec.stream_data == "always"
     if spec.stream_data == "auto":
-        need, free = sample.stacked_bytes(dtype), free_host_memory()
+        processes = distributed.local_world_size()  # each process on this node would hold the whole sample
+        need, free = sample.stacked_bytes(dtype) * processes, free_host_memory()
         stream = need > STREAM_MEMORY_FRACTION * free
         if stream:
-            notes.append(f"the data ({need / 2**30:.1f} GiB held) is read from its dataset at every product, chunk "
-                         f"by chunk (--stream-data auto: over {STREAM_MEMORY_FRACTION:.0%} of the "
+            each = f", {processes} processes on this node" if processes > 1 else ""
+            notes.append(f"the data ({need / 2**30:.1f} GiB held{each}) is read from its dataset at every product, "
+                         f"chunk by chunk (--stream-data auto: over {STREAM_MEMORY_FRACTION:.0%} of the "
                          f"{free / 2**30:.1f} GiB free); --stream-data never holds it")
     if stream:
         return stream_of(sample, spec.chunk_size, repr(spec.data), "; use deterministic transforms, or "

@@ -186,27 +186,54 @@ def _loader_sample(loader: torch.utils.data.DataLoader, spec: str, notes: list[s
     gives (drawn once; a shuffling sampler's in index order, which changes nothing). Nothing may be
     dropped (drop_last is refused). A loader over an iterable dataset has no indices: its batches
     are read once, in its order, and held."""
-    if loader.drop_last and len(loader.dataset) % (loader.batch_size or 1):
-        raise InputError(f"the DataLoader of {spec!r} drops its last incomplete batch (drop_last=True): the "
-                         "curvature would leave those examples out; return a loader with drop_last=False")
     if isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        if loader.drop_last:
+            raise InputError(f"the DataLoader of {spec!r} may drop its last incomplete batch (drop_last=True over an "
+                             "iterable dataset): the curvature would leave those examples out; use drop_last=False")
         notes.append(f"the DataLoader of {spec!r} reads an iterable dataset: its batches were read once and are "
                      "held in memory")
         return _read_loader(loader, spec)
-    drawn = ([i for batch in loader.batch_sampler for i in batch] if loader.batch_sampler is not None
-             else list(loader.sampler))
-    sampler = loader.sampler
+    sampler, batches = loader.sampler, loader.batch_sampler
+    if isinstance(sampler, torch.utils.data.DistributedSampler):
+        notes.append(f"the DataLoader of {spec!r} has a DistributedSampler (one rank's share, padded): the whole "
+                     "dataset is read instead, in index order; under torchrun hessian-probe shares it out itself")
+        drawn = list(range(len(loader.dataset)))
+    else:
+        if getattr(batches, "drop_last", False) and _sized(sampler) % (getattr(batches, "batch_size", 1) or 1):
+            raise InputError(f"the DataLoader of {spec!r} drops its last incomplete batch (drop_last=True): the "
+                             "curvature would leave those examples out; return a loader with drop_last=False")
+        drawn = [i for batch in batches for i in batch] if batches is not None else list(sampler)
     if isinstance(sampler, torch.utils.data.RandomSampler) and not sampler.replacement \
             and len(drawn) == len(loader.dataset):
         notes.append(f"the DataLoader of {spec!r} shuffles: its dataset is read in index order instead (every "
                      "example is used once, so the order changes nothing)")
         drawn.sort()
-    elif not isinstance(sampler, torch.utils.data.SequentialSampler):
+    elif not isinstance(sampler, (torch.utils.data.SequentialSampler, torch.utils.data.DistributedSampler)):
         notes.append(f"the DataLoader of {spec!r} draws its examples with a {type(sampler).__name__}: one draw was "
                      f"taken ({len(drawn)} indices, {len(set(drawn))} distinct) and the curvature is that of those "
                      "examples, each counted as often as drawn")
-    collate = loader.collate_fn if loader.batch_size is not None else default_collate
-    return _dataset_sample(loader.dataset, spec, order=drawn, collate=collate, num_workers=loader.num_workers)
+    collate = loader.collate_fn if batches is not None else default_collate  # batch_size=None: no collation
+    return _dataset_sample(loader.dataset, spec, order=drawn, collate=collate, num_workers=loader.num_workers,
+                           loader_options=_worker_options(loader))
+
+
+def _sized(sampler: Any) -> int:
+    """A sampler's length (the indices one pass draws)."""
+    try:
+        return len(sampler)
+    except TypeError:
+        return sum(1 for _ in sampler)
+
+
+def _worker_options(loader: torch.utils.data.DataLoader) -> dict[str, Any]:
+    """The loader's settings that its workers need, for reading it again (pin_memory only with CUDA)."""
+    if loader.num_workers == 0:
+        return {}
+    options = {"worker_init_fn": loader.worker_init_fn, "prefetch_factor": loader.prefetch_factor,
+               "multiprocessing_context": loader.multiprocessing_context, "timeout": loader.timeout}
+    if loader.pin_memory and torch.cuda.is_available():
+        options["pin_memory"] = True
+    return options
 
 
 def _read_loader(loader: Any, spec: str) -> tuple[Tensor, Tensor]:
@@ -234,12 +261,16 @@ def _dataset_sample(dataset: Any, spec: str, order: Sequence[int] | None = None,
     return IndexedSample(DatasetSource(dataset, spec, **source), tuple(range(len(dataset)) if order is None else order))
 
 
-def streamed(data: Any, chunk_size: int | None = 1024) -> StreamedBatches:
+DEFAULT_STREAM_CHUNK = 1024  # examples per chunk of a streamed sample when none is given (the CLI's --chunk-size)
+
+
+def streamed(data: Any, chunk_size: int | None = DEFAULT_STREAM_CHUNK) -> StreamedBatches:
     """A map-style Dataset or a DataLoader as batches read at every pass, for
-    ``make_problem(model, streamed(loader), loss)``: memory is bounded by ``chunk_size`` examples,
-    not by the dataset. A loader keeps its collate_fn and workers; its sampler is drawn once (a
-    shuffling one read in index order); drop_last, and examples that change from one read to the
-    next (random transforms), are refused: the operator must be one fixed matrix."""
+    ``make_problem(model, streamed(loader), loss)``: memory is bounded by ``chunk_size`` examples
+    (None: DEFAULT_STREAM_CHUNK), not by the dataset. A loader keeps its collate_fn and workers;
+    its sampler is drawn once (a shuffling one read in index order); drop_last, and examples that
+    change from one read to the next (random transforms), are refused: the operator must be one
+    fixed matrix."""
     what = type(data).__name__
     if isinstance(data, torch.utils.data.DataLoader):
         sample = _loader_sample(data, what, [])
@@ -257,4 +288,4 @@ def stream_of(sample: IndexedSample, chunk_size: int | None, what: str, fix: str
     if sample.changes_between_reads():
         raise InputError(f"the examples of {what} change from one read to the next (random transforms?): streamed "
                          f"data must give the same examples at every product{fix}")
-    return StreamedBatches(sample.source, sample.order, chunk_size)
+    return StreamedBatches(sample.source, sample.order, chunk_size or DEFAULT_STREAM_CHUNK)

@@ -5,7 +5,7 @@ label key, as Hugging Face and torchvision-style datasets give them)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, default_collate
 
-from ..errors import InputError, first_line
+from ..errors import InputError, first_line, worker_error
 
 Batch = tuple[Tensor, Tensor]
 LABEL_KEYS = ("labels", "label", "y", "targets", "target")
@@ -24,51 +24,100 @@ INPUT_KEYS = ("x", "inputs", "input", "pixel_values", "image", "images")
 class DatasetSource:
     """``dataset[i]`` for the indices asked, batched by ``collate`` (a DataLoader's collate_fn, or
     torch's default_collate) into (inputs, targets); ``num_workers`` > 0 reads a pass's chunks with
-    that many DataLoader workers. ``mismatch``: what to say when items cannot be batched together."""
+    that many DataLoader workers (``loader_options``: the user's worker_init_fn, prefetch_factor,
+    multiprocessing_context...), kept alive from one pass to the next. ``mismatch``: what to say
+    when items cannot be batched together."""
 
     dataset: Any
     spec: str
     collate: Callable[[list], Any] = default_collate
     num_workers: int = 0
     mismatch: str = "pad them to one length"
+    loader_options: dict[str, Any] = field(default_factory=dict)
+    _loaders: dict[tuple, DataLoader] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def read(self, indices: Sequence[int]) -> Batch:
-        items = []
-        for i in indices:
-            try:
-                items.append(self.dataset[i])
-            except Exception as exc:
-                raise InputError(f"reading item {i} of the dataset {self.spec!r} failed: {first_line(exc)}") from None
+        items = _NamedItems(self.dataset, self.spec)
         where = f"item {indices[0]}" if len(indices) == 1 else f"items {indices[0]}..{indices[-1]}"
-        return self._pair(self._collated(items), where)
+        return self._pair(self._collate([items[i] for i in indices]), where)
 
     def read_chunks(self, chunks: Sequence[Sequence[int]]) -> Iterator[Batch]:
         if self.num_workers == 0:
             for chunk in chunks:
                 yield self.read(chunk)
             return
-        loader = DataLoader(self.dataset, batch_sampler=[list(c) for c in chunks], collate_fn=self._collated,
-                            num_workers=self.num_workers)
         try:
-            for i, batch in enumerate(loader):
+            for i, batch in enumerate(self._loader(chunks)):
                 yield self._pair(batch, f"chunk {i}")
-        except InputError:
-            raise
+        except InputError as exc:
+            raise InputError(worker_error(str(exc))) from None
         except Exception as exc:
             raise InputError(f"reading the dataset {self.spec!r} failed: {first_line(exc)}") from None
 
-    def _collated(self, items: list) -> Any:
+    def _loader(self, chunks: Sequence[Sequence[int]]) -> DataLoader:
+        """One DataLoader per list of chunks, its workers persistent: a streamed sample reads the
+        same chunks at every product without starting its workers again (the last two kept)."""
+        key = tuple(tuple(c) for c in chunks)
+        if key not in self._loaders:
+            while len(self._loaders) >= 2:
+                self._loaders.pop(next(iter(self._loaders)))
+            self._loaders[key] = DataLoader(_NamedItems(self.dataset, self.spec), batch_sampler=[list(c) for c in key],
+                                            collate_fn=self._collate, num_workers=self.num_workers,
+                                            persistent_workers=True, **self.loader_options)
+        return self._loaders[key]
+
+    @property
+    def _collate(self) -> _Collate:
+        return _Collate(self.collate, self.spec, self.mismatch)
+
+    def _pair(self, batch: Any, where: str) -> Batch:
+        return checked_pair(pair_of(batch, self.spec, where), self.spec)
+
+
+@dataclass(frozen=True)
+class _NamedItems:
+    """``dataset[i]`` whose failure names the item (also inside a DataLoader worker)."""
+
+    dataset: Any
+    spec: str
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
         try:
+            return self.dataset[i]
+        except Exception as exc:
+            raise InputError(f"reading item {i} of the dataset {self.spec!r} failed: {first_line(exc)}") from None
+
+
+@dataclass(frozen=True)
+class _Collate:
+    """The collate function, its failure one line that says how to fix it; with torch's default,
+    list values of dict items (a Hugging Face dataset without set_format('torch')) become tensors
+    first, as a tokenised dataset's input_ids and labels are."""
+
+    collate: Callable[[list], Any]
+    spec: str
+    mismatch: str
+
+    def __call__(self, items: list) -> Any:
+        try:
+            if self.collate is default_collate:
+                items = [_listed_as_tensors(item) for item in items]
             return self.collate(items)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise InputError(f"the examples of {self.spec!r} cannot be batched together ({self.mismatch}): "
                              f"{first_line(exc)}") from None
 
-    def _pair(self, batch: Any, where: str) -> Batch:
-        return checked_pair(pair_of(batch, self.spec, where), self.spec)
+
+def _listed_as_tensors(item: Any) -> Any:
+    if isinstance(item, dict):
+        return {k: torch.as_tensor(v) if isinstance(v, list) else v for k, v in item.items()}
+    return item
 
 
 def pair_of(batch: Any, spec: str, where: str) -> tuple[Any, Any]:

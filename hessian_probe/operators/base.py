@@ -174,7 +174,7 @@ class SampleOperator(CurvatureOperator):
         """Which batch (of this process's share) and which rows of V gave a non-finite product."""
         tangents, what = self.space.unflatten(V), f"the {self.name or 'operator'} product"
         with product_kernels(tf32=self.settings.tf32):
-            for i, (x, y, _) in enumerate(self.problem.weighted_batches()):
+            for i, x, y, _ in self.problem.numbered_batches():
                 bad = (~torch.isfinite(self._batch_product(x, y, tangents, len(V)))).any(dim=1)
                 if bool(bad.any()):
                     rows = bad.nonzero().flatten().tolist()

@@ -83,6 +83,11 @@ def world_size() -> int:
     return dist.get_world_size() if active() else 1
 
 
+def local_world_size() -> int:
+    """The processes of the group on this node (torchrun's LOCAL_WORLD_SIZE; 1 without a group)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if active() else 1
+
+
 def is_main() -> bool:
     """Rank 0 (or no process group): the process that writes outputs and shows progress."""
     return rank() == 0
