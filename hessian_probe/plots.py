@@ -204,7 +204,7 @@ def plot_learning_rates(record: Any, path: Path | None = None, ax: Any = None) -
     right.set(xlabel="batch size B", ylabel="curvature of the batch operator",
               title=f"{record['operator']} sharpness vs batch size" +
                     (f" (critical B ≈ {critical:.0f})" if critical else ""))
-    right.legend(fontsize=8)
+    right.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))  # below: clear of the points
     if path is not None:
         save_figure(fig, path, dpi=120)
     return fig
