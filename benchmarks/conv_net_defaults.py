@@ -6,6 +6,7 @@ resident memory is sampled every 0.2 s, and a command still running at --time-li
 (SIGTERM) and reported as unfinished, with its peak so far and the products it took.
 
 Run: python benchmarks/conv_net_defaults.py [--time-limit 600] [--commands eigs spectrum]
+     [--option=--dtype --option=mixed] (arguments added to every command)
 """
 
 from __future__ import annotations
@@ -66,11 +67,11 @@ def prepare(folder: Path) -> None:
     print(f"parameters: {sum(p.numel() for p in model.parameters()):,}", file=sys.stderr)
 
 
-def run(command: str, folder: Path, limit: float) -> dict:
+def run(command: str, folder: Path, limit: float, options: list[str]) -> dict:
     out = folder / f"out-{command}"
     argv = [sys.executable, "-m", "hessian_probe", command, "--checkpoint", str(folder / "model.pt"), "--model",
             f"{folder / 'audio_cnn.py'}:AudioCNN", "--data", str(folder / "data.pt"), "--loss", "bce",
-            "--out", str(out)]
+            "--out", str(out), *options]
     started = time.perf_counter()
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, finished = 0, True
@@ -87,7 +88,11 @@ def run(command: str, folder: Path, limit: float) -> dict:
     stdout, stderr = child.communicate()
     seconds = time.perf_counter() - started
     bars = [line for line in stderr.replace("\r", "\n").splitlines() if "product" in line]
-    return {"command": command, "finished": finished and child.returncode == 0, "returncode": child.returncode,
+    result = json.loads((out / "result.json").read_text()) if (out / "result.json").is_file() else {}
+    eigs = result.get("eigs") or {}
+    return {"command": " ".join([command, *options]), "top_eigenvalues": eigs.get("top_eigenvalues"),
+            "top_residuals": eigs.get("top_residuals"), "n_products": eigs.get("n_products"),
+            "notes": result.get("notes"), "finished": finished and child.returncode == 0, "returncode": child.returncode,
             "seconds": round(seconds, 1), "peak_rss_GiB": round(peak / 2**30, 3),
             "last_progress": bars[-1].strip() if bars else None, "summary": stdout.strip().splitlines()[:8],
             "error": stderr.strip().splitlines()[-1] if child.returncode not in (0, None) and stderr.strip() else None}
@@ -97,11 +102,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds per command")
     parser.add_argument("--commands", nargs="+", default=["eigs", "spectrum"])
+    parser.add_argument("--option", action="append", default=[], metavar="ARG",
+                        help="an argument added to every command (repeat: --option=--dtype --option=mixed)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         prepare(folder)
-        reports = [run(c, folder, args.time_limit) for c in args.commands]
+        reports = [run(c, folder, args.time_limit, args.option) for c in args.commands]
     import torch
 
     print(json.dumps({"torch": torch.__version__, "cpus": os.cpu_count(), "reports": reports}, indent=1))

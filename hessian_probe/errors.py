@@ -61,29 +61,36 @@ class NonFiniteError(InputError):
 def first_line(exc: BaseException) -> str:
     """``Type: first line of the message`` — enough to recognise a foreign exception in one line
     (a DataLoader worker's: the original error, not torch's 'Caught ... in DataLoader worker')."""
+    original = _worker_original(str(exc))
+    if original is not None:
+        return original
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    if lines and _from_worker(lines):
-        return _unqualified(lines[-1])
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def worker_error(message: str) -> str:
     """The message a DataLoader worker raised, from torch's re-raised text ('Caught X in
     DataLoader worker process n. Original Traceback ... X: message'); other text as it is."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    if not lines or not _from_worker(lines):
-        return message
-    return _unqualified(lines[-1]).partition(": ")[2] or lines[-1]
+    original = _worker_original(message)
+    return message if original is None else original.partition(": ")[2] or original
 
 
-def _from_worker(lines: list[str]) -> bool:
-    return lines[0].startswith("Caught ") and "DataLoader worker" in lines[0] and len(lines) > 1
-
-
-def _unqualified(line: str) -> str:
-    """'package.module.Type: message' as 'Type: message'."""
+def _worker_original(text: str) -> str | None:
+    """'Type: first line' of the exception in a DataLoader worker's re-raised text: the first
+    line after 'Original Traceback' that the traceback does not indent (None: not such a text)."""
+    lines = text.strip().splitlines()
+    if not lines or not lines[0].startswith("Caught ") or "DataLoader worker" not in lines[0]:
+        return None
+    after = next((i for i, line in enumerate(lines) if line.startswith("Original Traceback")), None)
+    if after is None:
+        return None
+    line = next((line for line in lines[after + 1 :] if line.strip() and not line[0].isspace()), None)
+    if line is None:
+        return None
     kind, sep, message = line.partition(": ")
-    return f"{kind.rpartition('.')[2]}{sep}{message}"
+    if " " in kind:  # not 'package.module.Type': a line of the message itself
+        return line.strip()
+    return f"{kind.rpartition('.')[2]}{sep}{message}".strip()
 
 
 def one_line(message: str) -> str:

@@ -29,6 +29,8 @@ def to_jsonable(value: Any) -> Any:
         return str(value)
     if isinstance(value, (datetime.date, datetime.time)):  # TOML dates in a config
         return value.isoformat()
+    if isinstance(value, torch.dtype):  # e.g. ProductSettings.vector_dtype
+        return str(value).removeprefix("torch.")
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):

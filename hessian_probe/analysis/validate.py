@@ -113,14 +113,13 @@ def train(problem: Problem, optimizer: str, lr: float, batch_size: int, recipe: 
     current = start
     for step in range(1, recipe.steps + 1):
         x, y = examples.examples_at(torch.randperm(examples.n_examples, generator=generator)[:batch_size])
-        if problem.loss.term_count(y) == 0:  # no label counts (all -100): no loss, no step (a loop skips it)
-            continue
-        opt.zero_grad()
-        loss = problem.batch_loss(params, x.to(problem.device), y.to(problem.device))
-        if not torch.isfinite(loss):
-            return RunOutcome(True, start, None)
-        loss.backward()
-        opt.step()
+        if problem.loss.term_count(y) != 0:  # no label counts (all -100): no loss, no step (a loop skips it)
+            opt.zero_grad()
+            loss = problem.batch_loss(params, x.to(problem.device), y.to(problem.device))
+            if not torch.isfinite(loss):
+                return RunOutcome(True, start, None)
+            loss.backward()
+            opt.step()
         if step % recipe.check_every == 0 or step == recipe.steps:
             current = _full_loss(problem, params)
             if not math.isfinite(current) or current > limit:

@@ -171,7 +171,7 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     from ..imports import IMPORTED_FILES, imported_code_digest
     from ..io.formats import format_of, run_record
     from ..io.records import environment, file_digest, input_digests, provenance
-    from ..loading import ProblemSpec, load_problem, parse_model_args
+    from ..loading import MIXED, ProblemSpec, load_problem, parse_model_args
     from ..operators import curvature_operator
     from ..operators.determinism import check_fixed_operator, evaluation_note
     from ..progress import ProductProgress
@@ -187,7 +187,8 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     distributed.on_main(lambda: _prepare_output(out_dir, run, lock))
     IMPORTED_FILES.clear()  # the code digest covers what this run imports
     loaded = distributed.everywhere(lambda: load_problem(spec))  # a file error stops every rank alike
-    op = curvature_operator(loaded.problem, run.operator, **(products or {}))
+    mixed = {"vector_dtype": torch.float64} if spec.dtype == MIXED else {}  # float32 products, float64 vectors
+    op = curvature_operator(loaded.problem, run.operator, **(products or {}), **mixed)
     if run.check_determinism:  # two products, before any long work (operators/determinism.py)
         check_fixed_operator(op, spec.seed)
     digests = input_digests(spec)
@@ -210,12 +211,12 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
     timings = {"load_s": loaded_at - started, "analysis_s": finished - loaded_at, "total_s": finished - started}
     made = provenance(env, run.name, (ctx.obj or {}).get("config"), spec, loaded, timings, digests)
     from ..operators.hessian import finite_difference_note
-    from ..operators.precision import precision_note
+    from ..operators.precision import mixed_precision_note, precision_note
 
     speed = None if distributed.active() else precision_note(op, timings["analysis_s"])
     record = run_record(result, op, made, resumed=journal.resumed, rejected=journal.rejected,
                         evaluation_mode=evaluation_note(loaded.model), data_notes=loaded.data_notes,
-                        notes=[n for n in (speed, finite_difference_note(op)) if n])
+                        notes=[n for n in (speed, mixed_precision_note(op), finite_difference_note(op)) if n])
     if not distributed.is_main():  # every rank holds the same record; rank 0 writes and reports it
         return record
     written = format_of(result).write(record, out_dir, result) + extra_files

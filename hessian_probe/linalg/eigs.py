@@ -97,7 +97,7 @@ def _no_copies_left(process: LanczosProcess, theta: np.ndarray, top: np.ndarray,
         return False
     block, residuals, _ = _ritz(process, int(process.block_start[0]))
     ok = accepted(block, residuals)
-    margin = _floor(process.op.dtype, process.scale[0])
+    margin = _floor(process.op.product_dtype, process.scale[0])
     top_clear = not len(top) or (ok[-1] and block[-1] < theta[top[-1]] - margin)
     bottom_clear = not len(bottom) or (ok[0] and block[0] > theta[bottom[-1]] + margin)
     return bool(top_clear and bottom_clear)
@@ -160,7 +160,7 @@ def lanczos_eigs(
                              seed=derive(seed, "eigs-restart"), basis=basis)
 
     def accepted(theta: np.ndarray, residuals: np.ndarray) -> np.ndarray:
-        return residuals <= np.maximum(tol * np.abs(theta), _floor(op.dtype, process.scale[0]))
+        return residuals <= np.maximum(tol * np.abs(theta), _floor(op.product_dtype, process.scale[0]))
 
     while True:
         process.step()
@@ -182,7 +182,7 @@ def lanczos_eigs(
     warnings += tuple(process.health_warnings(breakdowns=False))  # breakdowns restart here: expected
 
     checked = 0
-    if op.dtype != torch.float64 and measure_residuals:  # the estimate beta |u_m| ignores rounding: measure it
+    if op.product_dtype != torch.float64 and measure_residuals:  # the estimate beta |u_m| ignores rounding
         residuals, ok, checked = _measured_residuals(op, process, theta, residuals, U, np.concatenate([top, bottom]),
                                                      accepted)
 
@@ -278,7 +278,7 @@ def power_eigs(
     t0 = time.perf_counter()
     dominant = _deflated_power(op, 1, tol=tol, max_iter=max_iter, seed=seed)
     radius = abs(dominant.values[0]) * (1 + 1e-3)
-    floor = _floor(op.dtype, radius)
+    floor = _floor(op.product_dtype, radius)
     outcomes = {}
     for end, count, scale in (("top", top_k, 1.0), ("bottom", bottom_k, -1.0)):
         if count:

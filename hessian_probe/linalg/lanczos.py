@@ -119,7 +119,7 @@ class LanczosProcess:
         if not torch.all(norms > 0):
             raise ValueError("a Lanczos start vector is zero")
         self.op, self.reorth = op, reorth
-        self.breakdown_tol = breakdown_tol if breakdown_tol is not None else default_breakdown_tol(op.dtype)
+        self.breakdown_tol = breakdown_tol if breakdown_tol is not None else default_breakdown_tol(op.product_dtype)
         self.k = start.shape[0]
         self.restart, self.seed, self.first_probe = restart, seed, first_probe
         self.restarts = np.zeros(self.k, dtype=int)

@@ -26,6 +26,7 @@ from .models import build_model, parse_model_args
 from .sources import IndexedSample, checked_pair
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MIXED = "mixed"  # float32 products, float64 vectors and Krylov arithmetic (ProductSettings.vector_dtype)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,11 +89,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` is float64 on the CPU (cheap there, and exact enough for every test) and float32 on GPUs."""
+    """The problem's dtype: ``auto`` is float64 on the CPU (exact enough for every test) and
+    float32 on GPUs; ``mixed`` is float32 (its products float32, its vectors float64: MIXED)."""
     if name == "auto":
         return torch.float64 if device.type == "cpu" else torch.float32
+    if name == MIXED:
+        return torch.float32
     if name not in DTYPES:
-        raise UsageError(f"unknown dtype {name!r}: use auto, float32 or float64")
+        raise UsageError(f"unknown dtype {name!r}: use auto, float32, float64 or {MIXED}")
     return DTYPES[name]
 
 
@@ -168,14 +172,18 @@ def _held_or_streamed(sample: tuple[Tensor, Tensor] | IndexedSample, spec: Probl
         return sample
     stream = spec.stream_data == "always"
     if spec.stream_data == "auto":
-        processes = distributed.local_world_size()  # each process on this node would hold the whole sample
-        need, free = sample.stacked_bytes(dtype) * processes, free_host_memory()
-        stream = need > STREAM_MEMORY_FRACTION * free
+        # each process on this node would hold the whole sample; under torchrun every rank must decide
+        # alike (a held sample is gathered by collectives, a streamed one is not), so from the node's
+        # total memory, the same for each of its ranks, not from what is free at each rank's moment
+        processes = distributed.local_world_size()
+        need = sample.stacked_bytes(dtype) * processes
+        memory, which = (host_memory("MemTotal"), "in all") if distributed.active() else (free_host_memory(), "free")
+        stream = need > STREAM_MEMORY_FRACTION * memory
         if stream:
             each = f", {processes} processes on this node" if processes > 1 else ""
             notes.append(f"the data ({need / 2**30:.1f} GiB held{each}) is read from its dataset at every product, "
                          f"chunk by chunk (--stream-data auto: over {STREAM_MEMORY_FRACTION:.0%} of the "
-                         f"{free / 2**30:.1f} GiB free); --stream-data never holds it")
+                         f"{memory / 2**30:.1f} GiB {which}); --stream-data never holds it")
     if stream:
         return stream_of(sample, spec.chunk_size, repr(spec.data), "; use deterministic transforms, or "
                          "--stream-data never to draw them once and hold them in memory")
@@ -187,10 +195,15 @@ def _held_or_streamed(sample: tuple[Tensor, Tensor] | IndexedSample, spec: Probl
 
 def free_host_memory() -> int:
     """Bytes of host memory available now (Linux MemAvailable; 8 GiB where it cannot be read)."""
+    return host_memory("MemAvailable")
+
+
+def host_memory(field: str) -> int:
+    """A /proc/meminfo field in bytes (MemAvailable, MemTotal; 8 GiB where it cannot be read)."""
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -207,5 +220,5 @@ def _usage(check, *args):
         raise UsageError(str(exc)) from None
 
 
-__all__ = ["DTYPES", "STREAM_CHOICES", "LoadedProblem", "ProblemSpec", "load_model", "load_problem", "parse_model_args",
-           "resolve_device", "resolve_dtype"]
+__all__ = ["DTYPES", "MIXED", "STREAM_CHOICES", "LoadedProblem", "ProblemSpec", "load_model", "load_problem",
+           "parse_model_args", "resolve_device", "resolve_dtype"]

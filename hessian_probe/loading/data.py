@@ -193,13 +193,15 @@ def _loader_sample(loader: torch.utils.data.DataLoader, spec: str, notes: list[s
         notes.append(f"the DataLoader of {spec!r} reads an iterable dataset: its batches were read once and are "
                      "held in memory")
         return _read_loader(loader, spec)
-    sampler, batches = loader.sampler, loader.batch_sampler
+    batches = loader.batch_sampler
+    sampler = getattr(batches, "sampler", loader.sampler)  # a batch sampler's own sampler draws the indices
+    own_batches = batches is not None and not isinstance(batches, torch.utils.data.BatchSampler)
     if isinstance(sampler, torch.utils.data.DistributedSampler):
         notes.append(f"the DataLoader of {spec!r} has a DistributedSampler (one rank's share, padded): the whole "
                      "dataset is read instead, in index order; under torchrun hessian-probe shares it out itself")
         drawn = list(range(len(loader.dataset)))
     else:
-        if getattr(batches, "drop_last", False) and _sized(sampler) % (getattr(batches, "batch_size", 1) or 1):
+        if getattr(batches, "drop_last", False) and not _divides(sampler, getattr(batches, "batch_size", None)):
             raise InputError(f"the DataLoader of {spec!r} drops its last incomplete batch (drop_last=True): the "
                              "curvature would leave those examples out; return a loader with drop_last=False")
         drawn = [i for batch in batches for i in batch] if batches is not None else list(sampler)
@@ -208,8 +210,10 @@ def _loader_sample(loader: torch.utils.data.DataLoader, spec: str, notes: list[s
         notes.append(f"the DataLoader of {spec!r} shuffles: its dataset is read in index order instead (every "
                      "example is used once, so the order changes nothing)")
         drawn.sort()
-    elif not isinstance(sampler, (torch.utils.data.SequentialSampler, torch.utils.data.DistributedSampler)):
-        notes.append(f"the DataLoader of {spec!r} draws its examples with a {type(sampler).__name__}: one draw was "
+    elif own_batches or not isinstance(sampler, (torch.utils.data.SequentialSampler,
+                                                 torch.utils.data.DistributedSampler)):
+        drawer = batches if own_batches else sampler
+        notes.append(f"the DataLoader of {spec!r} draws its examples with a {type(drawer).__name__}: one draw was "
                      f"taken ({len(drawn)} indices, {len(set(drawn))} distinct) and the curvature is that of those "
                      "examples, each counted as often as drawn")
     collate = loader.collate_fn if batches is not None else default_collate  # batch_size=None: no collation
@@ -217,12 +221,12 @@ def _loader_sample(loader: torch.utils.data.DataLoader, spec: str, notes: list[s
                            loader_options=_worker_options(loader))
 
 
-def _sized(sampler: Any) -> int:
-    """A sampler's length (the indices one pass draws)."""
+def _divides(sampler: Any, batch_size: int | None) -> bool:
+    """Batches of ``batch_size`` take every index the sampler draws (False where either is unknown)."""
     try:
-        return len(sampler)
+        return bool(batch_size) and len(sampler) % batch_size == 0
     except TypeError:
-        return sum(1 for _ in sampler)
+        return False
 
 
 def _worker_options(loader: torch.utils.data.DataLoader) -> dict[str, Any]:

@@ -34,40 +34,60 @@ class DatasetSource:
     num_workers: int = 0
     mismatch: str = "pad them to one length"
     loader_options: dict[str, Any] = field(default_factory=dict)
-    _loaders: dict[tuple, DataLoader] = field(default_factory=dict, repr=False)
+    _loaders: dict[tuple, DataLoader] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_loaders": {}}  # workers stay with this process
+
     def read(self, indices: Sequence[int]) -> Batch:
-        items = _NamedItems(self.dataset, self.spec)
+        items = []
+        for i in indices:
+            try:
+                items.append(self.dataset[i])
+            except Exception as exc:
+                raise InputError(f"reading item {i} of the dataset {self.spec!r} failed: {first_line(exc)}") from None
         where = f"item {indices[0]}" if len(indices) == 1 else f"items {indices[0]}..{indices[-1]}"
-        return self._pair(self._collate([items[i] for i in indices]), where)
+        return self._pair(self._collate(items), where)
 
     def read_chunks(self, chunks: Sequence[Sequence[int]]) -> Iterator[Batch]:
         if self.num_workers == 0:
             for chunk in chunks:
                 yield self.read(chunk)
             return
-        try:
-            for i, batch in enumerate(self._loader(chunks)):
+        key = tuple(tuple(c) for c in chunks)
+        loader = self._loaders.pop(key, None) or self._new_loader(key)  # taken out while in use: a second
+        try:  # pass over the same chunks at the same time gets its own loader
+            for i, batch in enumerate(loader):
                 yield self._pair(batch, f"chunk {i}")
+        except GeneratorExit:  # a pass left early: its workers are reset at the next one
+            self._keep(key, loader)
+            raise
         except InputError as exc:
             raise InputError(worker_error(str(exc))) from None
         except Exception as exc:
             raise InputError(f"reading the dataset {self.spec!r} failed: {first_line(exc)}") from None
+        else:
+            self._keep(key, loader)
 
-    def _loader(self, chunks: Sequence[Sequence[int]]) -> DataLoader:
-        """One DataLoader per list of chunks, its workers persistent: a streamed sample reads the
-        same chunks at every product without starting its workers again (the last two kept)."""
-        key = tuple(tuple(c) for c in chunks)
-        if key not in self._loaders:
-            while len(self._loaders) >= 2:
-                self._loaders.pop(next(iter(self._loaders)))
-            self._loaders[key] = DataLoader(_NamedItems(self.dataset, self.spec), batch_sampler=[list(c) for c in key],
-                                            collate_fn=self._collate, num_workers=self.num_workers,
-                                            persistent_workers=True, **self.loader_options)
-        return self._loaders[key]
+    def _new_loader(self, chunks: tuple[tuple[int, ...], ...]) -> DataLoader:
+        """The user's dataset, collate and worker settings over these chunks, its workers
+        persistent: a streamed sample reads the same chunks at every product without starting
+        its workers again."""
+        return DataLoader(self.dataset, batch_sampler=[list(c) for c in chunks], collate_fn=self._collate,
+                          num_workers=self.num_workers, persistent_workers=True, **self.loader_options)
+
+    def _keep(self, key: tuple, loader: DataLoader) -> None:
+        """Keep the loaders of the last two chunk lists used (their workers alive)."""
+        self._loaders[key] = loader
+        while len(self._loaders) > 2:
+            self._loaders.pop(next(iter(self._loaders)))
+
+    def close(self) -> None:
+        """Stop the workers kept for the next pass (they also stop with this object)."""
+        self._loaders.clear()
 
     @property
     def _collate(self) -> _Collate:
@@ -78,27 +98,10 @@ class DatasetSource:
 
 
 @dataclass(frozen=True)
-class _NamedItems:
-    """``dataset[i]`` whose failure names the item (also inside a DataLoader worker)."""
-
-    dataset: Any
-    spec: str
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Any:
-        try:
-            return self.dataset[i]
-        except Exception as exc:
-            raise InputError(f"reading item {i} of the dataset {self.spec!r} failed: {first_line(exc)}") from None
-
-
-@dataclass(frozen=True)
 class _Collate:
     """The collate function, its failure one line that says how to fix it; with torch's default,
-    list values of dict items (a Hugging Face dataset without set_format('torch')) become tensors
-    first, as a tokenised dataset's input_ids and labels are."""
+    the list values of dict items that become inputs or labels (a Hugging Face dataset without
+    set_format('torch')) are made tensors first, as a tokenised dataset's are."""
 
     collate: Callable[[list], Any]
     spec: str
@@ -109,15 +112,20 @@ class _Collate:
             if self.collate is default_collate:
                 items = [_listed_as_tensors(item) for item in items]
             return self.collate(items)
-        except (TypeError, ValueError, RuntimeError) as exc:
+        except InputError:
+            raise
+        except Exception as exc:
             raise InputError(f"the examples of {self.spec!r} cannot be batched together ({self.mismatch}): "
                              f"{first_line(exc)}") from None
 
 
+TENSOR_KEYS = ("input_ids", "attention_mask", *INPUT_KEYS, *LABEL_KEYS)  # the dict keys pair_of reads
+
+
 def _listed_as_tensors(item: Any) -> Any:
-    if isinstance(item, dict):
-        return {k: torch.as_tensor(v) if isinstance(v, list) else v for k, v in item.items()}
-    return item
+    if not isinstance(item, dict):
+        return item
+    return {k: torch.as_tensor(v) if k in TENSOR_KEYS and isinstance(v, list) else v for k, v in item.items()}
 
 
 def pair_of(batch: Any, spec: str, where: str) -> tuple[Any, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..problem import Problem
 from .base import CurvatureOperator, DenseOperator, SampleOperator, ShiftedOperator
 from .fisher import EmpiricalFisherOperator, FisherOperator
@@ -21,6 +23,7 @@ def curvature_operator(
     tf32: bool = False,
     max_rows: int | None = None,
     hessian_mode: str = "reverse",
+    vector_dtype: torch.dtype | None = None,
     settings: ProductSettings | None = None,
 ) -> SampleOperator:
     """The named curvature operator ('hessian', 'ggn', 'fisher', 'empirical-fisher') of a problem's
@@ -29,7 +32,8 @@ def curvature_operator(
     if kind not in OPERATORS:
         raise ValueError(f"unknown operator {kind!r}: use one of {sorted(OPERATORS)}")
     if settings is None:
-        settings = ProductSettings(compile=compile, tf32=tf32, max_rows=max_rows, hessian_mode=hessian_mode)
+        settings = ProductSettings(compile=compile, tf32=tf32, max_rows=max_rows, hessian_mode=hessian_mode,
+                                   vector_dtype=vector_dtype)
     return OPERATORS[kind](problem, settings)
 
 

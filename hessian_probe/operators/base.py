@@ -37,6 +37,13 @@ class CurvatureOperator(ABC):
     def _matmat(self, V: Tensor) -> Tensor: ...
 
     @property
+    def product_dtype(self) -> torch.dtype:
+        """The dtype the products compute in, whose rounding bounds every residual (``dtype``, that
+        of the vectors, may be wider: float32 products in float64 Krylov arithmetic)."""
+        base = getattr(self, "base", None)
+        return base.product_dtype if isinstance(base, CurvatureOperator) else self.dtype
+
+    @property
     def collective(self) -> bool:
         """Products are all-reduced over torchrun's ranks (every rank must take every product)."""
         base = getattr(self, "base", None)
@@ -150,7 +157,8 @@ class SampleOperator(CurvatureOperator):
             self._product = torch.compile(self.batch_matmat, dynamic=False)
 
     size = property(lambda self: self.space.size)
-    dtype = property(lambda self: self.problem.dtype)
+    dtype = property(lambda self: self.settings.vector_dtype or self.problem.dtype)  # of the vectors in and out
+    product_dtype = property(lambda self: self.problem.dtype)  # of the batch products (the model's arithmetic)
     device = property(lambda self: self.problem.device)
     collective = property(lambda self: self.problem.shard is not None)
     group = property(lambda self: self.problem.group)
@@ -160,8 +168,8 @@ class SampleOperator(CurvatureOperator):
         """A_b applied to k tangents {name: (k, *shape)} for the mean loss on one batch."""
 
     def _matmat(self, V: Tensor) -> Tensor:
-        tangents = self.space.unflatten(V)
-        out = torch.zeros_like(V)
+        tangents = self.space.unflatten(V.to(self.product_dtype))
+        out = torch.zeros_like(V)  # the sum over batches in the vectors' dtype
         with product_kernels(tf32=self.settings.tf32):
             for x, y, weight in self.problem.weighted_batches():
                 out.add_(self._batch_product(x, y, tangents, len(V)), alpha=weight)
@@ -172,7 +180,7 @@ class SampleOperator(CurvatureOperator):
 
     def _locate_non_finite(self, V: Tensor) -> NonFiniteError:
         """Which batch (of this process's share) and which rows of V gave a non-finite product."""
-        tangents, what = self.space.unflatten(V), f"the {self.name or 'operator'} product"
+        tangents, what = self.space.unflatten(V.to(self.product_dtype)), f"the {self.name or 'operator'} product"
         with product_kernels(tf32=self.settings.tf32):
             for i, x, y, _ in self.problem.numbered_batches():
                 bad = (~torch.isfinite(self._batch_product(x, y, tangents, len(V)))).any(dim=1)

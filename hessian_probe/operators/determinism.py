@@ -52,7 +52,8 @@ def check_fixed_operator(op, seed: int = 0) -> float:
     if changed:
         raise NondeterministicError(f"the model's forward changes its buffer {changed[0]!r} in place: the operator "
                                     f"is not a fixed matrix; make the forward free of side effects, or pass {OVERRIDE}")
-    tolerance = TOLERANCE.get(op.dtype, 1e-4)
+    products = getattr(op, "product_dtype", op.dtype)  # their rounding, not the vectors', sets the tolerance
+    tolerance = TOLERANCE.get(products, 1e-4)
     if not difference <= tolerance:
         dropout = [n for n, m in module.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
         hint = (f" (the model has dropout layers, e.g. {dropout[0]!r}, and eval mode did not turn them off: is it "
@@ -61,7 +62,7 @@ def check_fixed_operator(op, seed: int = 0) -> float:
                 "or a loss that draws random numbers)")
         raise NondeterministicError(
             f"two products with the same vector differ by {difference:.2g} (relative; at most "
-            f"{tolerance:g} expected in {str(op.dtype).removeprefix('torch.')}): the model or loss "
+            f"{tolerance:g} expected in {str(products).removeprefix('torch.')}): the model or loss "
             f"is not deterministic{hint}; fix it, or pass {OVERRIDE}")
     return difference
 

@@ -39,10 +39,11 @@ def finite_difference_note(op: object) -> str | None:
     settings = getattr(op, "settings", None)
     if getattr(settings, "hessian_mode", None) != "finite-difference":
         return None
-    eps = torch.finfo(op.dtype).eps
+    dtype = getattr(op, "product_dtype", op.dtype)
+    eps = torch.finfo(dtype).eps
     return (f"Hessian products by central differences of gradients ({setting('hessian_mode')} finite-difference): "
             "not exact, relative "
-            f"error about eps^(2/3) = {eps ** (2 / 3):.0e} in {str(op.dtype).removeprefix('torch.')}")
+            f"error about eps^(2/3) = {eps ** (2 / 3):.0e} in {str(dtype).removeprefix('torch.')}")
 
 
 class HessianOperator(SampleOperator):
@@ -98,7 +99,7 @@ class HessianOperator(SampleOperator):
             return {n: torch.zeros_like(t) if g is None else g for (n, t), g in zip(leaves.items(), grads)}
 
         scale = 1 + float(torch.sqrt(sum((p.double() ** 2).sum() for p in params.values())))
-        step0 = torch.finfo(self.dtype).eps ** (1 / 3) * scale
+        step0 = torch.finfo(self.product_dtype).eps ** (1 / 3) * scale
         rows = []
         for j in range(next(iter(tangents.values())).shape[0]):
             v = {n: t[j] for n, t in tangents.items()}

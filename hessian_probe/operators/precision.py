@@ -20,7 +20,7 @@ def float32_speedup(op: CurvatureOperator) -> float | None:
     problem (each timed after a warm-up product); None when the operator is not a sample operator
     in float64."""
     problem = getattr(op, "problem", None)
-    if problem is None or op.dtype != torch.float64:
+    if problem is None or getattr(op, "product_dtype", op.dtype) != torch.float64:
         return None
     from . import curvature_operator
 
@@ -40,10 +40,19 @@ def float32_speedup(op: CurvatureOperator) -> float | None:
 
 def precision_note(op: CurvatureOperator, analysis_s: float) -> str | None:
     """For a long float64 CPU run: how much faster float32 products measured here."""
-    if op.dtype != torch.float64 or op.device.type != "cpu" or analysis_s < LONG_RUN_S:
+    if getattr(op, "product_dtype", op.dtype) != torch.float64 or op.device.type != "cpu" or analysis_s < LONG_RUN_S:
         return None
     ratio = float32_speedup(op)
     if ratio is None or ratio < 1.5:
         return None
     return (f"the products ran in float64 (the CPU default): one float32 product measured {ratio:.1f}x faster "
-            "here; `dtype` float32 trades about 1e-6 relative accuracy for that")
+            "here; `dtype` mixed (float32 products, float64 Lanczos) trades about 1e-6 relative accuracy for that")
+
+
+def mixed_precision_note(op: CurvatureOperator) -> str | None:
+    """What a mixed-precision run (float32 products, float64 vectors) says about its accuracy."""
+    if op.product_dtype == op.dtype:
+        return None
+    return (f"products in {str(op.product_dtype).removeprefix('torch.')}, the vectors, sums over batches and the "
+            f"Lanczos arithmetic in {str(op.dtype).removeprefix('torch.')} (`dtype` mixed): eigenvalues carry the "
+            "products' rounding, about 1e-6 of the largest; the residuals are measured products")

@@ -23,16 +23,25 @@ class ProductSettings:
     k x examples per pass (None: a whole batch per pass, split automatically if out of memory).
     ``hessian_mode``: 'reverse' (reverse-over-reverse) or 'forward' (forward-over-reverse)
     Hessian products, both exact, or 'finite-difference' (central differences of gradients, for
-    layers without second derivatives; relative error about eps^(2/3)): see operators/hessian.py."""
+    layers without second derivatives; relative error about eps^(2/3)): see operators/hessian.py.
+    ``vector_dtype``: the dtype of the vectors the operator takes and returns, and of its sum over
+    batches (None: the problem's). torch.float64 over a float32 problem gives mixed precision:
+    float32 products (several times faster than float64 ones on a CPU, above all for
+    convolutions) inside float64 Krylov arithmetic, so that the basis, the tridiagonal and the
+    residuals carry no float32 rounding of their own; the eigenvalues then carry only the
+    products' (about 1e-6 of the largest)."""
 
     compile: bool = False
     tf32: bool = False
     max_rows: int | None = None
     hessian_mode: str = "reverse"
+    vector_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if self.hessian_mode not in HESSIAN_MODES:
             raise ValueError(f"hessian_mode must be one of {HESSIAN_MODES}, got {self.hessian_mode!r}")
+        if self.vector_dtype not in (None, torch.float32, torch.float64):
+            raise ValueError(f"vector_dtype must be torch.float32 or torch.float64, got {self.vector_dtype}")
         if self.max_rows is not None and self.max_rows < 1:
             raise ValueError(f"max_rows must be positive, got {self.max_rows}")
 
