@@ -600,3 +600,14 @@ def test_a_mixed_precision_operator_takes_and_returns_float64_and_sums_batches_i
     assert torch.allclose(product, exact.matmat(v), rtol=0, atol=1e-5 * float(exact.matmat(v).abs().max()))
     single = curvature_operator(problem, "hessian").matmat(v.float())  # the float32 products, summed in float32
     assert torch.allclose(product.float(), single, rtol=1e-5, atol=1e-6)
+
+
+def test_a_slow_first_float64_product_names_mixed_precision_at_once(tmp_path, checkpoint, monkeypatch):
+    import hessian_probe.cli.running as running
+
+    monkeypatch.setattr(running, "SLOW_PRODUCT_S", -1.0)  # every product is "slow"
+    slow = invoke("eigs", "--checkpoint", checkpoint, *GOOD, "--top-k", 1, "--out", tmp_path / "a")
+    assert slow.exit_code == 0 and slow.stderr.count("--dtype mixed runs them") == 1
+    for quick in (("--dtype", "float32"), ("--dtype", "mixed"), ("--quiet",)):
+        other = invoke("eigs", "--checkpoint", checkpoint, *GOOD, "--top-k", 1, *quick, "--out", tmp_path / quick[-1])
+        assert other.exit_code == 0 and "--dtype mixed runs them" not in other.stderr

@@ -204,6 +204,7 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
         **{f"{name}_sha256": file_digest(out_dir / name) for name in sorted(run.may_hold)
            if (out_dir / name).is_file()}})
     loaded_at = time.perf_counter()
+    _hint_when_slow(op, enabled=not run.quiet and distributed.is_main() and spec.dtype != MIXED)
     with ProductProgress(quiet=run.quiet or not distributed.is_main(), label=f"{run.operator} ").attach(op) as progress:
         result, extra_files = compute(op, seed=spec.seed, progress=progress, out_dir=out_dir, loaded=loaded,
                                       journal=journal)
@@ -230,6 +231,27 @@ def _load_compute_write(ctx: click.Context, run: RunOptions, spec_options: dict[
                    f"{format_of(result).summary(record)}\n  wrote {', '.join(written)} to {out_dir}/ in "
                    f"{timings['total_s']:.1f} s{resumed}")
     return record
+
+
+SLOW_PRODUCT_S = 20.0  # a first float64 CPU product slower than this gets a hint on stderr, at once
+
+
+def _hint_when_slow(op: Any, enabled: bool) -> None:
+    """After the first product of a float64 CPU run, if it took over SLOW_PRODUCT_S, one stderr
+    line naming --dtype mixed while the run goes on (the measured speed-up comes in the notes)."""
+    if not enabled or op.product_dtype != torch.float64 or op.device.type != "cpu":
+        return
+    started, said = time.perf_counter(), []
+
+    def first(k: int) -> None:
+        seconds = time.perf_counter() - started
+        if not said and seconds > SLOW_PRODUCT_S:
+            click.echo(f"note: the first float64 product ({k} vector(s)) took {seconds:.0f} s; float32 products are "
+                       "often several times faster on a CPU, convolutions above all: --dtype mixed runs them inside "
+                       "float64 Lanczos arithmetic", err=True)
+        said.append(True)
+
+    op.observe(first)
 
 
 def _prepare_output(out_dir: Path, run: RunOptions, lock: OutputLock | None = None) -> None:
