@@ -76,21 +76,18 @@ def worker_error(message: str) -> str:
 
 
 def _worker_original(text: str) -> str | None:
-    """'Type: first line' of the exception in a DataLoader worker's re-raised text: the first
-    line after 'Original Traceback' that the traceback does not indent (None: not such a text)."""
+    """'Type: first line' of the exception in a DataLoader worker's re-raised text ('Caught Type in
+    DataLoader worker process n.', then its traceback, chained causes first): the last line of
+    the traceback that starts with that type (None: not such a text)."""
     lines = text.strip().splitlines()
     if not lines or not lines[0].startswith("Caught ") or "DataLoader worker" not in lines[0]:
         return None
-    after = next((i for i, line in enumerate(lines) if line.startswith("Original Traceback")), None)
-    if after is None:
-        return None
-    line = next((line for line in lines[after + 1 :] if line.strip() and not line[0].isspace()), None)
-    if line is None:
-        return None
-    kind, sep, message = line.partition(": ")
-    if " " in kind:  # not 'package.module.Type': a line of the message itself
-        return line.strip()
-    return f"{kind.rpartition('.')[2]}{sep}{message}".strip()
+    kind = lines[0].removeprefix("Caught ").split(" ", 1)[0]
+    for line in reversed(lines[1:]):
+        name, sep, message = line.partition(":")
+        if not line[:1].isspace() and (name == kind or name.endswith(f".{kind}")):
+            return f"{kind}{sep}{message}".strip()
+    return None
 
 
 def one_line(message: str) -> str:

@@ -93,13 +93,24 @@ class FailingDigits(CountingDigits):
         return super().__getitem__(i)
 
 
+class ChainedFailure(CountingDigits):
+    def __getitem__(self, i):
+        if i != 7:
+            return super().__getitem__(i)
+        try:
+            return {"header": 1}["pixels"]
+        except KeyError:
+            raise ValueError("pixel file 7 is truncated")  # noqa: B904 (chained on purpose)
+
+
 def test_a_dataloader_workers_failure_is_the_original_error_in_one_line(model):
-    with pytest.raises(InputError) as caught:
-        make_problem(model, streamed(DataLoader(FailingDigits(), batch_size=8, num_workers=1), chunk_size=32),
-                     "cross_entropy")
-    message = str(caught.value)
-    assert "\n" not in message and "Caught" not in message
-    assert "ValueError: pixel file 7 is truncated" in message
+    for data in (FailingDigits(), ChainedFailure()):  # the second raised while handling a KeyError
+        with pytest.raises(InputError) as caught:
+            make_problem(model, streamed(DataLoader(data, batch_size=8, num_workers=1), chunk_size=32),
+                         "cross_entropy")
+        message = str(caught.value)
+        assert "\n" not in message and "Caught" not in message
+        assert "ValueError: pixel file 7 is truncated" in message, message
 
 
 def test_a_distributed_sampler_reads_the_whole_dataset_and_drop_last_counts_the_samplers_draw():
@@ -125,7 +136,7 @@ class ListTokens(Dataset):
         return 6
 
     def __getitem__(self, i):
-        return {"input_ids": [i, i + 1, i + 2], "labels": [i + 1, i + 2, -100], "tokens": ["a", "b", "c"]}
+        return {"input_ids": [i, i + 1, i + 2], "labels": [i + 1, i + 2, -100], "tokens": ["a"] * (i + 1)}
 
 
 def test_token_features_given_as_lists_are_read_as_tensors():
@@ -185,11 +196,18 @@ def test_stream_data_auto_counts_every_process_on_the_node(monkeypatch):
     sample = _dataset_sample(CountingDigits(), "digits-dataset")
     need = sample.stacked_bytes(torch.float32)
     monkeypatch.setattr(loading, "free_host_memory", lambda: 10 * need)  # one process holding it: 10% of free
-    monkeypatch.setattr(loading, "host_memory", lambda field: 10 * need)
     spec = loading.ProblemSpec(checkpoint="unused.pt", data="digits-dataset")
-    assert isinstance(loading._held_or_streamed(sample, spec, torch.float32, []), tuple)
+    assert not loading._wants_stream(sample, spec, torch.float32, [])
     monkeypatch.setattr(torchrun, "active", lambda: True)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four: 40% of free
     notes = []
-    assert not isinstance(loading._held_or_streamed(sample, spec, torch.float32, notes), tuple)
+    assert loading._wants_stream(sample, spec, torch.float32, notes)
     assert "4 processes on this node" in notes[0]
+
+
+def test_vectors_narrower_than_the_products_are_refused(model):
+    from hessian_probe.operators import curvature_operator
+
+    problem = make_problem(model, load_digits(40), "cross_entropy", dtype=torch.float64)
+    with pytest.raises(ValueError, match="narrower"):
+        curvature_operator(problem, vector_dtype=torch.float32)

@@ -130,6 +130,31 @@ def load_problem(spec: ProblemSpec) -> LoadedProblem:
 
 
 def _load_problem(spec: ProblemSpec) -> LoadedProblem:
+    """Under torchrun in three steps that every rank takes alike (an error in one is raised on
+    every rank before the next): open the model and data, agree whether to stream, build."""
+    device, dtype, loss, model, checkpoint, sample, notes, wants_stream = distributed.everywhere(lambda: _opened(spec))
+    stream = distributed.smallest(0.0 if wants_stream else 1.0) == 0.0  # one rank short of memory: all stream
+    if stream and not wants_stream:
+        notes.append("the data is read from its dataset at every product (--stream-data auto): another process of "
+                     "this run had too little free memory to hold it")
+    shard = (distributed.rank(), distributed.world_size()) if distributed.active() else None
+
+    def build() -> Problem:
+        data = _held_or_streamed(sample, spec, stream, notes)
+        try:
+            return make_problem(model, data, loss, params=spec.params,
+                                chunk_size=spec.chunk_size, dtype=dtype, device=device, shard=shard)
+        except InputError:
+            raise
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    return LoadedProblem(distributed.everywhere(build), checkpoint, model, spec, tuple(notes))
+
+
+def _opened(spec: ProblemSpec) -> tuple:
+    """The device, dtype, loss, the model with its weights, the sample (not yet read), notes, and
+    whether this process would stream it (--stream-data)."""
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     loss = _usage(get_loss, spec.loss)
@@ -144,46 +169,37 @@ def _load_problem(spec: ProblemSpec) -> LoadedProblem:
             raise UsageError(f"--batch-size {spec.batch_size} is larger than the sample ({n} examples); use at "
                              f"most {n}, or omit it for the full sample")
         sample = subset(sample, spec.batch_size, derive(spec.seed, "batch-subset"))
-    data = _held_or_streamed(sample, spec, dtype, notes)
-    shard = (distributed.rank(), distributed.world_size()) if distributed.active() else None
-
-    def build() -> Problem:
-        try:
-            return make_problem(model, data, loss, params=spec.params,
-                                chunk_size=spec.chunk_size, dtype=dtype, device=device, shard=shard)
-        except InputError:
-            raise
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-
-    return LoadedProblem(build(), checkpoint, model, spec, tuple(notes))
+    return device, dtype, loss, model, checkpoint, sample, notes, _wants_stream(sample, spec, dtype, notes)
 
 
 STREAM_MEMORY_FRACTION = 0.25  # auto streams a dataset that would take more of the free host memory
 STREAM_CHOICES = ("auto", "always", "never")
 
 
-def _held_or_streamed(sample: tuple[Tensor, Tensor] | IndexedSample, spec: ProblemSpec, dtype: torch.dtype,
-                      notes: list[str]) -> tuple[Tensor, Tensor] | StreamedBatches:
-    """Tensors stay tensors; a dataset is read once and held, or streamed (--stream-data)."""
+def _wants_stream(sample: tuple[Tensor, Tensor] | IndexedSample, spec: ProblemSpec, dtype: torch.dtype,
+                  notes: list[str]) -> bool:
+    """Whether a dataset is to be streamed (--stream-data): always, never, or auto, when holding it
+    would take over STREAM_MEMORY_FRACTION of the free memory (every process on this node holds it)."""
     if spec.stream_data not in STREAM_CHOICES:
         raise UsageError(f"--stream-data {spec.stream_data!r}: use {', '.join(STREAM_CHOICES)}")
+    if not isinstance(sample, IndexedSample) or spec.stream_data != "auto":
+        return spec.stream_data == "always"
+    processes = distributed.local_world_size()
+    need, free = sample.stacked_bytes(dtype) * processes, free_host_memory()
+    if need <= STREAM_MEMORY_FRACTION * free:
+        return False
+    each = f", {processes} processes on this node" if processes > 1 else ""
+    notes.append(f"the data ({need / 2**30:.1f} GiB held{each}) is read from its dataset at every product, chunk by "
+                 f"chunk (--stream-data auto: over {STREAM_MEMORY_FRACTION:.0%} of the {free / 2**30:.1f} GiB "
+                 "free); --stream-data never holds it")
+    return True
+
+
+def _held_or_streamed(sample: tuple[Tensor, Tensor] | IndexedSample, spec: ProblemSpec, stream: bool,
+                      notes: list[str]) -> tuple[Tensor, Tensor] | StreamedBatches:
+    """Tensors stay tensors; a dataset is read once and held, or streamed."""
     if not isinstance(sample, IndexedSample):
         return sample
-    stream = spec.stream_data == "always"
-    if spec.stream_data == "auto":
-        # each process on this node would hold the whole sample; under torchrun every rank must decide
-        # alike (a held sample is gathered by collectives, a streamed one is not), so from the node's
-        # total memory, the same for each of its ranks, not from what is free at each rank's moment
-        processes = distributed.local_world_size()
-        need = sample.stacked_bytes(dtype) * processes
-        memory, which = (host_memory("MemTotal"), "in all") if distributed.active() else (free_host_memory(), "free")
-        stream = need > STREAM_MEMORY_FRACTION * memory
-        if stream:
-            each = f", {processes} processes on this node" if processes > 1 else ""
-            notes.append(f"the data ({need / 2**30:.1f} GiB held{each}) is read from its dataset at every product, "
-                         f"chunk by chunk (--stream-data auto: over {STREAM_MEMORY_FRACTION:.0%} of the "
-                         f"{memory / 2**30:.1f} GiB {which}); --stream-data never holds it")
     if stream:
         return stream_of(sample, spec.chunk_size, repr(spec.data), "; use deterministic transforms, or "
                          "--stream-data never to draw them once and hold them in memory")

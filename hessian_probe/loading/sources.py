@@ -108,13 +108,14 @@ class _Collate:
     mismatch: str
 
     def __call__(self, items: list) -> Any:
+        ours = self.collate is default_collate
         try:
-            if self.collate is default_collate:
-                items = [_listed_as_tensors(item) for item in items]
-            return self.collate(items)
+            return self.collate([_read_fields(item) for item in items] if ours else items)
         except InputError:
             raise
         except Exception as exc:
+            if not ours:
+                raise InputError(f"the collate_fn of {self.spec!r} failed: {first_line(exc)}") from None
             raise InputError(f"the examples of {self.spec!r} cannot be batched together ({self.mismatch}): "
                              f"{first_line(exc)}") from None
 
@@ -122,10 +123,12 @@ class _Collate:
 TENSOR_KEYS = ("input_ids", "attention_mask", *INPUT_KEYS, *LABEL_KEYS)  # the dict keys pair_of reads
 
 
-def _listed_as_tensors(item: Any) -> Any:
-    if not isinstance(item, dict):
+def _read_fields(item: Any) -> Any:
+    """A dict item as the fields pair_of reads (others, e.g. a text column of varying length, are
+    never batched), lists as tensors; a dict with none of them, or any other item, as it is."""
+    if not isinstance(item, dict) or not any(k in item for k in TENSOR_KEYS):
         return item
-    return {k: torch.as_tensor(v) if k in TENSOR_KEYS and isinstance(v, list) else v for k, v in item.items()}
+    return {k: torch.as_tensor(v) if isinstance(v, list) else v for k, v in item.items() if k in TENSOR_KEYS}
 
 
 def pair_of(batch: Any, spec: str, where: str) -> tuple[Any, Any]:

@@ -147,6 +147,10 @@ class SampleOperator(CurvatureOperator):
         self.problem = problem
         self.space = problem.space
         self.settings = settings or ProductSettings()
+        wanted = self.settings.vector_dtype
+        if wanted is not None and torch.finfo(wanted).eps > torch.finfo(problem.dtype).eps:
+            raise ValueError(f"vector_dtype {wanted} is narrower than the problem's {problem.dtype}: the vectors may "
+                             "be as wide as the products or wider (float32 products in float64 vectors), not narrower")
         self.max_rows = self.settings.max_rows
         if self.max_rows is None and problem.device.type == "cpu":  # sized from memory up front (memory.py)
             from .memory import cpu_row_budget

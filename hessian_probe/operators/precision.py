@@ -54,5 +54,5 @@ def mixed_precision_note(op: CurvatureOperator) -> str | None:
     if op.product_dtype == op.dtype:
         return None
     return (f"products in {str(op.product_dtype).removeprefix('torch.')}, the vectors, sums over batches and the "
-            f"Lanczos arithmetic in {str(op.dtype).removeprefix('torch.')} (`dtype` mixed): eigenvalues carry the "
-            "products' rounding, about 1e-6 of the largest; the residuals are measured products")
+            f"Krylov arithmetic in {str(op.dtype).removeprefix('torch.')} (`dtype` mixed): the results carry the "
+            "products' rounding, about 1e-6 relative; eigenvalue residuals are measured with products")
