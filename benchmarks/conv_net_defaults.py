@@ -92,7 +92,8 @@ def run(command: str, folder: Path, limit: float, options: list[str]) -> dict:
     eigs = result.get("eigs") or {}
     return {"command": " ".join([command, *options]), "top_eigenvalues": eigs.get("top_eigenvalues"),
             "top_residuals": eigs.get("top_residuals"), "n_products": eigs.get("n_products"),
-            "notes": result.get("notes"), "finished": finished and child.returncode == 0, "returncode": child.returncode,
+            "notes": result.get("notes"), "finished": finished and child.returncode == 0,
+            "returncode": child.returncode,
             "seconds": round(seconds, 1), "peak_rss_GiB": round(peak / 2**30, 3),
             "last_progress": bars[-1].strip() if bars else None, "summary": stdout.strip().splitlines()[:8],
             "error": stderr.strip().splitlines()[-1] if child.returncode not in (0, None) and stderr.strip() else None}
