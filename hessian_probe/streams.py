@@ -123,7 +123,7 @@ class StreamedBatches(Sequence[Batch]):
     def gathered(self) -> StreamedBatches:
         """The whole sample (every rank can read every example of the source itself)."""
         if self.whole == self.indices:
-            return self._with(self.whole, self.chunk_size, self.whole, 0)
+            return self
         return StreamedBatches(self.source, self.whole, self.chunk_size, self.device, self.dtype)
 
     def _with(self, indices: Sequence[int], chunk_size: int | None, whole: Sequence[int],

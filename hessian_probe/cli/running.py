@@ -239,7 +239,9 @@ SLOW_PRODUCT_S = 20.0  # a first float64 CPU product slower than this gets a hin
 def _hint_when_slow(op: Any, enabled: bool) -> None:
     """After the first product of a float64 CPU run, if it took over SLOW_PRODUCT_S, one stderr
     line naming --dtype mixed while the run goes on (the measured speed-up comes in the notes)."""
-    if not enabled or op.product_dtype != torch.float64 or op.device.type != "cpu":
+    from ..operators.precision import float64_on_cpu
+
+    if not enabled or not float64_on_cpu(op):
         return
     started, said = time.perf_counter(), []
 

@@ -211,15 +211,10 @@ def _held_or_streamed(sample: tuple[Tensor, Tensor] | IndexedSample, spec: Probl
 
 def free_host_memory() -> int:
     """Bytes of host memory available now (Linux MemAvailable; 8 GiB where it cannot be read)."""
-    return host_memory("MemAvailable")
-
-
-def host_memory(field: str) -> int:
-    """A /proc/meminfo field in bytes (MemAvailable, MemTotal; 8 GiB where it cannot be read)."""
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
-                if line.startswith(f"{field}:"):
+                if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass

@@ -52,7 +52,7 @@ def check_fixed_operator(op, seed: int = 0) -> float:
     if changed:
         raise NondeterministicError(f"the model's forward changes its buffer {changed[0]!r} in place: the operator "
                                     f"is not a fixed matrix; make the forward free of side effects, or pass {OVERRIDE}")
-    products = getattr(op, "product_dtype", op.dtype)  # their rounding, not the vectors', sets the tolerance
+    products = op.product_dtype  # their rounding, not the vectors', sets the tolerance
     tolerance = TOLERANCE.get(products, 1e-4)
     if not difference <= tolerance:
         dropout = [n for n, m in module.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)]

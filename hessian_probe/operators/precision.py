@@ -20,7 +20,7 @@ def float32_speedup(op: CurvatureOperator) -> float | None:
     problem (each timed after a warm-up product); None when the operator is not a sample operator
     in float64."""
     problem = getattr(op, "problem", None)
-    if problem is None or getattr(op, "product_dtype", op.dtype) != torch.float64:
+    if problem is None or op.product_dtype != torch.float64:
         return None
     from . import curvature_operator
 
@@ -38,9 +38,14 @@ def float32_speedup(op: CurvatureOperator) -> float | None:
     return timings[0] / max(timings[1], 1e-12)
 
 
+def float64_on_cpu(op: CurvatureOperator) -> bool:
+    """Products in float64 on a CPU: the case where float32 ones may be several times faster."""
+    return op.product_dtype == torch.float64 and op.device.type == "cpu"
+
+
 def precision_note(op: CurvatureOperator, analysis_s: float) -> str | None:
     """For a long float64 CPU run: how much faster float32 products measured here."""
-    if getattr(op, "product_dtype", op.dtype) != torch.float64 or op.device.type != "cpu" or analysis_s < LONG_RUN_S:
+    if not float64_on_cpu(op) or analysis_s < LONG_RUN_S:
         return None
     ratio = float32_speedup(op)
     if ratio is None or ratio < 1.5:
